@@ -1,0 +1,65 @@
+"""Hessian-vector products of a task loss with respect to the parameters.
+
+``H(φ) v = ∇²_φ L(φ; batch) v`` without forming ``H``. Two exact modes:
+
+* ``"fwdrev"`` (default), forward-over-reverse: ``jvp(grad L)(φ; v)``. One
+  forward-mode pass through the gradient computation; the mode the JAX and
+  PyTorch ``torch.func`` docs recommend (Pearlmutter 1994, "Fast exact
+  multiplication by the Hessian").
+* ``"revrev"``, reverse-over-reverse (double backward): ``vjp(grad L)(φ)(v)``,
+  valid because ``H`` is symmetric. Fallback where a forward-mode rule is missing.
+
+Both compose with ``torch.func.vmap`` over tasks and cost about two gradients.
+``"auto"`` picks the faster mode measured for the device (``DEFAULT_MODE``).
+On torch 2.13 CPU, sinusoid MLP, 25 tasks under vmap, reverse-over-reverse was
+1.3× faster (iMAML 5 CG: 43 vs 56 ms), and forward-over-reverse fails inside
+``F.mse_loss``'s backward ("ZeroTensors are immutable"), so ``auto`` means
+``revrev`` until a device measures otherwise (``bench/`` has the comparison).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor
+from torch.func import grad, jvp, vjp
+
+from ._pytree import Params
+
+HVP_MODES = ("auto", "fwdrev", "revrev")
+
+# Measured default per device type (see module docstring and bench/).
+DEFAULT_MODE = {"cpu": "revrev", "cuda": "revrev"}
+
+Loss = Callable[[Params, Any], Tensor]
+
+
+def resolve_mode(mode: str, device: Any) -> str:
+    """Map ``"auto"`` to the measured default for ``device``; check the name."""
+    if mode not in HVP_MODES:
+        raise ValueError(f"hvp mode must be one of {HVP_MODES}, got {mode!r}")
+    if mode == "auto":
+        return DEFAULT_MODE.get(getattr(device, "type", str(device)), "revrev")
+    return mode
+
+
+def hvp(loss: Loss, params: Params, batch: Any, v: Params, mode: str = "auto") -> Params:
+    """``∇²_params loss(params, batch) · v`` as a dict shaped like ``params``."""
+    if mode == "auto":
+        mode = resolve_mode(mode, next(iter(params.values())).device)
+
+    def gradient(p: Params) -> Params:
+        return grad(loss)(p, batch)
+
+    if mode == "fwdrev":
+        return jvp(gradient, (params,), (v,))[1]
+    if mode == "revrev":
+        _, pullback = vjp(gradient, params)
+        return pullback(v)[0]
+    raise ValueError(f"hvp mode must be one of {HVP_MODES}, got {mode!r}")
+
+
+def hvp_operator(loss: Loss, params: Params, batch: Any, mode: str = "auto"):
+    """The linear map ``v ↦ H(params) v`` for a fixed point ``params``."""
+    return lambda v: hvp(loss, params, batch, v, mode)

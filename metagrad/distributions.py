@@ -1,0 +1,124 @@
+"""Task distributions: each ``sample(num_tasks, generator=...)`` returns a :class:`Task`.
+
+All randomness comes from an explicit ``torch.Generator`` so that a seed fixes
+the tasks exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ._task import Task
+
+
+def _generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator:
+    if generator is not None:
+        return generator
+    g = torch.Generator()
+    g.manual_seed(0 if seed is None else seed)
+    return g
+
+
+def _uniform(shape, low: float, high: float, g: torch.Generator, dtype) -> torch.Tensor:
+    return low + (high - low) * torch.rand(shape, generator=g, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class Sinusoid:
+    """y = A sin(x − φ) with A ~ U[0.1, 5], φ ~ U[0, π], x ~ U[−5, 5] (Finn et al. 2017, §5.1).
+
+    ``shots`` support points form the train split, ``query`` points the val split.
+    ``info`` carries ``amplitude`` and ``phase`` (shape ``(T,)``).
+    """
+
+    shots: int = 10
+    query: int = 10
+    amplitude: tuple[float, float] = (0.1, 5.0)
+    phase: tuple[float, float] = (0.0, math.pi)
+    x_range: tuple[float, float] = (-5.0, 5.0)
+
+    def sample(self, num_tasks: int, *, generator: torch.Generator | None = None,
+               seed: int | None = None, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu") -> Task:
+        g = _generator(generator, seed)
+        amp = _uniform((num_tasks, 1, 1), *self.amplitude, g, torch.float64)
+        phase = _uniform((num_tasks, 1, 1), *self.phase, g, torch.float64)
+        x = _uniform((num_tasks, self.shots + self.query, 1), *self.x_range, g, torch.float64)
+        y = amp * torch.sin(x - phase)
+        x, y = x.to(dtype=dtype, device=device), y.to(dtype=dtype, device=device)
+        s = self.shots
+        return Task(train=(x[:, :s], y[:, :s]), val=(x[:, s:], y[:, s:]),
+                    info={"amplitude": amp.view(-1), "phase": phase.view(-1)})
+
+    @staticmethod
+    def target(x: torch.Tensor, amplitude: float, phase: float) -> torch.Tensor:
+        return amplitude * torch.sin(x - phase)
+
+
+@dataclass(frozen=True)
+class LinearRegression:
+    """y = x wᵢ + σ ε with wᵢ = w̄ + τ δ, x ~ N(0, I): a quadratic loss per task.
+
+    With the MSE loss, L_tr is quadratic in w and its Hessian (2/n) XᵀX is
+    constant, so every method has a closed form (see ``reference/``).
+    ``info`` carries the true ``weights`` (shape ``(T, dim, 1)``).
+    """
+
+    dim: int = 5
+    shots: int = 10
+    query: int = 10
+    task_spread: float = 1.0
+    noise: float = 0.1
+
+    def sample(self, num_tasks: int, *, generator: torch.Generator | None = None,
+               seed: int | None = None, dtype: torch.dtype = torch.float64,
+               device: str | torch.device = "cpu") -> Task:
+        g = _generator(generator, seed)
+        n = self.shots + self.query
+        mean_w = torch.ones(self.dim, 1, dtype=torch.float64)
+        w = mean_w + self.task_spread * torch.randn(num_tasks, self.dim, 1, generator=g,
+                                                    dtype=torch.float64)
+        x = torch.randn(num_tasks, n, self.dim, generator=g, dtype=torch.float64)
+        y = x @ w + self.noise * torch.randn(num_tasks, n, 1, generator=g, dtype=torch.float64)
+        x, y = x.to(dtype=dtype, device=device), y.to(dtype=dtype, device=device)
+        s = self.shots
+        return Task(train=(x[:, :s], y[:, :s]), val=(x[:, s:], y[:, s:]), info={"weights": w})
+
+
+@dataclass(frozen=True)
+class GaussianClusters:
+    """N-way k-shot classification: class c of task i is N(μᵢ_c, σ² I) in ``dim`` dimensions.
+
+    Class means μᵢ_c ~ N(0, spread² I) are drawn per task, so labels mean nothing
+    across tasks: the few-shot setting of Finn et al. 2017 §5.2 in miniature.
+    Labels are ``int64`` in {0, …, ways − 1}.
+    """
+
+    ways: int = 5
+    shots: int = 1
+    query: int = 5
+    dim: int = 8
+    spread: float = 2.0
+    noise: float = 1.0
+
+    def sample(self, num_tasks: int, *, generator: torch.Generator | None = None,
+               seed: int | None = None, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu") -> Task:
+        g = _generator(generator, seed)
+        per_class = self.shots + self.query
+        means = self.spread * torch.randn(num_tasks, self.ways, 1, self.dim, generator=g,
+                                          dtype=torch.float64)
+        pts = means + self.noise * torch.randn(num_tasks, self.ways, per_class, self.dim,
+                                               generator=g, dtype=torch.float64)
+        labels = torch.arange(self.ways).view(1, self.ways, 1).expand(num_tasks, self.ways,
+                                                                       per_class)
+        def split(sl: slice):
+            x = pts[:, :, sl].reshape(num_tasks, -1, self.dim).to(dtype=dtype, device=device)
+            y = labels[:, :, sl].reshape(num_tasks, -1).to(device=device)
+            return x, y
+
+        return Task(train=split(slice(0, self.shots)), val=split(slice(self.shots, per_class)),
+                    info={"means": means.view(num_tasks, self.ways, self.dim)})

@@ -1,0 +1,156 @@
+"""The shared shape of every method: validate, detach, map a per-task function
+over the task dimension (``torch.func.vmap``, or a loop as fallback), average.
+
+A method is a frozen dataclass whose fields are its whole configuration
+(``MAML(steps=5, inner_lr=0.01)``); ``__call__(loss, params, tasks)`` runs it.
+Subclasses implement ``_per_task(loss, theta, train, val)`` for one task and
+return a :class:`TaskOutput`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.func import vmap
+from torch.utils import _pytree as torch_pytree
+
+from .. import _pytree as pt
+from .._hvp import HVP_MODES, Loss
+from .._pytree import Params
+from .._task import Task
+
+BATCHING_MODES = ("vmap", "loop")
+
+
+@dataclass
+class TaskOutput:
+    grad: Params
+    pre_update_loss: Tensor
+    post_update_loss: Tensor
+    diagnostics: dict[str, Tensor]
+
+
+@dataclass
+class MetaGradient:
+    """Result of ``method(loss, params, tasks)``.
+
+    ``grad`` is the mean over tasks of the per-task vectors gᵢ (a dict like
+    ``params``); the losses are task means; ``diagnostics`` holds per-task
+    tensors with the task index in dim 0 (inner losses, CG residuals, ...).
+    """
+
+    grad: Params
+    pre_update_loss: Tensor
+    post_update_loss: Tensor
+    diagnostics: dict[str, Tensor] = field(default_factory=dict)
+    method: str = ""
+
+
+@dataclass(frozen=True)
+class Method:
+    steps: int = 5
+    inner_lr: float = 0.01
+    batching: str = field(default="vmap", kw_only=True)
+    hvp: str = field(default="auto", kw_only=True)
+
+    name: ClassVar[str] = "method"
+
+    def __post_init__(self) -> None:
+        _check_int("steps", self.steps)
+        _check_positive("inner_lr", self.inner_lr)
+        if self.batching not in BATCHING_MODES:
+            raise ValueError(f"batching must be one of {BATCHING_MODES}, got {self.batching!r}")
+        if self.hvp not in HVP_MODES:
+            raise ValueError(f"hvp must be one of {HVP_MODES}, got {self.hvp!r}")
+
+    # -- per-task work, supplied by each method -------------------------------------------
+    def _per_task(self, loss: Loss, theta: Params, train: Any, val: Any) -> TaskOutput:
+        raise NotImplementedError
+
+    def gradient_equivalents(self) -> float:
+        """Predicted cost in gradient-equivalents (DESIGN.md cost model)."""
+        raise NotImplementedError
+
+    # -- the public call -----------------------------------------------------------------
+    def __call__(self, loss: Loss, params: dict[str, Tensor], tasks: Task) -> MetaGradient:
+        theta = _check_params(params)
+        _check_tasks(tasks)
+
+        def one(theta: Params, train: Any, val: Any):
+            out = self._per_task(loss, theta, train, val)
+            return out.grad, out.pre_update_loss, out.post_update_loss, out.diagnostics
+
+        if self.batching == "vmap":
+            grads, pre, post, diag = vmap(one, in_dims=(None, 0, 0))(theta, tasks.train, tasks.val)
+        else:
+            grads, pre, post, diag = _loop(one, theta, tasks)
+        return MetaGradient(
+            grad=pt.mean0(grads),
+            pre_update_loss=pre.mean(),
+            post_update_loss=post.mean(),
+            diagnostics=diag,
+            method=self.name,
+        )
+
+    def config(self) -> dict[str, Any]:
+        """The settings as a plain dict (for CSV rows and reports)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _loop(one, theta: Params, tasks: Task):
+    """Fallback: run the per-task function task by task and stack the results."""
+    outs = [one(theta, *tasks.task(i)) for i in range(tasks.num_tasks)]
+    return torch_pytree.tree_map(lambda *xs: torch.stack(xs), *outs)
+
+
+def _check_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not (value > 0) or value != value or value == float("inf"):
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+
+
+def _check_params(params: Any) -> Params:
+    if not isinstance(params, dict) or not params:
+        raise TypeError(
+            "params must be a non-empty dict[str, Tensor], e.g. dict(model.named_parameters()); "
+            f"got {type(params).__name__}"
+        )
+    dtype = device = None
+    for k, v in params.items():
+        if not isinstance(v, torch.Tensor) or not v.is_floating_point():
+            raise TypeError(f"params[{k!r}] must be a floating-point tensor, got {v!r:.60}")
+        if dtype is None:
+            dtype, device = v.dtype, v.device
+        elif v.dtype != dtype or v.device != device:
+            raise ValueError(
+                f"all params must share one dtype and device; params[{k!r}] is {v.dtype} on "
+                f"{v.device}, others are {dtype} on {device}"
+            )
+    # The meta-gradient is returned as values, so no autograd graph of the caller's is needed.
+    return pt.detach(params)
+
+
+def _check_tasks(tasks: Any) -> None:
+    if not isinstance(tasks, Task):
+        raise TypeError(f"tasks must be a metagrad.Task, got {type(tasks).__name__}")
+    sizes = {}
+    for split in ("train", "val"):
+        for i, leaf in enumerate(torch_pytree.tree_leaves(getattr(tasks, split))):
+            if isinstance(leaf, torch.Tensor):
+                if leaf.dim() == 0:
+                    raise ValueError(f"tasks.{split}[{i}] is 0-dim; every tensor needs a task dim")
+                sizes[f"{split}[{i}]"] = leaf.shape[0]
+    if not sizes:
+        raise ValueError("tasks hold no tensors")
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"inconsistent leading task dimension across task tensors: {sizes}")
+    if next(iter(sizes.values())) == 0:
+        raise ValueError("tasks have zero tasks in the leading dimension")

@@ -1,0 +1,81 @@
+"""``metagrad report``: the main job. Writes ``report.md`` and figures into ``--out``.
+
+The report is a list of sections; each is a function ``section(ctx) -> str``
+returning markdown (it may write figures into ``ctx.out``). Later parts of the
+project add their section with one line in ``SECTIONS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+SECTIONS = [
+    "metagrad.report_core:meta_gradients",
+]
+
+
+@dataclass
+class ReportContext:
+    out: Path
+    device: str
+    seed: int
+    quick: bool
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="compute, verify and time all methods; write a markdown report")
+    p.add_argument("--out", default="report", help="output folder (default: report/)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--full", action="store_true", help="longer runs in every section")
+    p.add_argument("--sections", nargs="*", default=None,
+                   help="only these sections (function names, e.g. meta_gradients)")
+    p.set_defaults(func=run)
+
+
+def check_device(device: str) -> str:
+    from .cli import UsageError
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise UsageError(f"--device {device!r} is not a device torch knows ({err})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device!r}: CUDA is not available on this machine; use cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device!r}: only cpu and cuda are supported")
+    return device
+
+
+def run(args: argparse.Namespace) -> int:
+    device = check_device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = ReportContext(out=out, device=device, seed=args.seed, quick=not args.full)
+    started = time.time()
+    parts = [
+        "# metagrad report\n",
+        f"- torch {torch.__version__}, Python {platform.python_version()}, "
+        f"device `{device}`" + (f" ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else "")
+        + f", {torch.get_num_threads()} CPU threads, seed {args.seed}\n",
+    ]
+    for spec in SECTIONS:
+        module, func = spec.split(":")
+        if args.sections and func not in args.sections:
+            continue
+        print(f"[report] {func} ...", flush=True)
+        t0 = time.time()
+        parts.append(getattr(importlib.import_module(module), func)(ctx))
+        print(f"[report] {func} done in {time.time() - t0:.1f} s", flush=True)
+    parts.append(f"\n_Report written in {time.time() - started:.1f} s._\n")
+    path = out / "report.md"
+    path.write_text("\n".join(parts))
+    print(f"wrote {path}")
+    return 0
