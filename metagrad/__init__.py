@@ -10,6 +10,7 @@ from ._inner import adapt
 from ._module import module_loss, params_of, set_grads
 from ._solvers import cg, neumann
 from ._task import Task
+from .diagnose import MetaGradientWarning, NumericalError
 from .distributions import GaussianClusters, LinearRegression, Sinusoid
 from .methods import FOMAML, IMAML, MAML, METHODS, MetaGradient, Method, Neumann, Penalty, Reptile
 
@@ -23,6 +24,8 @@ __all__ = [
     "GaussianClusters",
     "LinearRegression",
     "MetaGradient",
+    "MetaGradientWarning",
+    "NumericalError",
     "Method",
     "Neumann",
     "Penalty",

@@ -24,6 +24,8 @@ class CGInfo:
     """‖b − A xᵢ‖ for i = 0 … m (recursive residuals; shape ``(m + 1,)``)."""
     min_curvature: Tensor
     """min over iterations of pᵀAp / pᵀp; ≤ 0 means A is not positive definite."""
+    max_curvature: Tensor
+    """max over iterations of pᵀAp / pᵀp, a lower bound on λ_max(A) (Lanczos: tight fast)."""
 
 
 def cg(matvec: MatVec, b: Params, iters: int) -> tuple[Params, CGInfo]:
@@ -55,8 +57,8 @@ def cg(matvec: MatVec, b: Params, iters: int) -> tuple[Params, CGInfo]:
         p = pt.axpy(beta, p, r)
         rr = rr_new
         norms.append(torch.sqrt(rr))
-    min_curv = torch.stack(curvatures).min() if curvatures else torch.ones_like(rr)
-    return x, CGInfo(torch.stack(norms), min_curv)
+    curv = torch.stack(curvatures) if curvatures else torch.ones_like(rr).reshape(1)
+    return x, CGInfo(torch.stack(norms), curv.min(), curv.max())
 
 
 @dataclass
@@ -65,6 +67,10 @@ class NeumannInfo:
     """‖η (I − ηA)ᴶ b‖, the size of the last term kept; growth means divergence."""
     term_norms: Tensor
     """‖η (I − ηA)ʲ b‖ for j = 0 … J (shape ``(J + 1,)``)."""
+    min_curvature: Tensor
+    """min over the terms t of tᵀAt / tᵀt (≤ 0: A is not positive definite)."""
+    max_curvature: Tensor
+    """max over the terms t of tᵀAt / tᵀt, a lower bound on λ_max(A)."""
 
 
 def neumann(matvec: MatVec, b: Params, terms: int, step: float = 1.0) -> tuple[Params, NeumannInfo]:
@@ -79,9 +85,16 @@ def neumann(matvec: MatVec, b: Params, terms: int, step: float = 1.0) -> tuple[P
     term = b
     total = b
     norms = [pt.norm(term)]
+    curvatures = []
     for _ in range(terms):
-        term = pt.axpy(-step, matvec(term), term)  # (I − ηA) term
+        At = matvec(term)
+        tt = pt.vdot(term, term)
+        # Rayleigh quotients come free with the series; they diagnose divergence.
+        curvatures.append(torch.where(tt == 0, torch.ones_like(tt),
+                                      pt.vdot(term, At) / torch.where(tt == 0, 1, tt)))
+        term = pt.axpy(-step, At, term)  # (I − ηA) term
         total = pt.add(total, term)
         norms.append(pt.norm(term))
     norms_t = step * torch.stack(norms)
-    return pt.scale(step, total), NeumannInfo(norms_t[-1], norms_t)
+    curv = torch.stack(curvatures) if curvatures else torch.ones_like(norms_t[:1])
+    return pt.scale(step, total), NeumannInfo(norms_t[-1], norms_t, curv.min(), curv.max())

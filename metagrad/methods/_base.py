@@ -18,7 +18,8 @@ from torch.func import vmap
 from torch.utils import _pytree as torch_pytree
 
 from .. import _pytree as pt
-from .._hvp import HVP_MODES, Loss
+from ..diagnose import DIAGNOSE_MODES, check_finite, check_inner_loop, emit
+from .._hvp import HVP_MODES, Loss, resolve_mode
 from .._pytree import Params
 from .._task import Task
 
@@ -47,6 +48,8 @@ class MetaGradient:
     post_update_loss: Tensor
     diagnostics: dict[str, Tensor] = field(default_factory=dict)
     method: str = ""
+    warnings: list[str] = field(default_factory=list)
+    """Numerical problems found (see ``metagrad.diagnose``); empty when all is well."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Method:
     inner_lr: float = 0.01
     batching: str = field(default="vmap", kw_only=True)
     hvp: str = field(default="auto", kw_only=True)
+    diagnose: str = field(default="warn", kw_only=True)
 
     name: ClassVar[str] = "method"
 
@@ -65,6 +69,8 @@ class Method:
             raise ValueError(f"batching must be one of {BATCHING_MODES}, got {self.batching!r}")
         if self.hvp not in HVP_MODES:
             raise ValueError(f"hvp must be one of {HVP_MODES}, got {self.hvp!r}")
+        if self.diagnose not in DIAGNOSE_MODES:
+            raise ValueError(f"diagnose must be one of {DIAGNOSE_MODES}, got {self.diagnose!r}")
 
     # -- per-task work, supplied by each method -------------------------------------------
     def _per_task(self, loss: Loss, theta: Params, train: Any, val: Any) -> TaskOutput:
@@ -75,25 +81,42 @@ class Method:
         raise NotImplementedError
 
     # -- the public call -----------------------------------------------------------------
+    def _inner_lam(self) -> float | None:
+        """λ of the proximal inner problem, or None for plain gradient descent."""
+        return None
+
+    def _problems(self, loss: Loss, theta: Params, tasks: Task, diag: dict[str, Tensor]) -> list[str]:
+        """Numerical problems visible in the per-task diagnostics (extended by subclasses)."""
+        mode = resolve_mode(self.hvp, next(iter(theta.values())).device)
+        return check_finite(diag) + check_inner_loop(
+            diag, loss, theta, tasks, self.inner_lr, self._inner_lam(), mode)
+
     def __call__(self, loss: Loss, params: dict[str, Tensor], tasks: Task) -> MetaGradient:
         theta = _check_params(params)
-        _check_tasks(tasks)
+        _check_tasks(tasks, theta)
+        _check_loss(loss, theta, tasks)
 
         def one(theta: Params, train: Any, val: Any):
             out = self._per_task(loss, theta, train, val)
-            return out.grad, out.pre_update_loss, out.post_update_loss, out.diagnostics
+            diag = {**out.diagnostics, "pre_update_loss": out.pre_update_loss,
+                    "post_update_loss": out.post_update_loss, "grad_norm": pt.norm(out.grad)}
+            return out.grad, diag
 
         if self.batching == "vmap":
-            grads, pre, post, diag = vmap(one, in_dims=(None, 0, 0))(theta, tasks.train, tasks.val)
+            grads, diag = vmap(one, in_dims=(None, 0, 0))(theta, tasks.train, tasks.val)
         else:
-            grads, pre, post, diag = _loop(one, theta, tasks)
-        return MetaGradient(
+            grads, diag = _loop(one, theta, tasks)
+        result = MetaGradient(
             grad=pt.mean0(grads),
-            pre_update_loss=pre.mean(),
-            post_update_loss=post.mean(),
+            pre_update_loss=diag["pre_update_loss"].mean(),
+            post_update_loss=diag["post_update_loss"].mean(),
             diagnostics=diag,
             method=self.name,
         )
+        if self.diagnose != "off":
+            result.warnings = self._problems(loss, theta, tasks, diag)
+            emit(result.warnings, self.diagnose, self.name)
+        return result
 
     def config(self) -> dict[str, Any]:
         """The settings as a plain dict (for CSV rows and reports)."""
@@ -138,19 +161,46 @@ def _check_params(params: Any) -> Params:
     return pt.detach(params)
 
 
-def _check_tasks(tasks: Any) -> None:
+def _check_tasks(tasks: Any, theta: Params) -> None:
     if not isinstance(tasks, Task):
         raise TypeError(f"tasks must be a metagrad.Task, got {type(tasks).__name__}")
+    ref = next(iter(theta.values()))
     sizes = {}
     for split in ("train", "val"):
         for i, leaf in enumerate(torch_pytree.tree_leaves(getattr(tasks, split))):
             if isinstance(leaf, torch.Tensor):
+                where = f"tasks.{split}[{i}]"
                 if leaf.dim() == 0:
-                    raise ValueError(f"tasks.{split}[{i}] is 0-dim; every tensor needs a task dim")
-                sizes[f"{split}[{i}]"] = leaf.shape[0]
+                    raise ValueError(f"{where} is 0-dim; every tensor needs a leading task dim")
+                if leaf.device != ref.device:
+                    raise ValueError(f"{where} is on {leaf.device} but params are on "
+                                     f"{ref.device}; move them with tasks.to(device)")
+                if leaf.is_floating_point() and leaf.dtype != ref.dtype:
+                    raise ValueError(f"{where} is {leaf.dtype} but params are {ref.dtype}; "
+                                     f"convert with tasks.to({ref.dtype})")
+                if leaf.is_floating_point() and not torch.isfinite(leaf).all():
+                    raise ValueError(f"{where} contains NaN or infinite values")
+                sizes[where] = leaf.shape[0]
     if not sizes:
         raise ValueError("tasks hold no tensors")
     if len(set(sizes.values())) != 1:
         raise ValueError(f"inconsistent leading task dimension across task tensors: {sizes}")
     if next(iter(sizes.values())) == 0:
         raise ValueError("tasks have zero tasks in the leading dimension")
+
+
+def _check_loss(loss: Any, theta: Params, tasks: Task) -> None:
+    """One forward pass on the first task: the loss must return a real scalar tensor."""
+    if not callable(loss):
+        raise TypeError(f"loss must be callable as loss(params, batch), got {type(loss).__name__}")
+    train, _ = tasks.task(0)
+    with torch.no_grad():
+        value = loss(theta, train)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"loss(params, batch) must return a tensor, got {type(value).__name__}")
+    if value.numel() != 1 or value.dim() > 1:
+        raise ValueError(
+            f"loss(params, batch) must return a scalar, got shape {tuple(value.shape)}; "
+            "reduce it, e.g. with .mean()")
+    if not value.is_floating_point():
+        raise TypeError(f"loss(params, batch) must return a real floating scalar, got {value.dtype}")

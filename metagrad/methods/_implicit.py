@@ -21,6 +21,7 @@ from .. import _pytree as pt
 from .._hvp import Loss, hvp
 from .._inner import InnerResult, adapt
 from .._pytree import Params
+from ..diagnose import check_positive_definite, check_proximal_rate
 from ._base import Method, _check_positive
 
 
@@ -31,6 +32,17 @@ class ImplicitMethod(Method):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_positive("lam", self.lam)
+
+    def _inner_lam(self) -> float | None:
+        return self.lam
+
+    def _solver_problems(self, diag: dict, prefix: str, solver: str, iters: int) -> list[str]:
+        """Checks shared by the two solvers of A x = b, A = I + H(φ)/λ."""
+        problems = check_positive_definite(self.lam, diag[f"{prefix}_min_curvature"], solver)
+        if iters > 0 and self.steps > 0:
+            problems += check_proximal_rate(self.inner_lr, self.lam,
+                                            diag[f"{prefix}_max_curvature"])
+        return problems
 
     def _setup(self, loss: Loss, theta: Params, train: Any, val: Any):
         """Adapt, then return (inner result, b = ∇L_val(φ), L_val(φ), v ↦ (I + H(φ)/λ) v)."""

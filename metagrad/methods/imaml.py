@@ -17,6 +17,7 @@ from typing import Any
 from .._hvp import Loss
 from .._pytree import Params
 from .._solvers import cg
+from ..diagnose import check_cg_residual
 from ._base import TaskOutput, _check_int
 from ._implicit import ImplicitMethod
 
@@ -41,5 +42,11 @@ class IMAML(ImplicitMethod):
             "inner_losses": inner.inner_losses,
             "cg_residual_norms": info.residual_norms,
             "cg_min_curvature": info.min_curvature,
+            "cg_max_curvature": info.max_curvature,
         }
         return TaskOutput(x, inner.pre_update_loss, post, diag)
+
+    def _problems(self, loss, theta, tasks, diag) -> list[str]:
+        problems = super()._problems(loss, theta, tasks, diag)
+        problems += self._solver_problems(diag, "cg", "CG", self.cg_iters)
+        return problems + check_cg_residual(diag["cg_residual_norms"])

@@ -19,6 +19,7 @@ from typing import Any
 from .._hvp import Loss
 from .._pytree import Params
 from .._solvers import neumann
+from ..diagnose import check_neumann
 from ._base import TaskOutput, _check_int, _check_positive
 from ._implicit import ImplicitMethod
 
@@ -45,5 +46,13 @@ class Neumann(ImplicitMethod):
             "inner_losses": inner.inner_losses,
             "neumann_term_norms": info.term_norms,
             "neumann_last_term_norm": info.last_term_norm,
+            "neumann_min_curvature": info.min_curvature,
+            "neumann_max_curvature": info.max_curvature,
         }
         return TaskOutput(x, inner.pre_update_loss, post, diag)
+
+    def _problems(self, loss, theta, tasks, diag) -> list[str]:
+        problems = super()._problems(loss, theta, tasks, diag)
+        problems += self._solver_problems(diag, "neumann", "the Neumann series", self.terms)
+        return problems + check_neumann(diag["neumann_term_norms"], self.step,
+                                        diag["neumann_max_curvature"])
