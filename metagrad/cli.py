@@ -10,6 +10,7 @@ import sys
 # One line per subcommand module.
 COMMANDS = [
     "metagrad.report",
+    "metagrad.verify",
 ]
 
 

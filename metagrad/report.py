@@ -18,6 +18,7 @@ import torch
 
 SECTIONS = [
     "metagrad.report_core:meta_gradients",
+    "metagrad.verify:verify_section",
 ]
 
 
