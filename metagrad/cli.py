@@ -11,6 +11,7 @@ import sys
 COMMANDS = [
     "metagrad.report",
     "metagrad.verify",
+    "metagrad.train_cli",
 ]
 
 

@@ -19,6 +19,7 @@ import torch
 SECTIONS = [
     "metagrad.report_core:meta_gradients",
     "metagrad.verify:verify_section",
+    "metagrad.train_cli:training_section",
 ]
 
 
