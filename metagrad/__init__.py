@@ -10,6 +10,7 @@ from ._inner import adapt
 from ._module import module_loss, params_of, set_grads
 from ._solvers import cg, neumann
 from ._task import Task
+from .compiled import CompiledMethod, compile
 from .diagnose import MetaGradientWarning, NumericalError
 from .distributions import GaussianClusters, LinearRegression, Sinusoid
 from .methods import FOMAML, IMAML, MAML, METHODS, MetaGradient, Method, Neumann, Penalty, Reptile
@@ -27,6 +28,7 @@ __all__ = [
     "MetaGradientWarning",
     "NumericalError",
     "Method",
+    "CompiledMethod",
     "Neumann",
     "Penalty",
     "Reptile",
@@ -34,6 +36,7 @@ __all__ = [
     "Task",
     "adapt",
     "cg",
+    "compile",
     "hvp",
     "module_loss",
     "neumann",

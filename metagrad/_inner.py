@@ -38,7 +38,7 @@ class InnerResult:
     inner_losses: Tensor
     """L_tr(θ⁽ᵏ⁾) for k = 0 … K−1 (shape ``(K,)``; empty for K = 0)."""
     trajectory: list[Params] | None = None
-    """θ⁽⁰⁾ … θ⁽ᴷ⁾ when asked for (memory-lean MAML backward)."""
+    """θ⁽⁰⁾, θ⁽ᶜ⁾, θ⁽²ᶜ⁾, … (k < K) when ``keep_every=c`` is asked for (memory-lean MAML)."""
 
 
 def adapt(
@@ -48,22 +48,25 @@ def adapt(
     steps: int,
     inner_lr: float,
     lam: float | None = None,
-    keep_trajectory: bool = False,
+    keep_every: int = 0,
 ) -> InnerResult:
-    """Run ``steps`` steps of (proximal, if ``lam`` is given) gradient descent from θ."""
+    """Run ``steps`` steps of (proximal, if ``lam`` is given) gradient descent from θ.
+
+    ``keep_every=c > 0`` keeps every c-th iterate θ⁽ᵏ⁾, k < K, as ``trajectory``.
+    """
     step = grad_and_value(loss)
     phi = theta
     losses: list[Tensor] = []
-    trajectory = [theta] if keep_trajectory else None
-    for _ in range(steps):
+    trajectory: list[Params] | None = [] if keep_every > 0 else None
+    for k in range(steps):
+        if trajectory is not None and k % keep_every == 0:
+            trajectory.append(phi)
         g, value = step(phi, batch)
         losses.append(value)
         if lam is not None:
             # gradient of the proximal term λ/2 ‖φ − θ‖²
             g = pt.axpy(lam, pt.sub(phi, theta), g)
         phi = pt.axpy(-inner_lr, g, phi)
-        if trajectory is not None:
-            trajectory.append(phi)
     if losses:
         pre = losses[0]
         inner_losses = torch.stack(losses)

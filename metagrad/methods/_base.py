@@ -91,10 +91,12 @@ class Method:
         return check_finite(diag) + check_inner_loop(
             diag, loss, theta, tasks, self.inner_lr, self._inner_lam(), mode)
 
-    def __call__(self, loss: Loss, params: dict[str, Tensor], tasks: Task) -> MetaGradient:
-        theta = _check_params(params)
-        _check_tasks(tasks, theta)
-        _check_loss(loss, theta, tasks)
+    def batched(self, loss: Loss):
+        """The pure batched computation ``(θ, train, val) ↦ (mean gᵢ, per-task diagnostics)``.
+
+        No validation and no Python-side checks, so it can be traced by ``torch.compile``
+        (see :func:`metagrad.compile`).
+        """
 
         def one(theta: Params, train: Any, val: Any):
             out = self._per_task(loss, theta, train, val)
@@ -102,12 +104,27 @@ class Method:
                     "post_update_loss": out.post_update_loss, "grad_norm": pt.norm(out.grad)}
             return out.grad, diag
 
-        if self.batching == "vmap":
-            grads, diag = vmap(one, in_dims=(None, 0, 0))(theta, tasks.train, tasks.val)
-        else:
-            grads, diag = _loop(one, theta, tasks)
+        def run(theta: Params, train: Any, val: Any):
+            if self.batching == "vmap":
+                grads, diag = vmap(one, in_dims=(None, 0, 0))(theta, train, val)
+            else:
+                grads, diag = _loop(one, theta, Task(train, val))
+            return pt.mean0(grads), diag
+
+        return run
+
+    def prepare(self, loss: Loss, params: dict[str, Tensor], tasks: Task) -> Params:
+        """Validate the call's inputs; return the detached parameters."""
+        theta = _check_params(params)
+        _check_tasks(tasks, theta)
+        _check_loss(loss, theta, tasks)
+        return theta
+
+    def finish(self, loss: Loss, theta: Params, tasks: Task, grad: Params,
+               diag: dict[str, Tensor]) -> MetaGradient:
+        """Package the result and run the numerical checks of ``metagrad.diagnose``."""
         result = MetaGradient(
-            grad=pt.mean0(grads),
+            grad=grad,
             pre_update_loss=diag["pre_update_loss"].mean(),
             post_update_loss=diag["post_update_loss"].mean(),
             diagnostics=diag,
@@ -117,6 +134,11 @@ class Method:
             result.warnings = self._problems(loss, theta, tasks, diag)
             emit(result.warnings, self.diagnose, self.name)
         return result
+
+    def __call__(self, loss: Loss, params: dict[str, Tensor], tasks: Task) -> MetaGradient:
+        theta = self.prepare(loss, params, tasks)
+        grad, diag = self.batched(loss)(theta, tasks.train, tasks.val)
+        return self.finish(loss, theta, tasks, grad, diag)
 
     def config(self) -> dict[str, Any]:
         """The settings as a plain dict (for CSV rows and reports)."""

@@ -10,9 +10,13 @@ Two exact backward modes (same number, different memory):
 
 * ``"unrolled"``: ``torch.func.grad`` through the whole inner loop; keeps the
   K inner graphs alive.
-* ``"trajectory"``: keep only θ⁽⁰⁾ … θ⁽ᴷ⁾ and sweep back with Hessian-vector
-  products, v ← v − α H(θ⁽ᵏ⁾) v for k = K−1 … 0; memory is K+1 parameter copies
-  and one HVP graph at a time.
+* ``"trajectory"``: keep only θ⁽⁰⁾ … θ⁽ᴷ⁻¹⁾ and sweep back with Hessian-vector
+  products, v ← v − α H(θ⁽ᵏ⁾) v for k = K−1 … 0, starting from v = ∇L_val(φ);
+  memory is K parameter copies and one HVP graph at a time. With
+  ``checkpoint=c`` only every c-th iterate is kept and each segment is
+  recomputed during the sweep (Griewank & Walther 2000, "Algorithm 799:
+  revolve", in its simplest uniform form): about K/c + c copies for K more
+  gradient evaluations; c ≈ √K balances the two.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from .. import _pytree as pt
 from .._hvp import Loss, hvp
 from .._inner import adapt
 from .._pytree import Params
-from ._base import Method, TaskOutput
+from ._base import Method, TaskOutput, _check_int
 
 BACKWARD_MODES = ("unrolled", "trajectory")
 
@@ -34,6 +38,7 @@ BACKWARD_MODES = ("unrolled", "trajectory")
 @dataclass(frozen=True)
 class MAML(Method):
     backward: str = field(default="unrolled", kw_only=True)
+    checkpoint: int | None = field(default=None, kw_only=True)
 
     name = "maml"
 
@@ -41,6 +46,13 @@ class MAML(Method):
         super().__post_init__()
         if self.backward not in BACKWARD_MODES:
             raise ValueError(f"backward must be one of {BACKWARD_MODES}, got {self.backward!r}")
+        if self.checkpoint is not None:
+            _check_int("checkpoint", self.checkpoint)
+            if self.checkpoint == 0:
+                raise ValueError("checkpoint must be a positive integer (or None), got 0")
+            if self.backward != "trajectory":
+                raise ValueError("checkpoint=... applies to backward='trajectory' only, "
+                                 f"got backward={self.backward!r}")
 
     def gradient_equivalents(self) -> float:
         return 3 * self.steps + 1
@@ -60,9 +72,18 @@ class MAML(Method):
         return TaskOutput(g, pre, post, {"inner_losses": inner_losses})
 
     def _trajectory(self, loss: Loss, theta: Params, train: Any, val: Any) -> TaskOutput:
-        inner = adapt(loss, theta, train, self.steps, self.inner_lr, keep_trajectory=True)
-        assert inner.trajectory is not None
+        every = self.checkpoint or 1
+        inner = adapt(loss, theta, train, self.steps, self.inner_lr, keep_every=every)
         v, post = grad_and_value(loss)(inner.phi, val)
-        for point in reversed(inner.trajectory[:-1]):
-            v = pt.axpy(-self.inner_lr, hvp(loss, point, train, v, self.hvp), v)
+        for index in reversed(range(len(inner.trajectory or []))):
+            start = index * every
+            stored = inner.trajectory[index]  # type: ignore[index]
+            length = min(every, self.steps - start)
+            if length == 1:
+                segment = [stored]
+            else:  # recompute θ⁽ˢᵗᵃʳᵗ⁾ … θ⁽ˢᵗᵃʳᵗ⁺ˡᵉⁿᵍᵗʰ⁻¹⁾ from the stored checkpoint
+                run = adapt(loss, stored, train, length - 1, self.inner_lr, keep_every=1)
+                segment = (run.trajectory or []) + [run.phi]
+            for point in reversed(segment):
+                v = pt.axpy(-self.inner_lr, hvp(loss, point, train, v, self.hvp), v)
         return TaskOutput(v, inner.pre_update_loss, post, {"inner_losses": inner.inner_losses})
