@@ -155,7 +155,10 @@ def fd_result(problem: Problem, method: str, settings: dict[str, Any]) -> Tensor
 def _fd(problem: Problem, method: str, s: dict[str, Any]) -> Tensor:
     f, theta = problem.flat()
     tasks = problem.task_list()
-    cd = finite_diff.central_difference
+
+    def cd(fun, x):
+        return finite_diff.central_difference(fun, x, vectorize=True)
+
     if method == "maml":
         objective = targets.mean_objective(
             [targets.maml_objective(f, tr, val, s["steps"], s["inner_lr"]) for tr, val in tasks])
