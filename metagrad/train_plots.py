@@ -76,6 +76,11 @@ def plot_heldout(summaries: Mapping[str, Mapping[str, Any]], path: Path) -> Path
     return plotting.save(fig, path)
 
 
+def _label(curve: str) -> str:
+    k = int(curve.removeprefix("k="))
+    return "before adaptation" if k == 0 else f"after {k} step{'s' if k > 1 else ''}"
+
+
 def plot_predictions(predictions: Mapping[str, pd.DataFrame], path: Path) -> Path:
     """Adapted predictions vs the true sine on a few held-out tasks: rows are tasks,
     columns are methods (and the baseline, key ``"baseline"``)."""
@@ -99,8 +104,7 @@ def plot_predictions(predictions: Mapping[str, pd.DataFrame], path: Path) -> Pat
                 c = t[t["curve"] == curve]
                 if len(c):
                     ax.plot(c["x"], c["y"], ls=ls, alpha=alpha, color=colors.get(name),
-                            lw=1.4, label=curve.replace("k=", "after ") + " steps"
-                            if curve != "k=0" else "before adaptation")
+                            lw=1.4, label=_label(curve))
             sup = t[t["curve"] == "support"]
             ax.scatter(sup["x"], sup["y"], s=12, color="black", marker="^", zorder=3,
                        label="support points")

@@ -225,6 +225,16 @@ def heldout_tasks(cfg: TrainConfig) -> Task:
 # evaluation
 
 
+def gd_iterates(loss, theta: Mapping[str, torch.Tensor], train, inner_lr: float,
+               max_steps: int) -> list[dict[str, torch.Tensor]]:
+    """φ⁽⁰⁾ = θ, …, φ⁽ᴷ⁾ of plain GD on one task's train batch (``metagrad.adapt``, one step
+    at a time so every iterate is kept)."""
+    iterates = [dict(theta)]
+    for _ in range(max_steps):
+        iterates.append(adapt(loss, iterates[-1], train, 1, inner_lr).phi)
+    return iterates
+
+
 def adaptation_curve(loss, params: Mapping[str, torch.Tensor], tasks: Task, inner_lr: float,
                      max_steps: int) -> list[float]:
     """Held-out MSE after k = 0 … ``max_steps`` plain GD steps, averaged over tasks.
@@ -235,8 +245,8 @@ def adaptation_curve(loss, params: Mapping[str, torch.Tensor], tasks: Task, inne
     theta = {k: v.detach() for k, v in params.items()}
 
     def one(train, val):
-        inner = adapt(loss, theta, train, max_steps, inner_lr, keep_trajectory=True)
-        return torch.stack([loss(phi, val) for phi in inner.trajectory])
+        return torch.stack([loss(phi, val) for phi in gd_iterates(loss, theta, train, inner_lr,
+                                                                 max_steps)])
 
     per_task = vmap(one)(tasks.train, tasks.val)  # (T, max_steps + 1)
     return [float(v) for v in per_task.mean(0)]
@@ -267,11 +277,11 @@ def prediction_frame(model: torch.nn.Module, loss, params: Mapping[str, torch.Te
         amp, phase = float(tasks.info["amplitude"][i]), float(tasks.info["phase"][i])
         grid = torch.linspace(x_lo, x_hi, points, dtype=train[0].dtype, device=train[0].device)
         grid = grid.view(-1, 1)
-        inner = adapt(loss, theta, train, max(ks), inner_lr, keep_trajectory=True)
+        iterates = gd_iterates(loss, theta, train, inner_lr, max(ks))
         curves = {"true": Sinusoid.target(grid, amp, phase)}
         for k in ks:
             with torch.no_grad():
-                curves[f"k={k}"] = functional_call(model, inner.trajectory[k], (grid,))
+                curves[f"k={k}"] = functional_call(model, iterates[k], (grid,))
         for name, y in curves.items():
             rows += [(i, name, float(a), float(b))
                      for a, b in zip(grid.view(-1), y.view(-1), strict=True)]
@@ -531,7 +541,7 @@ def _tail_mean(values: list[float], n: int = 100) -> float:
 
 def read_log(path: str | Path) -> pd.DataFrame:
     """Read ``train_log.csv`` back with every float exactly as logged."""
-    return pd.read_csv(path, float_precision="round_trip")
+    return pd.read_csv(path)
 
 
 def config_fields() -> list[str]:
