@@ -21,8 +21,7 @@ def test_python_examples_run():
     code = blocks("python")
     assert code, "README has no python examples"
     namespace: dict = {}
-    for snippet in code:
-        exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102
+    exec(compile(code[0], "README.md", "exec"), namespace)  # noqa: S102  (the quickstart)
     # The quickstart's Adam step must have applied its meta-gradient: Adam's first step
     # with bias correction is lr · g / (|g| + ε) per coordinate (Kingma & Ba 2015, Alg. 1).
     from metagrad.models import mlp
@@ -34,6 +33,10 @@ def test_python_examples_run():
         g = out.grad[name]
         expected = initial[name] - 1e-3 * g / (g.abs() + 1e-8)
         assert torch.allclose(p, expected, rtol=0, atol=1e-6), name
+    for snippet in code[1:]:
+        exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102
+    # The diagnostics example promises a divergence report for λ = 1 on this MLP.
+    assert any("Neumann series diverges" in w for w in namespace["out"].warnings)
 
 
 def test_exactly_two_setup_commands_and_ci_runs_the_test_command():
