@@ -28,24 +28,6 @@ def update_baselines(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-baselines"))
 
 
-def perturb_grad(grad: dict[str, torch.Tensor], size: float, seed: int = 1234):
-    """g + size·‖g‖·u with u a fixed pseudo-random unit vector: a relative error of ``size``
-    in a generic direction (not just a rescaling)."""
-    gen = torch.Generator().manual_seed(seed)
-    flat = torch.cat([v.reshape(-1) for v in grad.values()])
-    u = torch.randn(flat.shape, generator=gen, dtype=torch.float64).to(flat.dtype)
-    u = u / u.norm()
-    scale = size * flat.norm()
-    if scale == 0:  # a zero gradient (e.g. Reptile at K = 0): perturb absolutely
-        scale = torch.tensor(size, dtype=flat.dtype)
-    out, start = {}, 0
-    for k, v in grad.items():
-        n = v.numel()
-        out[k] = v + scale * u[start:start + n].reshape(v.shape)
-        start += n
-    return out
-
-
 def pytest_configure(config: pytest.Config) -> None:
     spec = os.environ.get("METAGRAD_PERTURB")
     if not spec:
@@ -53,6 +35,8 @@ def pytest_configure(config: pytest.Config) -> None:
     import metagrad as mg
 
     name, size = spec.split(":")
+    from problems import perturb_grad
+
     cls = mg.METHODS[name]
     original = cls.__call__
 

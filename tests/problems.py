@@ -9,7 +9,7 @@ from metagrad.verify.compare import Case, evaluate, rel_error
 from metagrad.verify.problems import DEFAULTS, Problem, get, linreg
 
 __all__ = ["DEFAULTS", "Case", "Problem", "evaluate", "get", "level1_failures", "linreg",
-           "rel_error", "F64", "F32"]
+           "Perturbed", "perturb_grad", "rel_error", "F64", "F32"]
 
 F64 = torch.float64
 F32 = torch.float32
@@ -25,3 +25,36 @@ def level1_failures(row: dict) -> list[str]:
         if row.get(key) is not None and not row[key] <= tol:
             bad.append(f"{key} = {row[key]:.3e} > {tol:.0e}")
     return bad
+
+
+def perturb_grad(grad: dict[str, torch.Tensor], size: float, seed: int = 1234):
+    """g + size·‖g‖·u with u a fixed pseudo-random unit vector: a relative error of ``size``
+    in a generic direction (not just a rescaling)."""
+    gen = torch.Generator().manual_seed(seed)
+    flat = torch.cat([v.reshape(-1) for v in grad.values()])
+    u = torch.randn(flat.shape, generator=gen, dtype=torch.float64).to(flat.dtype)
+    u = u / u.norm()
+    scale = size * flat.norm()
+    if scale == 0:  # a zero gradient (e.g. Reptile at K = 0): perturb absolutely
+        scale = torch.tensor(size, dtype=flat.dtype)
+    out, start = {}, 0
+    for k, v in grad.items():
+        n = v.numel()
+        out[k] = v + scale * u[start:start + n].reshape(v.shape)
+        start += n
+    return out
+
+
+class Perturbed:
+    """A public method whose meta-gradient (or loss) is off by a relative ``size``."""
+
+    def __init__(self, method, size: float, what: str = "grad"):
+        self.method, self.size, self.what = method, size, what
+
+    def __call__(self, loss, params, tasks):
+        out = self.method(loss, params, tasks)
+        if self.what == "grad":
+            out.grad = perturb_grad(out.grad, self.size)
+        else:
+            setattr(out, self.what, getattr(out, self.what) * (1 + self.size))
+        return out
