@@ -54,7 +54,7 @@ def proximal_gd(f: FlatLoss, theta: Tensor, batch: Any, steps: int, inner_lr: fl
 
 
 def proximal_newton(f: FlatLoss, theta: Tensor, batch: Any, lam: float,
-                    max_iter: int = 100) -> Tensor:
+                    max_iter: int = 100, start: Tensor | None = None) -> Tensor:
     """φ* = argmin_φ L_tr(φ) + λ/2 ‖φ − θ‖², by Newton's method to machine precision.
 
     Newton step φ ← φ − (H(φ) + λI)⁻¹ (∇L_tr(φ) + λ(φ − θ)), with a Cholesky
@@ -63,13 +63,14 @@ def proximal_newton(f: FlatLoss, theta: Tensor, batch: Any, lam: float,
     unique minimiser the implicit gradient assumes). Halving the step keeps
     the objective decreasing far from φ*; near φ* full steps converge
     quadratically, and we stop once the step no longer shrinks (roundoff).
+    ``start`` (default θ) warm-starts the iteration, e.g. from φ* at a nearby θ.
     """
     eye = torch.eye(theta.numel(), dtype=theta.dtype, device=theta.device)
 
     def objective(phi: Tensor) -> Tensor:
         return value(f, phi, batch) + 0.5 * lam * torch.sum((phi - theta) ** 2)
 
-    phi = theta.clone()
+    phi = (theta if start is None else start).clone()
     last_step = float("inf")
     for _ in range(max_iter):
         g = gradient(f, phi, batch) + lam * (phi - theta)
