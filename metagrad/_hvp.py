@@ -55,7 +55,7 @@ def hvp(loss: Loss, params: Params, batch: Any, v: Params, mode: str = "auto") -
     if mode == "fwdrev":
         return jvp(gradient, (params,), (v,))[1]
     if mode == "revrev":
-        _, pullback = vjp(gradient, params)
+        pullback = vjp(gradient, params)[1]
         return pullback(v)[0]
     raise ValueError(f"hvp mode must be one of {HVP_MODES}, got {mode!r}")
 

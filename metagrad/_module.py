@@ -42,5 +42,6 @@ def set_grads(module: nn.Module, grad: Mapping[str, Tensor]) -> None:
         for k, p in named.items():
             g = grad[k]
             if g.shape != p.shape:
-                raise ValueError(f"grad[{k!r}] has shape {tuple(g.shape)}, parameter {tuple(p.shape)}")
+                raise ValueError(
+                    f"grad[{k!r}] has shape {tuple(g.shape)}, parameter {tuple(p.shape)}")
             p.grad = g.detach().to(dtype=p.dtype, device=p.device).clone()

@@ -49,7 +49,8 @@ class Task:
                 return x
             if x.is_floating_point():
                 return x.to(*args, **kwargs)
-            device = kwargs.get("device", next((a for a in args if not isinstance(a, torch.dtype)), None))
+            positional = (a for a in args if not isinstance(a, torch.dtype))
+            device = kwargs.get("device", next(positional, None))
             return x.to(device=device) if device is not None else x
 
         return Task(torch_pytree.tree_map(move, self.train), torch_pytree.tree_map(move, self.val),

@@ -50,18 +50,16 @@ class CompiledMethod:
     def __call__(self, loss: Loss, params: dict, tasks: Task) -> MetaGradient:
         theta = self.method.prepare(loss, params, tasks)
         key = _signature(loss, theta, tasks)
-        fn = self._cache.get(key)
-        first = fn is None
+        first = key not in self._cache
         if first:
             device = next(iter(theta.values())).device
             mode = self.mode
             if mode is None and device.type == "cuda" and self.backend == "inductor":
                 mode = "reduce-overhead"  # CUDA graphs: launch overhead dominates small tasks
-            fn = torch.compile(self.method.batched(loss), backend=self.backend, mode=mode,
-                               dynamic=False, fullgraph=True)
-            self._cache[key] = fn
-            start = time.perf_counter()
-        grad, diag = fn(theta, tasks.train, tasks.val)
+            self._cache[key] = torch.compile(self.method.batched(loss), backend=self.backend,
+                                             mode=mode, dynamic=False, fullgraph=True)
+        start = time.perf_counter()
+        grad, diag = self._cache[key](theta, tasks.train, tasks.val)
         if first:
             if next(iter(theta.values())).device.type == "cuda":
                 torch.cuda.synchronize()
@@ -74,7 +72,9 @@ class CompiledMethod:
         return self.method.finish(loss, theta, tasks, grad, diag)
 
 
-def compile(method: Method, *, backend: str = "inductor", mode: str | None = None) -> CompiledMethod:  # noqa: A001
+def compile(  # noqa: A001  (mirrors torch.compile)
+    method: Method, *, backend: str = "inductor", mode: str | None = None
+) -> CompiledMethod:
     """Compile ``method``'s batched meta-gradient; see the module docstring."""
     if not isinstance(method, Method):
         raise TypeError(f"compile() takes a metagrad method, got {type(method).__name__}")

@@ -32,7 +32,8 @@ class ReportContext:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="compute, verify and time all methods; write a markdown report")
+    p = sub.add_parser(
+        "report", help="compute, verify and time all methods; write a markdown report")
     p.add_argument("--out", default="report", help="output folder (default: report/)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--seed", type=int, default=0)
@@ -65,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     parts = [
         "# metagrad report\n",
         f"- torch {torch.__version__}, Python {platform.python_version()}, "
-        f"device `{device}`" + (f" ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else "")
+        f"device `{device}`"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else "")
         + f", {torch.get_num_threads()} CPU threads, seed {args.seed}\n",
     ]
     for spec in SECTIONS:

@@ -18,10 +18,10 @@ from torch.func import vmap
 from torch.utils import _pytree as torch_pytree
 
 from .. import _pytree as pt
-from ..diagnose import DIAGNOSE_MODES, check_finite, check_inner_loop, emit
 from .._hvp import HVP_MODES, Loss, resolve_mode
 from .._pytree import Params
 from .._task import Task
+from ..diagnose import DIAGNOSE_MODES, check_finite, check_inner_loop, emit
 
 BATCHING_MODES = ("vmap", "loop")
 
@@ -85,7 +85,8 @@ class Method:
         """λ of the proximal inner problem, or None for plain gradient descent."""
         return None
 
-    def _problems(self, loss: Loss, theta: Params, tasks: Task, diag: dict[str, Tensor]) -> list[str]:
+    def _problems(self, loss: Loss, theta: Params, tasks: Task,
+                  diag: dict[str, Tensor]) -> list[str]:
         """Numerical problems visible in the per-task diagnostics (extended by subclasses)."""
         mode = resolve_mode(self.hvp, next(iter(theta.values())).device)
         return check_finite(diag) + check_inner_loop(
@@ -225,4 +226,5 @@ def _check_loss(loss: Any, theta: Params, tasks: Task) -> None:
             f"loss(params, batch) must return a scalar, got shape {tuple(value.shape)}; "
             "reduce it, e.g. with .mean()")
     if not value.is_floating_point():
-        raise TypeError(f"loss(params, batch) must return a real floating scalar, got {value.dtype}")
+        raise TypeError(
+            f"loss(params, batch) must return a real floating scalar, got {value.dtype}")
