@@ -15,20 +15,22 @@ from collections.abc import Iterator
 from typing import Any
 
 from .compare import Case, evaluate
-from .problems import DEFAULTS
+from .problems import DEFAULTS, get
 
-SWEEP_PROBLEMS = ("linreg20", "mlp_softplus")
-QUICK_PROBLEMS = ("linreg20",)
+SWEEP_PROBLEMS = ("linreg12", "mlp_softplus")
+QUICK_PROBLEMS = ("linreg12",)
 
-STEPS = (0, 1, 2, 3, 5, 10, 20)
+STEPS = (0, 1, 2, 5, 10, 20)
 LAM_FACTORS = (1.0, 2.0, 5.0, 10.0)
-CG_ITERS = (0, 1, 2, 3, 5, 8, 12, 20, 30)
+CG_ITERS = (0, 1, 2, 4, 8, 12, 16)
 TERMS = (0, 1, 2, 4, 8, 16, 32)
-CONVERGED_STEPS = 150
-"""Proximal GD steps after which the inner loop has converged to roundoff on the sweep
-problems (rate max|1 − α(λ + μ)| ≤ 0.8 there, 0.8¹⁵⁰ ≈ 3e-15), so that the
-cg_iters and terms sweeps see the solver's error alone."""
+CONVERGED_STEPS = 100
+"""Proximal GD steps at the fastest step size (``Defaults.converged_lr``): contraction
+≤ 0.72 per step on the sweep problems, 0.72¹⁰⁰ ≈ 5e-15, so the inner loop has
+converged to roundoff and the lam, cg_iters and terms sweeps see the solver's error alone."""
 PENALTY_LAM = 0.01
+STEPS_CG_ITERS = 16
+STEPS_TERMS = 16
 
 
 def sweep_cases(problems: tuple[str, ...] = SWEEP_PROBLEMS) -> Iterator[tuple[str, Case]]:
@@ -36,34 +38,25 @@ def sweep_cases(problems: tuple[str, ...] = SWEEP_PROBLEMS) -> Iterator[tuple[st
     for name in problems:
         d = DEFAULTS[name]
         lr, lam = d.inner_lr, d.lam
-        dim_iters = 30
+        eta = d.neumann_step(lam)
         for k in STEPS:
             yield "steps", Case.of("fomaml", name, steps=k, inner_lr=lr)
             yield "steps", Case.of("reptile", name, steps=k, inner_lr=lr)
             yield "steps", Case.of("penalty", name, steps=k, inner_lr=lr, lam=PENALTY_LAM)
             yield "steps", Case.of("imaml", name, steps=k, inner_lr=lr, lam=lam,
-                                   cg_iters=dim_iters)
-            yield "steps", Case.of("neumann", name, steps=k, inner_lr=lr, lam=lam, terms=16,
-                                   step=_neumann_step(name))
+                                   cg_iters=STEPS_CG_ITERS)
+            yield "steps", Case.of("neumann", name, steps=k, inner_lr=lr, lam=lam,
+                                   terms=STEPS_TERMS, step=eta)
         for factor in LAM_FACTORS:
             lam_f = lam * factor
-            # keep α(λ + L) < 2 for the proximal loop as λ grows
-            lr_f = min(lr, 1.0 / (lam_f + 10.0))
-            yield "lam", Case.of("imaml", name, steps=CONVERGED_STEPS, inner_lr=lr_f, lam=lam_f,
-                                 cg_iters=5)
-            yield "lam", Case.of("neumann", name, steps=CONVERGED_STEPS, inner_lr=lr_f, lam=lam_f,
-                                 terms=5, step=_neumann_step(name))
+            conv = dict(steps=CONVERGED_STEPS, inner_lr=d.converged_lr(lam_f), lam=lam_f)
+            yield "lam", Case.of("imaml", name, cg_iters=4, **conv)
+            yield "lam", Case.of("neumann", name, terms=4, step=d.neumann_step(lam_f), **conv)
+        conv = dict(steps=CONVERGED_STEPS, inner_lr=d.converged_lr(lam), lam=lam)
         for m in CG_ITERS:
-            yield "cg_iters", Case.of("imaml", name, steps=CONVERGED_STEPS, inner_lr=lr, lam=lam,
-                                      cg_iters=m)
+            yield "cg_iters", Case.of("imaml", name, cg_iters=m, **conv)
         for j in TERMS:
-            yield "terms", Case.of("neumann", name, steps=CONVERGED_STEPS, inner_lr=lr, lam=lam,
-                                   terms=j, step=_neumann_step(name))
-
-
-def _neumann_step(name: str) -> float:
-    """η < 2/λ_max(I + H/λ) keeps the series convergent (η = 1 diverges when λ_max(H) > λ)."""
-    return {"linreg20": 0.4, "mlp_softplus": 0.5}.get(name, 1.0)
+            yield "terms", Case.of("neumann", name, terms=j, step=eta, **conv)
 
 
 def sweep(problems: tuple[str, ...] = SWEEP_PROBLEMS, progress: bool = False) -> list[dict[str, Any]]:
@@ -76,12 +69,15 @@ def sweep(problems: tuple[str, ...] = SWEEP_PROBLEMS, progress: bool = False) ->
     rows = []
     for name, case in cases:
         row = evaluate(case, fd=False, target=True)
-        rows.append({"sweep": name, **{k: row[k] for k in (
+        rows.append({"sweep": name, "dim": get(case.problem).dim, **{k: row[k] for k in (
             "method", "problem", "steps", "inner_lr", "lam", "cg_iters", "terms", "step",
             "approx_error", "err_reference")}})
     return rows
 
 
-def row_key(row: dict[str, Any]) -> tuple:
-    return tuple(row.get(k) for k in ("sweep", "method", "problem", "steps", "inner_lr", "lam",
-                                      "cg_iters", "terms", "step"))
+KEY_COLUMNS = ("sweep", "method", "problem", "steps", "inner_lr", "lam", "cg_iters", "terms",
+               "step")
+
+
+def row_key(row: dict[str, Any]) -> str:
+    return " ".join(f"{k}={row.get(k)}" for k in KEY_COLUMNS if row.get(k) is not None)
