@@ -14,6 +14,7 @@ The loop itself is :func:`metagrad.training.train`.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ from .cli import UsageError
 from .methods import METHODS
 from .plotting import METHOD_ORDER
 from .report import check_device
-from .training import FILES, TrainConfig, TrainResult, train, train_baseline
+from .training import FILES, TrainConfig, TrainingDiverged, TrainResult, train, train_baseline
 
 FIGURES = {
     "curves": "learning_curves.png",
@@ -50,9 +51,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inner-lr", type=float, default=d.inner_lr,
                    help=f"inner step size α (default {d.inner_lr})")
     p.add_argument("--lam", type=float, default=None,
-                   help="λ of imaml/neumann (default 100 = 1/inner_lr) and penalty (default 0.1)")
+                   help="λ of imaml (default 300), neumann (default 1000), penalty (default 0.1)")
     p.add_argument("--cg-iters", type=int, default=None, help="imaml CG iterations (default 5)")
     p.add_argument("--terms", type=int, default=None, help="neumann series terms (default 5)")
+    p.add_argument("--step", type=float, default=None,
+                   help="neumann step η of the series (default 1.0)")
     p.add_argument("--meta-batch", type=int, default=d.meta_batch,
                    help=f"tasks per meta-step (default {d.meta_batch})")
     p.add_argument("--meta-lr", type=float, default=None,
@@ -83,7 +86,7 @@ def configs_from_args(args: argparse.Namespace) -> list[TrainConfig]:
     for name in names:
         cfg = TrainConfig(
             method=name, meta_steps=args.meta_steps, steps=args.steps, inner_lr=args.inner_lr,
-            lam=args.lam, cg_iters=args.cg_iters, terms=args.terms,
+            lam=args.lam, cg_iters=args.cg_iters, terms=args.terms, step=args.step,
             meta_batch=args.meta_batch, meta_lr=args.meta_lr, seed=args.seed,
             device=args.device, checkpoint_every=args.checkpoint_every,
             heldout_tasks=args.heldout_tasks, threads=args.threads)
@@ -96,11 +99,15 @@ def configs_from_args(args: argparse.Namespace) -> list[TrainConfig]:
 
 def train_many(configs: Sequence[TrainConfig], out: Path, *, resume: bool = False,
                overwrite: bool = False, progress: bool = True,
-               subfolders: bool = True) -> dict[str, TrainResult]:
+               subfolders: bool = True) -> tuple[dict[str, TrainResult], dict[str, str]]:
     """Train each config (one subfolder per method), sharing one joint-training baseline:
-    every config differs only in the method, so the baseline is the same for all."""
+    every config differs only in the method, so the baseline is the same for all.
+
+    Returns the finished runs and, for several methods, the ones that diverged (method ->
+    message); a diverging single run raises :class:`TrainingDiverged`."""
     baseline = None
     results: dict[str, TrainResult] = {}
+    failed: dict[str, str] = {}
     for cfg in configs:
         folder = out / cfg.method if subfolders else out
         has_checkpoint = (folder / FILES["checkpoint"]).exists()
@@ -109,27 +116,47 @@ def train_many(configs: Sequence[TrainConfig], out: Path, *, resume: bool = Fals
                              "run without --resume to start")
         if baseline is None:
             baseline = train_baseline(cfg, progress=progress)
-        results[cfg.method] = train(cfg, folder, resume=resume and has_checkpoint,
-                                    overwrite=overwrite, progress=progress, baseline=baseline)
-    return results
+        try:
+            results[cfg.method] = train(cfg, folder, resume=resume and has_checkpoint,
+                                        overwrite=overwrite, progress=progress,
+                                        baseline=baseline)
+        except TrainingDiverged as err:
+            if not subfolders:
+                raise
+            print(f"metagrad train: {err}", file=sys.stderr)
+            failed[cfg.method] = f"diverged at step {err.step}"
+    return results, failed
 
 
-def comparison_frame(results: dict[str, TrainResult]) -> pd.DataFrame:
-    """One row per method (held-out MSE before / after k steps, time) plus the baseline."""
+def comparison_frame(results: dict[str, TrainResult],
+                     failed: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per method (held-out MSE before / after k steps, time) plus the baseline;
+    diverged methods get a row with only their status."""
     rows = []
     baseline = None
-    for name, res in results.items():
-        s = res.summary
+    failed = failed or {}
+    for name in [n for n in METHOD_ORDER if n in results or n in failed]:
+        if name in failed:
+            rows.append({"method": name, "status": failed[name]})
+            continue
+        s = results[name].summary
         assert s is not None
         baseline = s["baseline"]
         rows.append({"method": name, **_mse_columns(s["heldout"]),
                      "train_time_s": s["train_time_s"],
-                     "step_ms": 1e3 * s["mean_step_time_s"]})
+                     "step_ms": 1e3 * s["mean_step_time_s"],
+                     "status": _status(s)})
     if baseline is not None:
         rows.append({"method": "baseline (joint training)", **_mse_columns(baseline),
                      "train_time_s": baseline["train_time_s"],
-                     "step_ms": 1e3 * baseline["train_time_s"] / max(1, _meta_steps(results))})
+                     "step_ms": 1e3 * baseline["train_time_s"] / max(1, _meta_steps(results)),
+                     "status": "ok"})
     return pd.DataFrame(rows)
+
+
+def _status(summary: dict) -> str:
+    n = summary.get("warning_steps", 0)
+    return "ok" if not n else f"ok, numerical warnings at {n} steps"
 
 
 def _meta_steps(results: dict[str, TrainResult]) -> int:
@@ -144,6 +171,8 @@ def _mse_columns(evaluation: dict) -> dict[str, float]:
 
 
 def write_figures(results: dict[str, TrainResult], out: Path, prefix: str = "") -> dict[str, Path]:
+    if not results:
+        return {}
     logs = {n: r.log for n, r in results.items()}
     summaries = {n: r.summary for n, r in results.items() if r.summary is not None}
     preds = {n: r.predictions for n, r in results.items() if r.predictions is not None}
@@ -170,16 +199,16 @@ def run(args: argparse.Namespace) -> int:
     configs = configs_from_args(args)
     out = Path(args.out)
     started = time.perf_counter()
-    results = train_many(configs, out, resume=args.resume, overwrite=args.overwrite,
-                         progress=not args.quiet, subfolders=args.method == "all")
+    results, failed = train_many(configs, out, resume=args.resume, overwrite=args.overwrite,
+                                 progress=not args.quiet, subfolders=args.method == "all")
     out.mkdir(parents=True, exist_ok=True)
-    frame = comparison_frame(results)
+    frame = comparison_frame(results, failed)
     frame.to_csv(out / "comparison.csv", index=False)
     figures = write_figures(results, out)
     print(_table(frame))
-    print(f"total {time.perf_counter() - started:.1f} s; wrote {out / 'comparison.csv'}, "
-          + ", ".join(str(p) for p in figures.values()))
-    return 0
+    print(f"total {time.perf_counter() - started:.1f} s; wrote {out / 'comparison.csv'}"
+          + "".join(f", {p}" for p in figures.values()))
+    return 1 if failed else 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,9 +227,10 @@ def training_section(ctx) -> str:
                            heldout_tasks=heldout, checkpoint_every=0).resolved()
                for m in METHOD_ORDER]
     started = time.perf_counter()
-    results = train_many(configs, ctx.out / "training", overwrite=True, progress=False)
+    results, failed = train_many(configs, ctx.out / "training", overwrite=True,
+                                 progress=False)
     elapsed = time.perf_counter() - started
-    frame = comparison_frame(results)
+    frame = comparison_frame(results, failed)
     frame.to_csv(ctx.out / "training_comparison.csv", index=False)
     figures = write_figures(results, ctx.out, prefix="training_")
     c = configs[0]
@@ -211,12 +241,13 @@ def training_section(ctx) -> str:
         f"experiment), meta-batch {c.meta_batch}, {c.shots} + {c.query} shots, MLP "
         f"1-{'-'.join(map(str, c.hidden))}-1 ReLU, K = {c.steps} inner step with "
         f"`inner_lr={c.inner_lr}`, Adam `meta_lr=1e-3` (Reptile: SGD with ε = 1), "
-        f"IMAML/Neumann `lam=100`, Penalty `lam=0.1`. Held-out: {c.heldout_tasks} tasks "
+        "IMAML `lam=300, cg_iters=5`, Neumann `lam=1000, terms=5`, Penalty `lam=0.1`. "
+        f"Held-out: {c.heldout_tasks} tasks "
         f"(seed {c.heldout_seed}), MSE on {c.heldout_query} query points before and after "
         "k plain GD steps; the baseline is one network trained jointly on the same task "
         "stream, fine-tuned the same way.\n\n"
         f"{_table(frame)}\n\n"
-        f"![learning curves]({figures['curves'].name})\n\n"
-        f"![held-out MSE]({figures['heldout'].name})\n\n"
-        f"![adapted predictions]({figures['predictions'].name})\n"
+        + "".join(f"![{title}]({figures[key].name})\n\n" for key, title in
+                  (("curves", "learning curves"), ("heldout", "held-out MSE"),
+                   ("predictions", "adapted predictions")) if key in figures)
     )

@@ -91,6 +91,7 @@ def plot_predictions(predictions: Mapping[str, pd.DataFrame], path: Path) -> Pat
         names.append(BASELINE)
     tasks = sorted(set().union(*(set(p["task"]) for p in predictions.values())))
     fig, axes = plotting.plt.subplots(len(tasks), len(names), squeeze=False, sharex=True,
+                                      sharey="row",
                                       figsize=(2.6 * len(names) + 0.6, 2.2 * len(tasks) + 0.4))
     styles = {"k=0": (":", 0.6), "k=1": ("--", 0.8), "k=10": ("-", 1.0)}
     for col, name in enumerate(names):

@@ -18,12 +18,19 @@ step:
 Defaults (DESIGN.md): MLP 1-40-40-1 ReLU, meta-batch 25, 10 + 10 shots,
 ``inner_lr`` 0.01, 2000 meta-steps, float32, and ``steps`` K = 1 inner step as
 in Finn et al.'s sinusoid experiment (one step in meta-training; up to 10 at
-test time). IMAML and Neumann default to ``lam = 100 = 1/inner_lr``: at
-initialisation the train-loss Hessian of this ReLU net has eigenvalues in about
-[−25, 35], so a smaller λ makes I + H/λ indefinite (CG breaks down) and the
-η = 1 Neumann series (convergent iff ρ(H/λ) < 1) diverges; with λ = 1/α the
-implicit gradient (I + αH)⁻¹∇L_val(φ) agrees with MAML's K = 1 gradient
-(I − αH)∇L_val(φ) to first order in αH. Penalty defaults to ``lam = 0.1``.
+test time). The implicit methods need λ chosen for this problem. Meta-training
+sharpens the net: the largest train-loss Hessian eigenvalue L grows from ~35 at
+initialisation to 150-400 (MAML wants α·L ≈ 1), and the smallest reaches about −75.
+IMAML defaults to ``lam = 300``: CG needs I + H/λ positive definite (λ > −λ_min(H));
+with λ = 100 the system turned indefinite and training went unstable (measured).
+Neumann defaults to ``lam = 1000`` with η = 1: the series converges only while
+ρ(H/λ) < 1, and at λ = 100 or 300 (also with η = 0.5 at λ = 100) it diverged after
+400-600 meta-steps and wrecked training. Larger λ means a milder correction
+(λ → ∞ is FOMAML). With K = 1 the proximal inner problem is far from solved
+whatever λ, so the implicit gradient is a preconditioned first-order direction
+here, not the exact bilevel gradient; the core's diagnostics say so ("the
+proximal inner loop cannot converge"), counted in the log's ``warnings`` column.
+Penalty defaults to ``lam = 0.1``.
 
 Every step appends ``step, pre_update_loss, post_update_loss, step_time_s,
 wall_time_s`` (plus method diagnostics) to ``train_log.csv``. At the end the
@@ -44,7 +51,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
+import sys
 import time
+import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -61,21 +71,23 @@ from . import checkpoint as ckpt
 from ._inner import adapt
 from ._module import module_loss, params_of, set_grads
 from ._task import Task
+from .diagnose import MetaGradientWarning
 from .distributions import Sinusoid
 from .methods import METHODS, Method
 from .models import mlp
 from .timing import synchronize
 
 CHECKPOINT_FORMAT = 1
-LOG_COLUMNS = ["step", "pre_update_loss", "post_update_loss", "step_time_s", "wall_time_s"]
+LOG_COLUMNS = ["step", "pre_update_loss", "post_update_loss", "step_time_s", "wall_time_s",
+               "warnings"]
 
 ADAM_META_LR = 1e-3
 """Finn et al.'s meta learning rate (Adam), also used for the joint-training baseline."""
 REPTILE_META_LR = 1.0
 """Reptile's outer step size ε (see module docstring)."""
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "imaml": {"lam": 100.0, "cg_iters": 5},
-    "neumann": {"lam": 100.0, "terms": 5},
+    "imaml": {"lam": 300.0, "cg_iters": 5},
+    "neumann": {"lam": 1000.0, "terms": 5, "step": 1.0},
     "penalty": {"lam": 0.1},
 }
 """Settings each method takes beyond (steps, inner_lr), with their defaults."""
@@ -106,6 +118,7 @@ class TrainConfig:
     lam: float | None = None
     cg_iters: int | None = None
     terms: int | None = None
+    step: float | None = None
     meta_batch: int = 25
     meta_lr: float | None = None
     seed: int = 0
@@ -133,7 +146,7 @@ class TrainConfig:
             raise ValueError(f"unknown method {self.method!r}; choose from {sorted(METHODS)}")
         extra = METHOD_DEFAULTS.get(self.method, {})
         filled = {}
-        for name in ("lam", "cg_iters", "terms"):
+        for name in ("lam", "cg_iters", "terms", "step"):
             value = getattr(self, name)
             filled[name] = (extra[name] if value is None else value) if name in extra else None
         meta_lr = self.meta_lr
@@ -342,6 +355,14 @@ def _train_baseline(cfg: TrainConfig, progress: bool) -> BaselineResult:
 # the meta-training loop
 
 
+class TrainingDiverged(ValueError):
+    """The loss or meta-gradient became non-finite; raised before the bad update."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
 @dataclass
 class TrainResult:
     config: TrainConfig
@@ -459,7 +480,11 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
     # Drop rows a killed run logged after its last checkpoint: they are recomputed identically.
     _write_log(paths["log"], columns, log)
 
+    saved_step = start
+
     def save(step: int, elapsed: float) -> None:
+        nonlocal saved_step
+        saved_step = step
         ckpt.save_checkpoint(paths["checkpoint"], {
             **expected, "step": step, "elapsed_s": elapsed,
             "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -469,20 +494,30 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
     bar = tqdm(total=cfg.meta_steps, initial=start, desc=cfg.method, disable=not progress,
                dynamic_ncols=True)
     step, finished = start, True
+    seen_warnings: dict[str, str] = {}
     with bar, paths["log"].open("a", newline="") as log_file:
         writer = csv.writer(log_file)
         segment_start = time.perf_counter()
         for step in range(start + 1, cfg.meta_steps + 1):
             t0 = time.perf_counter()
             tasks = family.sample(cfg.meta_batch, generator=gen, device=cfg.device)
-            out_mg = method(loss, params_of(model), tasks)
-            set_grads(model, out_mg.grad)
-            opt.step()
+            with warnings.catch_warnings():
+                # The method's numerical checks still run; their messages are counted in the
+                # log and shown once each below, instead of once per meta-step.
+                warnings.simplefilter("ignore", MetaGradientWarning)
+                out_mg = method(loss, params_of(model), tasks)
+            found = list(getattr(out_mg, "warnings", []))
             pre, post = float(out_mg.pre_update_loss), float(out_mg.post_update_loss)
+            grad_finite = all(bool(torch.isfinite(g).all()) for g in out_mg.grad.values())
+            finite = math.isfinite(pre) and math.isfinite(post) and grad_finite
+            if finite:
+                set_grads(model, out_mg.grad)
+                opt.step()
             synchronize(cfg.device)
             now = time.perf_counter()
             row = {"step": step, "pre_update_loss": pre, "post_update_loss": post,
-                   "step_time_s": now - t0, "wall_time_s": elapsed_before + now - segment_start}
+                   "step_time_s": now - t0, "wall_time_s": elapsed_before + now - segment_start,
+                   "warnings": len(found)}
             for col in columns[len(LOG_COLUMNS):]:
                 key, reduce = DIAGNOSTIC_COLUMNS[col]
                 row[col] = float(reduce(out_mg.diagnostics[key]))
@@ -490,10 +525,23 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
                 log[c].append(row[c])
             writer.writerow([_format(row[c]) for c in columns])
             log_file.flush()
-            if not (math.isfinite(pre) and math.isfinite(post)):
-                raise FloatingPointError(
-                    f"{cfg.method}: the loss became {pre} / {post} at meta-step {step}; "
-                    "lower --meta-lr or --inner-lr (see train_log.csv)")
+            if not finite:
+                # Stopped before the update: parameters and the last checkpoint stay usable.
+                raise TrainingDiverged(
+                    f"{cfg.method} diverged at meta-step {step}: pre/post-update loss "
+                    f"{pre:.4g} / {post:.4g}, meta-gradient finite: {grad_finite}"
+                    + (f"; the method reported: {found[0]}" if found else "")
+                    + f". Last checkpoint: step {saved_step}. Try a smaller --meta-lr or "
+                    "--inner-lr, or (imaml/neumann) a larger --lam or a smaller --step",
+                    step)
+            for msg in found:
+                # "the Neumann series diverges in task 3: ..." -> "the Neumann series diverges"
+                kind = re.split(r"\s+in task|\d|:", msg)[0].strip()
+                if kind not in seen_warnings:
+                    seen_warnings[kind] = f"step {step}: {msg}"
+                    bar.write(f"{cfg.method}: warning at meta-step {step} (later ones are "
+                              f"counted in {FILES['log']}, column 'warnings'): {msg}",
+                              file=sys.stderr)
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or \
                     step == cfg.meta_steps:
                 save(step, row["wall_time_s"])
@@ -525,6 +573,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
         "mean_step_time_s": train_time / max(1, len(log["step"])),
         "final_pre_update_loss": _tail_mean(log["pre_update_loss"]),
         "final_post_update_loss": _tail_mean(log["post_update_loss"]),
+        "warning_steps": sum(1 for w in log["warnings"] if w),
+        "first_warnings": list(seen_warnings.values()),
         "torch": torch.__version__,
     }
     ckpt.atomic_write_bytes(paths["summary"], (json.dumps(summary, indent=2) + "\n").encode())

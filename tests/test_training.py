@@ -272,7 +272,7 @@ def finished_run(tmp_path):
 
 @pytest.mark.parametrize("change, named", [
     (dict(method="fomaml"), "method: checkpoint 'imaml', this run 'fomaml'"),
-    (dict(lam=7.0), "config.lam: checkpoint 100.0, this run 7.0"),
+    (dict(lam=7.0), "config.lam: checkpoint 300.0, this run 7.0"),
     (dict(seed=4), "config.seed"),
     (dict(hidden=(16, 8)), "shapes.2.weight: checkpoint [16, 16], this run [8, 16]"),
 ])
@@ -419,3 +419,48 @@ def test_training_uses_float32_module_loss(tmp_path):
     tasks = next(task_stream(cfg))
     direct = sum(float(loss(mg.params_of(model), tasks.task(i)[0])) for i in range(4)) / 4
     assert res.log["pre_update_loss"][0] == pytest.approx(direct, rel=RTOL32)
+
+
+def test_numerical_warnings_are_counted_not_flooded(tmp_path, capsys):
+    # λ = 1 with η = 1: the Neumann series Σ (−H/λ)ʲ b diverges iff ρ(H) ≥ λ. Check that
+    # condition independently with a dense float64 Hessian of the first task's train loss.
+    cfg = small("neumann", meta_steps=3, lam=1.0)
+    params = init_params(cfg)
+    train_b, _ = next(task_stream(cfg)).task(0)
+    sizes = [p.numel() for p in params]
+
+    def flat_loss(v):
+        return mse([c.view(p.shape) for c, p in zip(v.split(sizes), params, strict=True)],
+                   train_b)
+
+    eigs = torch.linalg.eigvalsh(torch.autograd.functional.hessian(flat_loss, torch.cat(
+        [p.reshape(-1) for p in params])))
+    assert eigs.abs().max() > 1.0
+
+    res = train(cfg, tmp_path, progress=True)
+    log = read_log(tmp_path / FILES["log"])
+    assert (log["warnings"] > 0).all()
+    assert res.summary["warning_steps"] == 3
+    assert any("Neumann series diverges" in w for w in res.summary["first_warnings"])
+    err = capsys.readouterr().err
+    assert err.count("Neumann series diverges") == 1  # shown once, not once per step
+
+
+def test_divergence_stops_before_the_bad_update(tmp_path, capsys):
+    # α = 1e30: one inner step sends φ to ~1e30, so L_val(φ) ~ 1e60 overflows float32 (max
+    # ~3.4e38) to inf at the very first meta-step.
+    bad = small("fomaml", meta_steps=3, inner_lr=1e30)
+    with pytest.raises(train_cli.TrainingDiverged, match="diverged at meta-step 1") as err:
+        train(bad, tmp_path / "bad", progress=False)
+    assert err.value.step == 1
+    assert len(read_log(tmp_path / "bad" / FILES["log"])) == 1
+
+    # Several methods: the diverged one is reported, the others still finish.
+    good = small("maml", meta_steps=2)
+    results, failed = train_cli.train_many([good, bad.resolved()], tmp_path / "many",
+                                           progress=False)
+    assert list(results) == ["maml"] and failed == {"fomaml": "diverged at step 1"}
+    frame = train_cli.comparison_frame(results, failed)
+    assert list(frame.method) == ["maml", "fomaml", "baseline (joint training)"]
+    assert frame.status[1] == "diverged at step 1" and math.isnan(frame.pre_update_mse[1])
+    assert "fomaml diverged" in capsys.readouterr().err
