@@ -58,3 +58,24 @@ class Perturbed:
         else:
             setattr(out, self.what, getattr(out, self.what) * (1 + self.size))
         return out
+
+
+def random_mlp(seed: int, width: int, activation: str = "tanh", num_tasks: int = 2,
+               dtype: torch.dtype = F64) -> Problem:
+    """A random smooth regression MLP 1-width-1 on ``mg.Sinusoid`` tasks (for property tests)."""
+    import metagrad as mg
+
+    act = {"tanh": torch.tanh, "softplus": torch.nn.functional.softplus}[activation]
+    g = torch.Generator().manual_seed(seed)
+    tasks = mg.Sinusoid(shots=6, query=6).sample(num_tasks, seed=seed, dtype=dtype)
+
+    def loss(params, batch):
+        x, y = batch
+        h = act(x @ params["W1"] + params["b1"])
+        return (((h @ params["W2"] + params["b2"]) - y) ** 2).mean()
+
+    params = {"W1": torch.randn(1, width, generator=g, dtype=F64).to(dtype),
+              "b1": 0.3 * torch.randn(width, generator=g, dtype=F64).to(dtype),
+              "W2": (torch.randn(width, 1, generator=g, dtype=F64) / width ** 0.5).to(dtype),
+              "b2": torch.zeros(1, dtype=dtype)}
+    return Problem(f"mlp_{activation}_{width}_{seed}", loss, params, tasks)
