@@ -12,6 +12,7 @@ COMMANDS = [
     "metagrad.report",
     "metagrad.verify",
     "metagrad.train_cli",
+    "bench.sweep",
 ]
 
 

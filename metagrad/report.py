@@ -20,6 +20,7 @@ SECTIONS = [
     "metagrad.report_core:meta_gradients",
     "metagrad.verify:verify_section",
     "metagrad.train_cli:training_section",
+    "bench.sweep:sweep_section",
 ]
 
 

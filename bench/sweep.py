@@ -1,0 +1,540 @@
+"""``metagrad sweep``: time, memory and accuracy of every method across K, λ, CG
+iterations and Neumann depth, one CSV row per run, plus seaborn figures.
+
+    metagrad sweep --preset cpu-quick --out sweep/
+    metagrad sweep --problem convnet --methods maml maml-trajectory --steps 1 10 100
+    metagrad sweep --problem sinusoid-tanh --methods neumann --lam 100 --terms 0 1 2 5 10 20
+
+One row per (method, problem, meta_batch, steps, inner_lr, lam, cg_iters, terms, device,
+seed): ``median_ms``/``iqr_ms`` over ``repeats`` calls after a warm-up (CUDA synchronised),
+``peak_mem_mb`` (see :mod:`bench.measure`: CUDA max_memory_allocated, CPU sampled RSS,
+both above what was in use before the call), ``gradient_equivalents`` (DESIGN.md cost
+model), ``predicted_ms`` = gradient-equivalents × the measured time of one batched
+gradient, their ratio, and ``rel_error`` = ‖g − g*‖/‖g*‖ against the exact target of
+:mod:`bench.exact`, with the method run again in float64 so the column measures
+approximation, not float32 rounding. ``rel_error`` is empty (NaN) where no exact target
+is computed: the conv net (too large for dense Hessians) and IMAML/Neumann on the ReLU
+sinusoid (the proximal minimiser sits on a ReLU kink; use ``sinusoid-tanh``). Settings a
+method does not read are left empty. Rows already in the CSV are skipped (resumable);
+exact targets are cached under ``OUT/exact_cache/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import itertools
+import math
+import platform
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from metagrad.timing import time_call
+
+from . import exact, variants
+from .measure import device_name, gradient_time, peak_memory_mb
+from .problems import PROBLEMS, make_problem
+
+KEY = ["method", "problem", "meta_batch", "steps", "inner_lr", "lam", "cg_iters", "terms",
+       "device", "seed"]
+COLUMNS = KEY + [
+    "family", "dim", "device_name", "torch", "cuda", "python", "median_ms", "iqr_ms",
+    "repeats", "compile_s", "peak_mem_mb", "gradient_equivalents", "gradient_ms",
+    "predicted_ms", "measured_over_predicted", "rel_error", "pre_update_loss",
+    "post_update_loss", "warning", "timestamp",
+]
+LIMITS = {"steps": 100, "cg_iters": 50, "terms": 50}
+LAM_RANGE = (1e-3, 1e3)
+
+
+@dataclass
+class Block:
+    """A product grid on one problem; a preset is a list of blocks."""
+
+    problem: str
+    methods: list[str]
+    steps: list[int]
+    lam: list[float] = field(default_factory=lambda: [1.0])
+    cg_iters: list[int] = field(default_factory=lambda: [5])
+    terms: list[int] = field(default_factory=lambda: [5])
+    inner_lr: float = 0.01
+    meta_batch: int | None = None
+
+    def runs(self) -> list[dict[str, Any]]:
+        seen, out = set(), []
+        for name, k, lam, m, j in itertools.product(self.methods, self.steps, self.lam,
+                                                    self.cg_iters, self.terms):
+            s = variants.settings(name, steps=k, lam=lam, cg_iters=m, terms=j)
+            run = {"method": name, "problem": self.problem, "inner_lr": self.inner_lr,
+                   "meta_batch": self.meta_batch, **s}
+            key = tuple(sorted(run.items(), key=lambda kv: kv[0]))
+            if key not in seen:
+                seen.add(key)
+                out.append(run)
+        return out
+
+
+ALL = ["maml", "maml-trajectory", "fomaml", "reptile", "imaml", "neumann", "penalty"]
+K_FULL = [1, 2, 5, 10, 20, 50, 100]
+LAM_FULL = [0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
+ITERS_FULL = [0, 1, 2, 3, 5, 10, 20, 50]
+
+
+def _with_compiled(methods: list[str]) -> list[str]:
+    """Add the compiled variants when this metagrad has ``mg.compile``."""
+    extra = [n for n in ("maml-compiled", "imaml-compiled") if variants.VARIANTS[n].available]
+    return methods + extra
+
+
+def presets() -> dict[str, list[Block]]:
+    """Named grids. ``cpu-quick`` is the ``metagrad report`` section (~30 s on 2 cores);
+    ``cpu`` the full CPU grid (tens of minutes); ``gpu`` the H100 grid (< 5 min);
+    ``tiny`` a seconds-long smoke test of every figure (used by scripts/gpu_bench.sh on CPU)."""
+    # Accuracy axes on the smooth sinusoid, 5 tasks (the dense exact targets cost ~2 s a
+    # task a λ), inner_lr 0.005 so that inner_lr·(λ + L) < 2 up to λ = 100.
+    acc = dict(problem="sinusoid-tanh", inner_lr=0.005, meta_batch=5)
+    return {
+        "cpu-quick": [
+            Block("sinusoid", ALL, [1, 5, 10]),
+            Block(methods=["imaml", "neumann"], steps=[5], lam=[100.0], cg_iters=[0, 1, 2, 5, 10],
+                  terms=[0, 1, 2, 5, 10], **acc),
+        ],
+        "cpu": [
+            Block("sinusoid", _with_compiled(ALL), K_FULL),
+            Block("convnet", _with_compiled(ALL), K_FULL),
+            Block(methods=["imaml", "neumann", "penalty"], steps=[5, 50], lam=LAM_FULL,
+                  cg_iters=ITERS_FULL, terms=ITERS_FULL, **acc),
+            Block(methods=["maml", "fomaml", "reptile"], steps=K_FULL, **acc),
+        ],
+        "gpu": [
+            Block("sinusoid", _with_compiled(ALL), K_FULL),
+            Block("convnet", _with_compiled(ALL), K_FULL, meta_batch=32),
+            Block(methods=["imaml", "neumann"], steps=[5], lam=[1.0, 10.0, 100.0],
+                  cg_iters=[0, 1, 2, 5, 10, 20], terms=[0, 1, 2, 5, 10, 20], **acc),
+            Block(methods=["maml", "fomaml", "reptile", "penalty"], steps=[1, 5, 20], **acc),
+        ],
+        "tiny": [
+            Block("sinusoid", ["maml", "fomaml", "imaml"], [1, 2], meta_batch=4),
+            Block("convnet", ["maml", "maml-trajectory"], [1, 2], meta_batch=2),
+            Block(methods=["imaml", "neumann"], steps=[2], lam=[30.0, 100.0], cg_iters=[0, 2],
+                  terms=[0, 2], problem="sinusoid-tanh", inner_lr=0.005, meta_batch=2),
+        ],
+    }
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+class Runner:
+    """Runs grid points on one device, caching problems, gradient times and exact targets."""
+
+    def __init__(self, device: str, *, repeats: int, seed: int, cache_dir: Path | None,
+                 with_error: bool = True):
+        self.device, self.repeats, self.seed = device, repeats, seed
+        self.cache_dir, self.with_error = cache_dir, with_error
+        self._problems: dict[tuple, Any] = {}
+        self._grad_ms: dict[tuple, float] = {}
+        self._targets: dict[tuple, torch.Tensor] = {}
+        dev = torch.device(device)
+        self.env = {
+            "device": device,
+            "device_name": device_name(device),
+            "torch": torch.__version__,
+            "cuda": (torch.version.cuda or "") if dev.type == "cuda" else "",
+            "python": platform.python_version(),
+            "seed": seed,
+        }
+
+    def problem(self, name: str, meta_batch: int | None, dtype=torch.float32):
+        key = (name, meta_batch, dtype)
+        if key not in self._problems:
+            self._problems[key] = make_problem(name, meta_batch=meta_batch, seed=self.seed,
+                                               dtype=dtype, device=self.device)
+        return self._problems[key]
+
+    def gradient_ms(self, name: str, meta_batch: int | None) -> float:
+        key = (name, meta_batch)
+        if key not in self._grad_ms:
+            p = self.problem(name, meta_batch)
+            t = gradient_time(p.loss, p.params, p.tasks, self.device, repeats=max(5, self.repeats))
+            self._grad_ms[key] = 1e3 * t.median_s
+        return self._grad_ms[key]
+
+    def target(self, run: dict[str, Any], family: str) -> torch.Tensor | None:
+        p64 = self.problem(run["problem"], run["meta_batch"], torch.float64)
+        implicit = family in ("imaml", "neumann")
+        if not p64.exact_ok or (implicit and run["problem"] == "sinusoid"):
+            return None
+        spec = (run["problem"], p64.tasks.num_tasks, self.seed, self.device,
+                "implicit" if implicit else "maml",
+                run["lam"] if implicit else (run["steps"], run["inner_lr"]))
+        if spec in self._targets:
+            return self._targets[spec]
+        path = None
+        if self.cache_dir is not None:
+            digest = hashlib.sha1(repr(spec).encode()).hexdigest()[:16]
+            path = self.cache_dir / f"{digest}.pt"
+            if path.exists():
+                self._targets[spec] = torch.load(path, map_location=self.device)
+                return self._targets[spec]
+        value = exact.target(family, p64.loss, p64.params, p64.tasks, steps=run["steps"],
+                             inner_lr=run["inner_lr"], lam=run["lam"])
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(value.cpu(), path)
+        self._targets[spec] = value
+        return value
+
+    def run(self, run: dict[str, Any]) -> dict[str, Any]:
+        name = run["method"]
+        v = variants.variant(name)
+        p = self.problem(run["problem"], run["meta_batch"])
+        kwargs = dict(steps=run["steps"], inner_lr=run["inner_lr"], lam=run["lam"],
+                      cg_iters=run["cg_iters"], terms=run["terms"])
+        method, fn = variants.make(name, **kwargs)
+        messages: list[str] = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            start = time.perf_counter()
+            out = fn(p.loss, p.params, p.tasks)  # first call: compiles a compiled variant
+            first_s = time.perf_counter() - start
+            messages += [str(w.message).splitlines()[0] for w in caught]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            timing = time_call(lambda: fn(p.loss, p.params, p.tasks), self.device,
+                               warmup=1, repeats=self.repeats)
+            peak = peak_memory_mb(lambda: fn(p.loss, p.params, p.tasks), self.device)
+        ge = method.gradient_equivalents()
+        grad_ms = self.gradient_ms(run["problem"], run["meta_batch"])
+        median_ms = 1e3 * timing.median_s
+        rel_error = math.nan
+        if self.with_error:
+            target = self.target(run, v.family)
+            if target is not None:
+                p64 = self.problem(run["problem"], run["meta_batch"], torch.float64)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    eager, _ = variants.make(name.replace("-compiled", ""), **kwargs)
+                    rel_error = exact.rel_error(eager(p64.loss, p64.params, p64.tasks).grad,
+                                                target)
+        compile_s = first_s - timing.median_s if v.compiled else math.nan
+        return {
+            **run,
+            **self.env,
+            "meta_batch": p.tasks.num_tasks,
+            "family": v.family,
+            "dim": p.dim,
+            "median_ms": median_ms,
+            "iqr_ms": 1e3 * timing.iqr_s,
+            "repeats": timing.repeats,
+            "compile_s": getattr(fn, "compile_seconds", compile_s),
+            "peak_mem_mb": peak,
+            "gradient_equivalents": ge,
+            "gradient_ms": grad_ms,
+            "predicted_ms": ge * grad_ms,
+            "measured_over_predicted": median_ms / (ge * grad_ms) if ge else math.nan,
+            "rel_error": rel_error,
+            "pre_update_loss": float(out.pre_update_loss),
+            "post_update_loss": float(out.post_update_loss),
+            "warning": " | ".join(dict.fromkeys(messages))[:300],
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+
+
+# -- CSV (append, resumable) -----------------------------------------------------------------
+
+
+def _norm(value: Any) -> str:
+    """One spelling per value, so a key read back from the CSV equals the one built here."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return repr(int(x)) if x.is_integer() else repr(x)
+
+
+def row_key(row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(_norm(row.get(k)) for k in KEY)
+
+
+def done_keys(path: Path) -> set[tuple[str, ...]]:
+    if not path.exists():
+        return set()
+    with path.open(newline="") as f:
+        return {row_key(r) for r in csv.DictReader(f)}
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+
+
+def sweep(blocks: list[Block], out: Path, *, device: str = "cpu", repeats: int = 5,
+          seed: int = 0, with_error: bool = True, progress: bool = True) -> pd.DataFrame:
+    """Run every grid point of ``blocks`` not already in ``out/sweep.csv``; return the CSV."""
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "sweep.csv"
+    runner = Runner(device, repeats=repeats, seed=seed, cache_dir=out / "exact_cache",
+                    with_error=with_error)
+    grid = [r for b in blocks for r in b.runs()]
+    for r in grid:
+        if r["meta_batch"] is None:
+            r["meta_batch"] = make_problem_meta_batch(r["problem"])
+    done = done_keys(csv_path)
+    todo = [r for r in grid if row_key({**r, "device": device, "seed": seed}) not in done]
+    bar = tqdm(todo, desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
+    for r in bar:
+        label = " ".join(f"{k}={r[k]}" for k in ("steps", "lam", "cg_iters", "terms")
+                         if r[k] is not None)
+        bar.set_postfix_str(f"{r['problem']} {r['method']} {label}")
+        append_row(csv_path, runner.run(r))
+    return pd.read_csv(csv_path)
+
+
+def make_problem_meta_batch(problem: str) -> int:
+    from .problems import DEFAULT_META_BATCH
+
+    return DEFAULT_META_BATCH[problem]
+
+
+# -- figures ---------------------------------------------------------------------------------
+
+AXIS_LABEL = {"steps": "K (inner steps)", "lam": "λ", "cg_iters": "CG iterations",
+              "terms": "Neumann terms J"}
+
+
+def _series(df: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """Rows that vary along ``axis`` with the other settings fixed, labelled by them."""
+    others = [k for k in ("problem", "method", "meta_batch", "steps", "inner_lr", "lam",
+                          "cg_iters", "terms") if k != axis]
+    keep = df.groupby(others, dropna=False)[axis].transform("nunique") >= 2
+    d = df[keep.values].copy()
+    if d.empty:
+        return d
+    fixed = [k for k in ("steps", "lam", "cg_iters", "terms") if k != axis]
+
+    def label(row) -> str:
+        parts = [f"{k}={_norm(row[k])}" for k in fixed if _norm(row[k])]
+        return row["method"] + (f" ({', '.join(parts)})" if parts else "")
+
+    d["series"] = d.apply(label, axis=1)
+    return d
+
+
+def _colors(d: pd.DataFrame) -> dict[str, Any]:
+    """The method's fixed colour (metagrad.plotting.palette); several series of one method
+    (e.g. different λ) get darkening shades of it; variants get their own colours."""
+    from metagrad import plotting
+
+    base = plotting.palette()
+    extra = iter(plotting.sns.color_palette("dark", 10))
+    colors: dict[str, Any] = {}
+    for method, group in d.groupby("method", sort=False):
+        names = sorted(group["series"].unique())
+        color = base.get(method) if method in base else next(extra)
+        shades = (plotting.sns.dark_palette(color, len(names) + 2)[2:] if len(names) > 1
+                  else [color])
+        colors.update(zip(names, shades))
+    return colors
+
+
+def figures(df: pd.DataFrame, out: Path) -> list[Path]:
+    """Draw every figure the data support; return their paths."""
+    from metagrad import plotting
+
+    plotting.setup()
+    sns, plt = plotting.sns, plotting.plt
+    paths: list[Path] = []
+    problems = sorted(df["problem"].unique())
+
+    def lineplot(y: str, axis: str, fname: str, title: str, ylabel: str, logx: bool) -> None:
+        d = _series(df, axis).dropna(subset=[y])
+        if d.empty:
+            return
+        probs = [p for p in problems if p in set(d["problem"])]
+        fig, axes = plt.subplots(1, len(probs), figsize=(6.2 * len(probs), 4.2), squeeze=False)
+        for ax, prob in zip(axes[0], probs):
+            dp = d[d["problem"] == prob].sort_values(axis)
+            sns.lineplot(dp, x=axis, y=y, hue="series", palette=_colors(dp), marker="o", ax=ax)
+            has_zero = bool((dp[axis] == 0).any())
+            ax.set_xscale(("symlog" if has_zero else "log") if logx else "linear")
+            ax.set_yscale("log")
+            ax.set_xlabel(AXIS_LABEL[axis])
+            ax.set_ylabel(ylabel)
+            batch = int(dp["meta_batch"].iloc[0])
+            ax.set_title(f"{prob}, {dp['device'].iloc[0]}, meta-batch {batch}")
+            ax.legend(fontsize=7)
+        fig.suptitle(title)
+        paths.append(plotting.save(fig, out / fname))
+
+    lineplot("median_ms", "steps", "time_vs_steps.png", "median time per meta-gradient vs K",
+             "ms", True)
+    lineplot("peak_mem_mb", "steps", "memory_vs_steps.png",
+             "peak memory above baseline vs K", "MiB", True)
+    lineplot("rel_error", "steps", "error_vs_steps.png", "relative error vs exact target, vs K",
+             "‖g − g*‖ / ‖g*‖", True)
+    lineplot("rel_error", "terms", "error_vs_terms.png",
+             "Neumann: relative error vs the implicit gradient, vs J", "‖g − g*‖ / ‖g*‖", True)
+    lineplot("rel_error", "lam", "error_vs_lam.png", "relative error vs exact target, vs λ",
+             "‖g − g*‖ / ‖g*‖", True)
+    lineplot("rel_error", "cg_iters", "error_vs_cg_iters.png",
+             "IMAML: relative error vs the implicit gradient, vs CG iterations",
+             "‖g − g*‖ / ‖g*‖", True)
+
+    d = df.dropna(subset=["rel_error", "median_ms"])
+    d = d[d["rel_error"] > 0]
+    if not d.empty:
+        probs = sorted(d["problem"].unique())
+        fig, axes = plt.subplots(1, len(probs), figsize=(6.2 * len(probs), 4.4), squeeze=False)
+        for ax, prob in zip(axes[0], probs):
+            dp = d[d["problem"] == prob]
+            d2 = dp.assign(series=dp["method"])
+            sns.scatterplot(d2, x="median_ms", y="rel_error", hue="series",
+                            palette=_colors(d2), ax=ax, s=30)
+            front = pareto_front(dp)
+            ax.plot(front["median_ms"], front["rel_error"], "k--", lw=1, label="Pareto front")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("median ms per meta-gradient")
+            ax.set_ylabel("‖g − g*‖ / ‖g*‖")
+            ax.set_title(f"{prob}, {dp['device'].iloc[0]}")
+            ax.legend(fontsize=7)
+        fig.suptitle("error vs time: Pareto front (lower left is better)")
+        paths.append(plotting.save(fig, out / "pareto.png"))
+    return paths
+
+
+def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows not dominated in (median_ms, rel_error), sorted by time."""
+    d = df.sort_values(["median_ms", "rel_error"])
+    best, keep = math.inf, []
+    for idx, err in zip(d.index, d["rel_error"]):
+        if err < best:
+            best = err
+            keep.append(idx)
+    return d.loc[keep]
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep", help="time/memory/accuracy of the methods across K, λ, cg_iters, terms",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("--preset", choices=sorted(presets()), default=None,
+                   help="a named grid (default cpu-quick when no axis is given)")
+    p.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+                   help=f"methods/variants: {', '.join(variants.VARIANTS)} (default: the six)")
+    p.add_argument("--problem", choices=PROBLEMS, default="sinusoid")
+    p.add_argument("--steps", nargs="+", type=int, default=None, help="K values, 0..100")
+    p.add_argument("--lam", nargs="+", type=float, default=None, help="λ values (0.001..1000)")
+    p.add_argument("--cg-iters", nargs="+", type=int, default=None, help="0..50")
+    p.add_argument("--terms", nargs="+", type=int, default=None, help="Neumann J, 0..50")
+    p.add_argument("--inner-lr", type=float, default=0.01)
+    p.add_argument("--meta-batch", type=int, default=None,
+                   help="tasks per meta-batch (default: 25 sinusoid, 8 convnet)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per run (median, IQR)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="sweep", help="folder for sweep.csv and figures")
+    p.add_argument("--no-error", action="store_true", help="skip the exact-target error column")
+    p.add_argument("--no-figures", action="store_true")
+    p.set_defaults(func=run)
+
+
+def blocks_from_args(args: argparse.Namespace) -> list[Block]:
+    from metagrad.cli import UsageError
+
+    axes = {"methods": args.methods, "steps": args.steps, "lam": args.lam,
+            "cg_iters": args.cg_iters, "terms": args.terms}
+    given = any(v is not None for v in axes.values()) or args.meta_batch is not None
+    if args.preset and given:
+        raise UsageError("give either --preset or axes (--methods/--steps/...), not both")
+    if not given:
+        return presets()[args.preset or "cpu-quick"]
+    methods = args.methods or list(variants.AXES)
+    for m in methods:
+        if m not in variants.VARIANTS:
+            choices = ", ".join(variants.VARIANTS)
+            raise UsageError(f"--methods: unknown {m!r}; choose from {choices}")
+        if not variants.VARIANTS[m].available:
+            raise UsageError(f"--methods: {m} needs mg.compile, which this metagrad lacks")
+    steps = args.steps or [5]
+    cg_iters, terms = args.cg_iters or [5], args.terms or [5]
+    for name, values in (("steps", steps), ("cg-iters", cg_iters), ("terms", terms)):
+        hi = LIMITS[name.replace("-", "_")]
+        bad = [v for v in values if not 0 <= v <= hi]
+        if bad:
+            raise UsageError(f"--{name} must be within 0..{hi}, got {bad}")
+    lam = args.lam or [1.0]
+    bad = [v for v in lam if not LAM_RANGE[0] <= v <= LAM_RANGE[1]]
+    if bad:
+        raise UsageError(f"--lam must be within {LAM_RANGE[0]}..{LAM_RANGE[1]}, got {bad}")
+    if not (args.inner_lr > 0 and math.isfinite(args.inner_lr)):
+        raise UsageError(f"--inner-lr must be a finite positive number, got {args.inner_lr}")
+    if args.meta_batch is not None and args.meta_batch < 1:
+        raise UsageError(f"--meta-batch must be ≥ 1, got {args.meta_batch}")
+    return [Block(args.problem, methods, steps, lam, cg_iters, terms, args.inner_lr,
+                  args.meta_batch)]
+
+
+def run(args: argparse.Namespace) -> int:
+    from metagrad.cli import UsageError
+    from metagrad.report import check_device
+
+    device = check_device(args.device)
+    if args.repeats < 1:
+        raise UsageError(f"--repeats must be ≥ 1, got {args.repeats}")
+    blocks = blocks_from_args(args)
+    out = Path(args.out)
+    df = sweep(blocks, out, device=device, repeats=args.repeats, seed=args.seed,
+               with_error=not args.no_error)
+    print(f"wrote {out / 'sweep.csv'} ({len(df)} rows)")
+    if not args.no_figures:
+        for path in figures(df[df["device"] == device], out):
+            print(f"wrote {path}")
+    return 0
+
+
+# -- report section --------------------------------------------------------------------------
+
+
+def sweep_section(ctx) -> str:
+    """``metagrad report`` section: the ``cpu-quick`` grid (``cpu`` with ``--full``)."""
+    preset = "cpu-quick" if ctx.quick else "cpu"
+    out = ctx.out / "sweep"
+    df = sweep(presets()[preset], out, device=ctx.device, repeats=3 if ctx.quick else 5,
+               seed=ctx.seed, progress=False)
+    df = df[(df["device"] == ctx.device) & (df["seed"] == ctx.seed)]
+    paths = figures(df, out)
+    cols = ["problem", "method", "steps", "lam", "cg_iters", "terms", "median_ms",
+            "peak_mem_mb", "measured_over_predicted", "rel_error"]
+    table = df[cols].to_markdown(index=False, floatfmt=".3g")
+    images = "\n".join(f"![{p.stem}](sweep/{p.name})" for p in paths)
+    return (
+        f"## Sweep ({preset}: time, memory and accuracy vs K, λ, CG iterations, J)\n\n"
+        f"Device `{ctx.device}` ({df['device_name'].iloc[0] if len(df) else '?'}). Time: median "
+        "of repeats after a warm-up; memory: peak above the pre-call baseline (CPU: sampled "
+        "RSS, see bench/measure.py); measured/predicted: time over (gradient-equivalents × one "
+        "batched gradient); rel_error: against the float64 exact target (bench/exact.py), empty "
+        "where none is computed. Full CSV: `sweep/sweep.csv`; rerun with "
+        f"`metagrad sweep --preset {preset} --out OUT`.\n\n{table}\n\n{images}\n"
+    )

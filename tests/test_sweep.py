@@ -1,0 +1,146 @@
+"""Fast tests of the sweep runner (bench/sweep.py) and its exact targets (bench/exact.py).
+
+Timings are never asserted; the error column and the targets are compared with numbers
+computed here another way (dense Hessian products, central finite differences).
+"""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from bench import exact
+from bench.problems import make_problem
+from bench.sweep import COLUMNS, Block, sweep
+from metagrad.cli import main
+
+
+def _rows(path):
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+TINY = [Block("sinusoid", ["maml", "fomaml", "imaml"], [1], meta_batch=2)]
+
+
+def test_csv_columns_and_unused_settings_empty(tmp_path):
+    sweep(TINY, tmp_path, repeats=1, progress=False)
+    header, rows = _rows(tmp_path / "sweep.csv")
+    assert header == COLUMNS
+    assert sorted(r["method"] for r in rows) == ["fomaml", "imaml", "maml"]
+    by = {r["method"]: r for r in rows}
+    # MAML reads only steps: λ, cg_iters, terms are empty; IMAML reads λ and cg_iters.
+    assert (by["maml"]["lam"], by["maml"]["cg_iters"], by["maml"]["terms"]) == ("", "", "")
+    assert (by["imaml"]["lam"], by["imaml"]["cg_iters"], by["imaml"]["terms"]) == ("1.0", "5", "")
+    for r in rows:
+        assert r["device"] == "cpu" and r["torch"] == torch.__version__
+        assert float(r["median_ms"]) > 0 and float(r["predicted_ms"]) > 0
+        ratio = float(r["median_ms"]) / float(r["predicted_ms"])
+        assert float(r["measured_over_predicted"]) == pytest.approx(ratio, rel=1e-9)
+    # IMAML on the ReLU sinusoid has no implicit target (documented): NaN, i.e. empty.
+    assert by["imaml"]["rel_error"] in ("", "nan")
+    # MAML against its own exact target: float64 rounding only.
+    assert float(by["maml"]["rel_error"]) < 1e-12
+
+
+def test_resumable_completed_rows_not_redone(tmp_path):
+    sweep(TINY, tmp_path, repeats=1, progress=False)
+    _, first = _rows(tmp_path / "sweep.csv")
+    sweep(TINY, tmp_path, repeats=1, progress=False)
+    _, second = _rows(tmp_path / "sweep.csv")
+    assert second == first  # nothing appended, nothing rewritten
+    more = [Block("sinusoid", ["maml", "fomaml", "imaml"], [1, 2], meta_batch=2)]
+    sweep(more, tmp_path, repeats=1, progress=False)
+    _, third = _rows(tmp_path / "sweep.csv")
+    assert third[: len(first)] == first
+    assert sorted((r["method"], r["steps"]) for r in third[len(first):]) == [
+        ("fomaml", "2"), ("imaml", "2"), ("maml", "2")]
+
+
+def test_error_column_equals_dense_hessian_computation(tmp_path):
+    """FOMAML's rel_error at K = 1 against ‖g − g*‖/‖g*‖ with the exact MAML gradient
+    written as a dense product, g*ᵢ = (I − αH(θ)) ∇L_val(θ − α∇L_tr(θ)) (Finn et al. 2017)."""
+    alpha = 0.01
+    sweep([Block("sinusoid", ["fomaml"], [1], meta_batch=2, inner_lr=alpha)], tmp_path,
+          repeats=1, progress=False)
+    _, rows = _rows(tmp_path / "sweep.csv")
+    p = make_problem("sinusoid", meta_batch=2, dtype=torch.float64)
+    names = list(p.params)
+    shapes = [p.params[k].shape for k in names]
+    theta = torch.cat([p.params[k].detach().reshape(-1) for k in names])
+
+    def f(w, batch):
+        chunks = torch.split(w, [s.numel() for s in shapes])
+        ps = {k: c.reshape(s) for k, c, s in zip(names, chunks, shapes)}
+        return p.loss(ps, batch)
+
+    exact_sum = torch.zeros_like(theta)
+    fomaml_sum = torch.zeros_like(theta)
+    for i in range(2):
+        train, val = p.tasks.task(i)
+        h = torch.autograd.functional.hessian(lambda w, b=train: f(w, b), theta)
+        g_tr = torch.autograd.functional.jacobian(lambda w, b=train: f(w, b), theta)
+        phi = theta - alpha * g_tr
+        g_val = torch.autograd.functional.jacobian(lambda w, b=val: f(w, b), phi)
+        exact_sum += g_val - alpha * h @ g_val
+        fomaml_sum += g_val
+    expected = float((fomaml_sum - exact_sum).norm() / exact_sum.norm())
+    assert float(rows[0]["rel_error"]) == pytest.approx(expected, rel=1e-8)
+
+
+def test_implicit_target_matches_finite_differences():
+    """λ(H(φ*) + λI)⁻¹∇L_val(φ*) is the gradient of θ ↦ L_val(φ*(θ)) (Rajeswaran et al.
+    2019, eq. 6): check along two directions by central differences of the composed map."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 5), nn.Tanh(), nn.Linear(5, 5), nn.Tanh(),
+                          nn.Linear(5, 1)).double()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(ps, batch):
+        x, y = batch
+        return F.mse_loss(functional_call(model, ps, (x,)), y)
+
+    x = torch.linspace(-3, 3, 16, dtype=torch.float64).view(1, 16, 1)
+    y = torch.sin(x)
+    from metagrad import Task
+
+    tasks = Task(train=(x[:, ::2], y[:, ::2]), val=(x[:, 1::2], y[:, 1::2]))
+    lam = 2.0
+    g = exact.implicit_target(loss, params, tasks, lam)
+    assert torch.isfinite(g).all()
+    theta = torch.cat([v.reshape(-1) for v in params.values()])
+    f = exact._flat(loss, params)
+    train, val = tasks.task(0)
+
+    def outer(w):
+        phi, _, converged = exact.proximal_minimiser(f, w, train, lam)
+        assert converged
+        return float(f(phi, val))
+
+    h = 1e-5
+    for seed in (1, 2):
+        gen = torch.Generator().manual_seed(seed)
+        u = torch.randn(theta.shape, dtype=torch.float64, generator=gen)
+        fd = (outer(theta + h * u) - outer(theta - h * u)) / (2 * h)
+        assert float(g @ u) == pytest.approx(fd, rel=1e-6, abs=1e-10)
+
+
+@pytest.mark.parametrize("argv", [
+    ["sweep", "--steps", "101"],
+    ["sweep", "--cg-iters", "51"],
+    ["sweep", "--lam", "0"],
+    ["sweep", "--methods", "nope"],
+    ["sweep", "--preset", "cpu-quick", "--steps", "1"],
+    ["sweep", "--repeats", "0"],
+    ["sweep", "--device", "tpu"],
+])
+def test_cli_rejects_bad_input(argv, tmp_path, capsys):
+    assert main(argv + ["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "metagrad sweep: error:" in err and len(err.strip().splitlines()) == 1
