@@ -51,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inner-lr", type=float, default=d.inner_lr,
                    help=f"inner step size α (default {d.inner_lr})")
     p.add_argument("--lam", type=float, default=None,
-                   help="λ of imaml (default 300), neumann (default 1000), penalty (default 0.1)")
+                   help="λ of imaml (default 300), neumann (default 1000), penalty (default 0.001)")
     p.add_argument("--cg-iters", type=int, default=None, help="imaml CG iterations (default 5)")
     p.add_argument("--terms", type=int, default=None, help="neumann series terms (default 5)")
     p.add_argument("--step", type=float, default=None,
@@ -241,7 +241,7 @@ def training_section(ctx) -> str:
         f"experiment), meta-batch {c.meta_batch}, {c.shots} + {c.query} shots, MLP "
         f"1-{'-'.join(map(str, c.hidden))}-1 ReLU, K = {c.steps} inner step with "
         f"`inner_lr={c.inner_lr}`, Adam `meta_lr=1e-3` (Reptile: SGD with ε = 1), "
-        "IMAML `lam=300, cg_iters=5`, Neumann `lam=1000, terms=5`, Penalty `lam=0.1`. "
+        "IMAML `lam=300, cg_iters=5`, Neumann `lam=1000, terms=5`, Penalty `lam=0.001`. "
         f"Held-out: {c.heldout_tasks} tasks "
         f"(seed {c.heldout_seed}), MSE on {c.heldout_query} query points before and after "
         "k plain GD steps; the baseline is one network trained jointly on the same task "

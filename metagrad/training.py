@@ -30,7 +30,11 @@ Neumann defaults to ``lam = 1000`` with η = 1: the series converges only while
 whatever λ, so the implicit gradient is a preconditioned first-order direction
 here, not the exact bilevel gradient; the core's diagnostics say so ("the
 proximal inner loop cannot converge"), counted in the log's ``warnings`` column.
-Penalty defaults to ``lam = 0.1``.
+Penalty defaults to ``lam = 0.001``: ‖∇L_tr(φ)‖² is 1-20 here against L_val ≈ 1-4,
+and at λ = 0.1 the penalty won, training collapsed to a near-constant predictor
+(held-out MSE 4.07 ≈ E[A²]/2 before and after adaptation); λ = 0.01 only matched
+the joint-training baseline; λ = 0.001 meta-learns (post-update MSE 1.25, measured
+over 2000 meta-steps).
 
 Every step appends ``step, pre_update_loss, post_update_loss, step_time_s,
 wall_time_s`` (plus method diagnostics) to ``train_log.csv``. At the end the
@@ -88,7 +92,7 @@ REPTILE_META_LR = 1.0
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "imaml": {"lam": 300.0, "cg_iters": 5},
     "neumann": {"lam": 1000.0, "terms": 5, "step": 1.0},
-    "penalty": {"lam": 0.1},
+    "penalty": {"lam": 0.001},
 }
 """Settings each method takes beyond (steps, inner_lr), with their defaults."""
 
