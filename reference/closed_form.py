@@ -11,8 +11,13 @@ one in :mod:`reference.dense`. ``theta`` here is the flat w (``w[:, 0]``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+
+Batch = tuple[Tensor, Tensor]
+"""One task's (X, y), y flat."""
 
 
 def quadratic(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -45,7 +50,7 @@ def adapted(x: Tensor, y: Tensor, theta: Tensor, steps: int, inner_lr: float) ->
     return torch.linalg.matrix_power(M, steps) @ theta + acc
 
 
-def maml(train, val, theta: Tensor, steps: int, inner_lr: float, **_) -> Tensor:
+def maml(train: Batch, val: Batch, theta: Tensor, steps: int, inner_lr: float, **_unused) -> Tensor:
     """(I − αH)ᴷ ∇L_val(φ)."""
     H, _ = quadratic(*train)
     M = _eye(theta.numel(), theta) - inner_lr * H
@@ -53,16 +58,18 @@ def maml(train, val, theta: Tensor, steps: int, inner_lr: float, **_) -> Tensor:
     return torch.linalg.matrix_power(M, steps) @ _grad(*val, phi)
 
 
-def fomaml(train, val, theta: Tensor, steps: int, inner_lr: float, **_) -> Tensor:
+def fomaml(train: Batch, val: Batch, theta: Tensor, steps: int, inner_lr: float,
+           **_unused) -> Tensor:
     return _grad(*val, adapted(*train, theta, steps, inner_lr))
 
 
-def reptile(train, val, theta: Tensor, steps: int, inner_lr: float, **_) -> Tensor:
+def reptile(train: Batch, val: Batch, theta: Tensor, steps: int, inner_lr: float,
+            **_unused) -> Tensor:
     return theta - adapted(*train, theta, steps, inner_lr)
 
 
-def penalty(train, val, theta: Tensor, steps: int, inner_lr: float, lam: float,
-            **_) -> Tensor:
+def penalty(train: Batch, val: Batch, theta: Tensor, steps: int, inner_lr: float, lam: float,
+            **_unused) -> Tensor:
     """∇L_val(φ) + 2λ H (Hφ − c)."""
     H, _ = quadratic(*train)
     phi = adapted(*train, theta, steps, inner_lr)
@@ -84,14 +91,15 @@ def proximal_adapted(x: Tensor, y: Tensor, theta: Tensor, steps: int, inner_lr: 
     return star + torch.linalg.matrix_power(M, steps) @ (theta - star)
 
 
-def implicit_gradient(train, val, theta: Tensor, lam: float) -> Tensor:
+def implicit_gradient(train: Batch, val: Batch, theta: Tensor, lam: float) -> Tensor:
     """∇_θ L_val(φ*(θ)) = λ(H + λI)⁻¹ ∇L_val(φ*): dφ*/dθ = λ(H + λI)⁻¹ exactly here."""
     H, _ = quadratic(*train)
     star = proximal_minimiser(*train, theta, lam)
     return lam * torch.linalg.solve(H + lam * _eye(theta.numel(), theta), _grad(*val, star))
 
 
-def implicit_system(train, val, theta: Tensor, steps: int, inner_lr: float, lam: float):
+def implicit_system(train: Batch, val: Batch, theta: Tensor, steps: int, inner_lr: float,
+                    lam: float) -> tuple[Tensor, Tensor]:
     """(A, b) = (I + H/λ, ∇L_val(φ⁽ᴷ⁾)) of the iMAML system after K proximal steps."""
     H, _ = quadratic(*train)
     phi = proximal_adapted(*train, theta, steps, inner_lr, lam)
@@ -112,23 +120,23 @@ def krylov_solution(A: Tensor, b: Tensor, iters: int) -> Tensor:
     return Q @ torch.linalg.solve(Q.T @ A @ Q, Q.T @ b)
 
 
-def imaml(train, val, theta: Tensor, steps: int, inner_lr: float, lam: float,
-          cg_iters: int, **_) -> Tensor:
+def imaml(train: Batch, val: Batch, theta: Tensor, steps: int, inner_lr: float, lam: float,
+          cg_iters: int, **_unused) -> Tensor:
     A, b = implicit_system(train, val, theta, steps, inner_lr, lam)
     if cg_iters >= theta.numel():
         return torch.linalg.solve(A, b)
     return krylov_solution(A, b, cg_iters)
 
 
-def neumann(train, val, theta: Tensor, steps: int, inner_lr: float, lam: float, terms: int,
-            step: float = 1.0, **_) -> Tensor:
+def neumann(train: Batch, val: Batch, theta: Tensor, steps: int, inner_lr: float, lam: float,
+            terms: int, step: float = 1.0, **_unused) -> Tensor:
     """x_J = A⁻¹ (I − (I − ηA)^(J+1)) b: the geometric sum η Σ_{j≤J} (I − ηA)ʲ in closed form."""
     A, b = implicit_system(train, val, theta, steps, inner_lr, lam)
     eye = _eye(theta.numel(), theta)
     return torch.linalg.solve(A, (eye - torch.linalg.matrix_power(eye - step * A, terms + 1)) @ b)
 
 
-METHODS = {
+METHODS: dict[str, Callable[..., Tensor]] = {
     "maml": maml,
     "fomaml": fomaml,
     "reptile": reptile,

@@ -65,7 +65,8 @@ def reptile(f: FlatLoss, theta: Tensor, train: Any, val: Any, *, steps: int,
 
 def _implicit_system(f: FlatLoss, theta: Tensor, train: Any, val: Any, steps: int,
                      inner_lr: float, lam: float):
-    """K proximal GD steps, then A = I + H(φ)/λ and b = ∇L_val(φ) (Rajeswaran et al. 2019, eq. 7)."""
+    """K proximal GD steps, then A = I + H(φ)/λ and b = ∇L_val(φ)
+    (Rajeswaran et al. 2019, eq. 7)."""
     phi = dense.proximal_gd(f, theta, train, steps, inner_lr, lam)[-1]
     A = _eye(theta) + dense.hessian(f, phi, train) / lam
     return phi, A, dense.gradient(f, phi, val)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
 from problems import DEFAULTS, Case, evaluate, level1_failures
 
 PROBLEMS = ("linreg", "softmax", "mlp_softplus", "sinusoid")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 from problems import Case, Perturbed, evaluate, level1_failures
-from test_accuracy import PROBLEMS, settings_for, DIMS
+from test_accuracy import DIMS, PROBLEMS, settings_for
 
 METHODS = ("maml", "fomaml", "reptile", "imaml", "neumann", "penalty")
 

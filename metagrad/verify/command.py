@@ -6,8 +6,15 @@ import argparse
 import time
 from pathlib import Path
 
-from .table import ALL_PROBLEMS, METHOD_NAMES, QUICK_PROBLEMS, default_cases, markdown_table, \
-    run_cases, write_outputs
+from .table import (
+    ALL_PROBLEMS,
+    METHOD_NAMES,
+    QUICK_PROBLEMS,
+    default_cases,
+    markdown_table,
+    run_cases,
+    write_outputs,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -29,7 +29,7 @@ import reference
 from reference import closed_form as cf
 from reference import dense, finite_diff, targets
 
-from ..methods import METHODS, MAML
+from ..methods import MAML, METHODS
 from .problems import Problem, get
 
 REF_RTOL = 1e-9
@@ -69,7 +69,7 @@ class Case:
 
     def build(self):
         cls = METHODS[self.method]
-        extra = {"backward": self.backward} if cls is MAML else {}
+        extra: dict[str, Any] = {"backward": self.backward} if cls is MAML else {}
         return cls(**self.config, batching=self.batching, hvp=self.hvp, **extra)
 
     def get_problem(self) -> Problem:
@@ -123,7 +123,8 @@ def _cached(problem: Problem, key: tuple, compute):
     return problem.cache[key]
 
 
-def reference_result(problem: Problem, method: str, settings: dict[str, Any]) -> reference.RefResult:
+def reference_result(problem: Problem, method: str,
+                     settings: dict[str, Any]) -> reference.RefResult:
     f, theta = problem.flat()
     key = ("reference", method, tuple(sorted(settings.items())))
     return _cached(problem, key, lambda: reference.meta_batch(method, f, theta,
@@ -183,6 +184,7 @@ def _fd(problem: Problem, method: str, s: dict[str, Any]) -> Tensor:
 def target_result(problem: Problem, method: str, settings: dict[str, Any]) -> Tensor:
     """The bilevel-exact target (mean over tasks), see ``reference.targets.target``."""
     f, theta = problem.flat()
+    key: tuple
     if method in ("imaml", "neumann"):
         key = ("implicit", settings["lam"])
     else:

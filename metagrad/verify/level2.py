@@ -11,7 +11,7 @@ report section.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .compare import Case, evaluate
@@ -49,19 +49,21 @@ def sweep_cases(problems: tuple[str, ...] = SWEEP_PROBLEMS) -> Iterator[tuple[st
                                    terms=STEPS_TERMS, step=eta)
         for factor in LAM_FACTORS:
             lam_f = lam * factor
-            conv = dict(steps=CONVERGED_STEPS, inner_lr=d.converged_lr(lam_f), lam=lam_f)
+            conv: dict[str, Any] = dict(steps=CONVERGED_STEPS, inner_lr=d.converged_lr(lam_f),
+                                        lam=lam_f)
             yield "lam", Case.of("imaml", name, cg_iters=4, **conv)
             yield "lam", Case.of("neumann", name, terms=4, step=d.neumann_step(lam_f), **conv)
-        conv = dict(steps=CONVERGED_STEPS, inner_lr=d.converged_lr(lam), lam=lam)
+        conv = {"steps": CONVERGED_STEPS, "inner_lr": d.converged_lr(lam), "lam": lam}
         for m in CG_ITERS:
             yield "cg_iters", Case.of("imaml", name, cg_iters=m, **conv)
         for j in TERMS:
             yield "terms", Case.of("neumann", name, terms=j, step=eta, **conv)
 
 
-def sweep(problems: tuple[str, ...] = SWEEP_PROBLEMS, progress: bool = False) -> list[dict[str, Any]]:
+def sweep(problems: tuple[str, ...] = SWEEP_PROBLEMS,
+          progress: bool = False) -> list[dict[str, Any]]:
     """Run every sweep case; one row per case with its ``approx_error``."""
-    cases = list(sweep_cases(problems))
+    cases: Iterable[tuple[str, Case]] = list(sweep_cases(problems))
     if progress:
         from tqdm import tqdm
 

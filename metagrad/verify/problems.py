@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import torch
@@ -135,7 +135,7 @@ BUILDERS: dict[str, Callable[..., Problem]] = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def get(name: str, num_tasks: int = 2, seed: int = 0,
         dtype: torch.dtype = torch.float64) -> Problem:
     """A cached problem (its oracle results are cached with it)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+from matplotlib.ticker import ScalarFormatter
 
 from .. import plotting
 from .level2 import QUICK_PROBLEMS as L2_QUICK
@@ -29,7 +30,9 @@ def verify_section(ctx) -> str:
                     max_err_reference=("err_reference", "max"),
                     max_err_fd=("err_fd", "max"))
                .reset_index())
-    table = summary.to_markdown(index=False, floatfmt=".1e")
+    for col in ("max_err_reference", "max_err_fd"):
+        summary[col] = [f"{v:.1e}" if v == v else "n/a" for v in summary[col]]  # NaN: no FD
+    table = summary.to_markdown(index=False)
     return (
         "## Verification against the exact oracle\n\n"
         f"`metagrad verify` on {', '.join(problems)} (float64): {len(df) - failed} of {len(df)} "
@@ -46,8 +49,8 @@ def verify_section(ctx) -> str:
 def _figure(level2: pd.DataFrame, path):
     plotting.setup()
     colors = plotting.palette()
-    fig, axes = plotting.plt.subplots(1, 4, figsize=(17, 3.8))
-    for ax, (name, label) in zip(axes, SWEEP_LABELS.items()):
+    fig, axes = plotting.plt.subplots(2, 2, figsize=(11, 7.5))
+    for ax, (name, label) in zip(axes.flat, SWEEP_LABELS.items()):
         part = level2[level2.sweep == name].copy()
         part["approx_error"] = part["approx_error"].clip(lower=1e-17)
         plotting.sns.lineplot(part, x=name, y="approx_error", hue="method", style="problem",
@@ -56,6 +59,9 @@ def _figure(level2: pd.DataFrame, path):
         ax.set_yscale("log")
         if name == "lam":
             ax.set_xscale("log")
+            ax.minorticks_off()
+            ax.set_xticks(sorted(part.lam.unique()))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("relative error vs bilevel target")
         ax.legend(fontsize=7)
