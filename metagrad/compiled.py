@@ -24,6 +24,9 @@ from ._hvp import Loss
 from ._task import Task
 from .methods._base import MetaGradient, Method
 
+VERIFIED_TORCH = ("2.13", "2.14")
+"""torch releases on which the compiled path was run against the eager one (tox matrix)."""
+
 
 def _signature(loss: Loss, params: dict, tasks: Task) -> tuple:
     leaves = list(params.items()) + list(enumerate(torch_pytree.tree_leaves((tasks.train,
@@ -59,7 +62,19 @@ class CompiledMethod:
             self._cache[key] = torch.compile(self.method.batched(loss), backend=self.backend,
                                              mode=mode, dynamic=False, fullgraph=True)
         start = time.perf_counter()
-        grad, diag = self._cache[key](theta, tasks.train, tasks.val)
+        try:
+            grad, diag = self._cache[key](theta, tasks.train, tasks.val)
+        except Exception as err:
+            if not first:
+                raise
+            del self._cache[key]
+            # Older dynamo cannot trace torch.func transforms as one graph; say so plainly.
+            raise RuntimeError(
+                f"torch.compile could not trace {self.method.name}'s batched meta-gradient on "
+                f"torch {torch.__version__} ({type(err).__name__}: {str(err).splitlines()[0]}). "
+                f"The eager method gives the same numbers; mg.compile is verified on torch "
+                f"{', '.join(VERIFIED_TORCH)}."
+            ) from err
         if first:
             if next(iter(theta.values())).device.type == "cuda":
                 torch.cuda.synchronize()
