@@ -214,8 +214,8 @@ def run(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 # report section
 
-QUICK_META_STEPS = 200
-QUICK_HELDOUT_TASKS = 200
+QUICK_META_STEPS = 100
+QUICK_HELDOUT_TASKS = 100
 
 
 def training_section(ctx) -> str:

@@ -58,7 +58,7 @@ def plot_heldout(summaries: Mapping[str, Mapping[str, Any]], path: Path) -> Path
     joint-training baseline for comparison."""
     plotting.setup()
     colors = plotting.palette()
-    fig, ax = plotting.plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = plotting.plt.subplots(figsize=(8.0, 4.0))
     for name in _ordered(summaries):
         curve = summaries[name]["heldout"]["mse_by_steps"]
         ax.plot(range(len(curve)), curve, marker="o", ms=3, color=colors.get(name), label=name)
@@ -72,7 +72,7 @@ def plot_heldout(summaries: Mapping[str, Mapping[str, Any]], path: Path) -> Path
     ax.set_yscale("log")
     ax.set_xlabel(r"adaptation steps (plain GD, inner_lr)")
     ax.set_ylabel("held-out MSE")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     return plotting.save(fig, path)
 
 
