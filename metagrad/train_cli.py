@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -132,7 +133,7 @@ def comparison_frame(results: dict[str, TrainResult],
                      failed: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per method (held-out MSE before / after k steps, time) plus the baseline;
     diverged methods get a row with only their status."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     baseline = None
     failed = failed or {}
     for name in [n for n in METHOD_ORDER if n in results or n in failed]:

@@ -59,7 +59,7 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -97,7 +97,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 """Settings each method takes beyond (steps, inner_lr), with their defaults."""
 
 # Per-task diagnostics worth a CSV column, with the reduction over tasks that flags trouble.
-DIAGNOSTIC_COLUMNS = {
+DIAGNOSTIC_COLUMNS: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = {
     "cg_min_curvature": ("cg_min_curvature", torch.amin),  # ≤ 0: I + H/λ not positive definite
     "neumann_last_term_norm": ("neumann_last_term_norm", torch.amax),  # growing: series diverges
     "penalty": ("penalty", torch.mean),  # ‖∇L_tr(φ)‖²
@@ -149,7 +149,7 @@ class TrainConfig:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {sorted(METHODS)}")
         extra = METHOD_DEFAULTS.get(self.method, {})
-        filled = {}
+        filled: dict[str, Any] = {}
         for name in ("lam", "cg_iters", "terms", "step"):
             value = getattr(self, name)
             filled[name] = (extra[name] if value is None else value) if name in extra else None
@@ -384,7 +384,7 @@ def _shapes(params: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
 
 
 def _rng_states(gen: torch.Generator) -> dict[str, Any]:
-    states = {"tasks": gen.get_state(), "torch": torch.get_rng_state()}
+    states: dict[str, Any] = {"tasks": gen.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -454,6 +454,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
     model = make_model(cfg)
     loss = module_loss(model, F.mse_loss)
     method = make_method(cfg)
+    assert cfg.meta_lr is not None  # filled by TrainConfig.resolved()
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.meta_lr)
     else:
