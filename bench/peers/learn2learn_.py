@@ -1,0 +1,119 @@
+"""learn2learn 0.2.0 (Arnold et al. 2020): ``l2l.algorithms.MAML`` — ``clone()`` per task,
+``adapt(loss)`` per inner step, ``first_order=True`` for FOMAML. iMAML: learn2learn has no
+implicit gradients; labelled ``imaml (hand CG)``: 5 ``adapt`` steps on the proximal
+objective (first order) + the shared CG loop.
+
+Import note: learn2learn imports torchvision at import time (datasets). On PyPI the Linux
+torchvision wheels are CUDA builds that cannot load against a CPU-only torch, so when
+``import torchvision`` fails we import learn2learn with inert placeholder modules for
+torchvision; only ``learn2learn.algorithms.MAML`` / ``clone_module`` / ``update_module``
+are used, and they never touch it.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import sys
+import types
+import warnings
+
+import torch
+
+from . import _common
+
+NAME = "learn2learn"
+
+
+class _Placeholder(types.ModuleType):
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return type(name, (), {"__init__": lambda self, *a, **k: None})
+
+
+class _PlaceholderFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, fullname, path, target=None):
+        if fullname == "torchvision" or fullname.startswith("torchvision."):
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        return _Placeholder(spec.name)
+
+    def exec_module(self, module):
+        module.__path__ = []
+
+
+def _import():
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 - a CUDA torchvision raises RuntimeError on CPU torch
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        finder = _PlaceholderFinder()
+        sys.meta_path.insert(0, finder)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                import learn2learn
+        finally:
+            sys.meta_path.remove(finder)
+        return learn2learn
+    import learn2learn
+
+    return learn2learn
+
+
+def available() -> str | None:
+    try:
+        _import()
+    except Exception as err:  # noqa: BLE001
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def maml(problem, spec, first_order: bool = False):
+    l2l = _import()
+    model = problem.module
+    learner0 = l2l.algorithms.MAML(model, lr=spec.inner_lr, first_order=first_order)
+    criterion = problem.criterion
+
+    def one(i):
+        (x, y), (xv, yv) = problem.tasks.task(i)
+        learner = learner0.clone()
+        for _ in range(spec.steps):
+            learner.adapt(criterion(learner(x), y))
+        return torch.autograd.grad(criterion(learner(xv), yv), list(model.parameters()))
+
+    return _common.mean_over_tasks(one, problem.tasks.num_tasks)
+
+
+def imaml(problem, spec):
+    l2l = _import()
+    model = problem.module
+    learner0 = l2l.algorithms.MAML(model, lr=spec.inner_lr, first_order=True)
+    criterion = problem.criterion
+    theta = [p.detach() for p in model.parameters()]
+    names = list(problem.params)
+
+    def loss_at(ws, batch):
+        return problem.loss(dict(zip(names, ws)), batch)
+
+    def one(i):
+        (x, y), (xv, yv) = problem.tasks.task(i)
+        learner = learner0.clone()
+        for _ in range(spec.steps):
+            prox = sum(((p - t) ** 2).sum() for p, t in zip(learner.parameters(), theta))
+            learner.adapt(criterion(learner(x), y) + 0.5 * spec.lam * prox)
+        phi = [p.detach() for p in learner.parameters()]
+        return _common.imaml_from_phi(loss_at, phi, (x, y), (xv, yv), spec.lam, spec.cg_iters)
+
+    return _common.mean_over_tasks(one, problem.tasks.num_tasks)
+
+
+CASES = {
+    "maml": maml,
+    "fomaml": lambda problem, spec: maml(problem, spec, first_order=True),
+    "imaml (hand CG)": imaml,
+}
