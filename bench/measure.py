@@ -11,8 +11,9 @@ and the cost-model prediction of DESIGN.md.
     block ≥ 64 KiB by ``mmap`` and to trim the heap eagerly, so freed tensors leave
     the RSS and a later, smaller peak is not hidden by an earlier one. It is honest
     for the large, short-lived tensors that dominate peaks (activations, inner-loop
-    graphs); blocks < 64 KiB recycled inside the heap are not seen to return, and a
-    peak shorter than the sampling period can be missed (a lower bound).
+    graphs). ``malloc_trim(0)`` before each measurement hands free heap pages back, so
+    an earlier, bigger call does not hide a later call's peak. A peak shorter than the
+    sampling period can be missed (a lower bound).
 * Predicted time = ``method.gradient_equivalents()`` × the measured time of one
   batched gradient ``vmap(grad(loss))`` over the tasks' train batches.
 """
@@ -28,25 +29,33 @@ from collections.abc import Callable
 import torch
 from torch.func import grad, vmap
 
-from metagrad.timing import Timing, synchronize, time_call
+from metagrad import timing
+from metagrad.timing import Timing, synchronize
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _MALLOC_TUNED = False
 
 
 def _tune_malloc() -> None:
-    """Make freed large blocks leave the RSS (glibc only; a no-op elsewhere)."""
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return
-    _MALLOC_TUNED = True
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 64 * 1024)  # also switches off the dynamic threshold
-        libc.mallopt(m_trim_threshold, 128 * 1024)
-    except OSError:
-        pass
+    """Make freed memory leave the RSS (glibc only; a no-op elsewhere): large blocks by
+    mmap, and free heap pages given back by ``malloc_trim(0)`` before every measurement
+    (without it, heap pages freed by an earlier, bigger call are reused silently and a
+    later call's peak reads as ~0)."""
+    global _MALLOC_TUNED, _LIBC
+    if not _MALLOC_TUNED:
+        _MALLOC_TUNED = True
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            m_trim_threshold, m_mmap_threshold = -1, -3
+            _LIBC.mallopt(m_mmap_threshold, 64 * 1024)  # also ends the dynamic threshold
+            _LIBC.mallopt(m_trim_threshold, 128 * 1024)
+        except (OSError, AttributeError):
+            _LIBC = None
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
 
 
 def _rss_bytes() -> int:
@@ -106,7 +115,8 @@ def batched_gradient(loss, params, tasks) -> Callable[[], object]:
 
 def gradient_time(loss, params, tasks, device, *, repeats: int = 5) -> Timing:
     """Measured time of one batched gradient, the unit of the cost model."""
-    return time_call(batched_gradient(loss, params, tasks), device, warmup=2, repeats=repeats)
+    fn = batched_gradient(loss, params, tasks)
+    return timing.time_call(fn, device, warmup=2, repeats=repeats)
 
 
 def device_name(device: str | torch.device) -> str:

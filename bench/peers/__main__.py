@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import os
 import platform
 import statistics
 import time
@@ -69,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--cases", nargs="*", default=None, help="subset of case names")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (default: torch's choice); 1 makes the "
+                         "comparison robust to other load on a shared machine")
     args = ap.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     df = pd.DataFrame(rows)
     env = (f"device `{args.device}` ({device_name(args.device)}), torch {torch.__version__}"
            + (f", CUDA {torch.version.cuda}" if args.device.startswith("cuda") else "")
-           + f", Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
+           + f", Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}, "
+           f"1/5-min load average at the end {os.getloadavg()[0]:.1f}/{os.getloadavg()[1]:.1f} "
+           f"on {os.cpu_count()} cores")
     versions = []
     for mod in ("higher", "torchopt", "betty", "learn2learn"):
         try:
@@ -148,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         "has no implicit gradient, so its inner loop is followed by a hand-written CG loop.\n\n"
         f"{df.to_markdown(index=False, floatfmt='.3g')}\n\n{skipped}\n\n"
         f"Command: `python -m bench.peers --out {args.out} --device {args.device} "
-        f"--repeats {args.repeats}`\n"
+        f"--repeats {args.repeats}"
+        + (f" --threads {args.threads}" if args.threads else "") + "`\n"
     )
     (out / "peers.md").write_text(md)
     print(md)
