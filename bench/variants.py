@@ -45,6 +45,8 @@ VARIANTS: dict[str, Variant] = {
     "neumann": Variant("neumann"),
     "penalty": Variant("penalty"),
     "maml-trajectory": Variant("maml", {"backward": "trajectory"}),
+    # √K-style checkpointing: every 10th iterate stored, segments recomputed in the sweep back.
+    "maml-checkpoint10": Variant("maml", {"backward": "trajectory", "checkpoint": 10}),
     "maml-compiled": Variant("maml", compiled=True),
     "imaml-compiled": Variant("imaml", compiled=True),
 }
