@@ -10,11 +10,15 @@
   valid because ``H`` is symmetric. Fallback where a forward-mode rule is missing.
 
 Both compose with ``torch.func.vmap`` over tasks and cost about two gradients.
-``"auto"`` picks the faster mode measured for the device (``DEFAULT_MODE``).
-On torch 2.13 CPU, sinusoid MLP, 25 tasks under vmap, reverse-over-reverse was
-1.3× faster (iMAML 5 CG: 43 vs 56 ms), and forward-over-reverse fails inside
-``F.mse_loss``'s backward ("ZeroTensors are immutable"), so ``auto`` means
-``revrev`` until a device measures otherwise (``bench/`` has the comparison).
+``"auto"`` picks the mode measured faster for the device (``DEFAULT_MODE``).
+``python -m bench.hvp_modes`` (torch 2.13, 1 CPU thread, interleaved medians,
+bench/results/hvp_modes_cpu): double backward was 1.05–1.25× faster on the
+sinusoid MLP (the workload of the report and the training experiment),
+forward-over-reverse 1.04–1.16× faster on the 4-block conv net. ``auto``
+takes ``revrev`` on CPU: it wins on the small models this CPU path serves, and
+forward-over-reverse fails inside ``F.mse_loss``'s backward on every torch
+release tried ("ZeroTensors are immutable"). On CUDA it is ``revrev`` too until
+the same script is run on a GPU (``--device cuda``).
 """
 
 from __future__ import annotations
