@@ -24,7 +24,7 @@ from ._hvp import Loss
 from ._task import Task
 from .methods._base import MetaGradient, Method
 
-VERIFIED_TORCH = ("2.8", "2.13", "2.14")
+VERIFIED_TORCH = ("2.8", "2.10", "2.13", "2.14")
 """torch releases on which the compiled path was run against the eager one (tox matrix)."""
 
 
