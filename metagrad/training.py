@@ -75,6 +75,7 @@ from . import checkpoint as ckpt
 from ._inner import adapt
 from ._module import module_loss, params_of, set_grads
 from ._task import Task
+from ._validate import non_negative_int, positive_float, positive_int
 from .diagnose import MetaGradientWarning
 from .distributions import Sinusoid
 from .methods import METHODS, Method
@@ -164,19 +165,19 @@ class TrainConfig:
     def _validate(self) -> None:
         for name in ("meta_steps", "meta_batch", "shots", "query", "heldout_tasks",
                      "heldout_query", "threads"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         for name in ("steps", "checkpoint_every", "seed", "heldout_seed"):
-            _non_negative_int(name, getattr(self, name))
+            non_negative_int(name, getattr(self, name))
         for name in ("inner_lr", "meta_lr"):
-            _positive_float(name, getattr(self, name))
+            positive_float(name, getattr(self, name))
         if not self.hidden:
             raise ValueError("hidden must list at least one layer width")
         for width in self.hidden:
-            _positive_int("hidden width", width)
+            positive_int("hidden width", width)
         if not self.eval_steps:
             raise ValueError("eval_steps must list at least one number of adaptation steps")
         for k in self.eval_steps:
-            _positive_int("eval_steps entry", k)
+            positive_int("eval_steps entry", k)
         make_method(self)  # the method checks its own settings (lam, cg_iters, terms)
 
     @property
@@ -198,22 +199,6 @@ class TrainConfig:
         d["eval_steps"] = list(self.eval_steps)
         d["optimizer"] = self.optimizer
         return d
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _non_negative_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-
-
-def _positive_float(name: str, value: Any) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not (0 < value < math.inf):
-        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
 
 
 def make_method(cfg: TrainConfig) -> Method:
@@ -244,12 +229,10 @@ def heldout_tasks(cfg: TrainConfig) -> Task:
 
 def gd_iterates(loss, theta: Mapping[str, torch.Tensor], train, inner_lr: float,
                max_steps: int) -> list[dict[str, torch.Tensor]]:
-    """φ⁽⁰⁾ = θ, …, φ⁽ᴷ⁾ of plain GD on one task's train batch (``metagrad.adapt``, one step
-    at a time so every iterate is kept)."""
-    iterates = [dict(theta)]
-    for _ in range(max_steps):
-        iterates.append(adapt(loss, iterates[-1], train, 1, inner_lr).phi)
-    return iterates
+    """φ⁽⁰⁾ = θ, …, φ⁽ᴷ⁾ of plain GD on one task's train batch (``metagrad.adapt`` keeping
+    every iterate)."""
+    run = adapt(loss, dict(theta), train, max_steps, inner_lr, keep_every=1)
+    return (run.trajectory or []) + [run.phi]
 
 
 def adaptation_curve(loss, params: Mapping[str, torch.Tensor], tasks: Task, inner_lr: float,

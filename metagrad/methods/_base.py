@@ -21,6 +21,7 @@ from .. import _pytree as pt
 from .._hvp import HVP_MODES, Loss, resolve_mode
 from .._pytree import Params
 from .._task import Task
+from .._validate import non_negative_int, positive_float
 from ..diagnose import DIAGNOSE_MODES, check_finite, check_inner_loop, emit
 
 BATCHING_MODES = ("vmap", "loop")
@@ -63,8 +64,8 @@ class Method:
     name: ClassVar[str] = "method"
 
     def __post_init__(self) -> None:
-        _check_int("steps", self.steps)
-        _check_positive("inner_lr", self.inner_lr)
+        non_negative_int("steps", self.steps)
+        positive_float("inner_lr", self.inner_lr)
         if self.batching not in BATCHING_MODES:
             raise ValueError(f"batching must be one of {BATCHING_MODES}, got {self.batching!r}")
         if self.hvp not in HVP_MODES:
@@ -150,17 +151,6 @@ def _loop(one, theta: Params, tasks: Task):
     """Fallback: run the per-task function task by task and stack the results."""
     outs = [one(theta, *tasks.task(i)) for i in range(tasks.num_tasks)]
     return torch_pytree.tree_map(lambda *xs: torch.stack(xs), *outs)
-
-
-def _check_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-
-
-def _check_positive(name: str, value: Any) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not (value > 0) or value != value or value == float("inf"):
-        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
 
 
 def _check_params(params: Any) -> Params:

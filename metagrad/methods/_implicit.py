@@ -21,8 +21,9 @@ from .. import _pytree as pt
 from .._hvp import Loss, hvp
 from .._inner import InnerResult, adapt
 from .._pytree import Params
+from .._validate import positive_float
 from ..diagnose import check_positive_definite, check_proximal_rate
-from ._base import Method, _check_positive
+from ._base import Method
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class ImplicitMethod(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_positive("lam", self.lam)
+        positive_float("lam", self.lam)
 
     def _inner_lam(self) -> float | None:
         return self.lam

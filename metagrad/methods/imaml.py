@@ -17,8 +17,9 @@ from typing import Any
 from .._hvp import Loss
 from .._pytree import Params
 from .._solvers import cg
+from .._validate import non_negative_int
 from ..diagnose import check_cg_residual
-from ._base import TaskOutput, _check_int
+from ._base import TaskOutput
 from ._implicit import ImplicitMethod
 
 
@@ -30,7 +31,7 @@ class IMAML(ImplicitMethod):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_int("cg_iters", self.cg_iters)
+        non_negative_int("cg_iters", self.cg_iters)
 
     def gradient_equivalents(self) -> float:
         return self.steps + 1 + 2 * self.cg_iters

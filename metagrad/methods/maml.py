@@ -30,7 +30,8 @@ from .. import _pytree as pt
 from .._hvp import Loss, hvp
 from .._inner import adapt
 from .._pytree import Params
-from ._base import Method, TaskOutput, _check_int
+from .._validate import positive_int
+from ._base import Method, TaskOutput
 
 BACKWARD_MODES = ("unrolled", "trajectory")
 
@@ -47,9 +48,7 @@ class MAML(Method):
         if self.backward not in BACKWARD_MODES:
             raise ValueError(f"backward must be one of {BACKWARD_MODES}, got {self.backward!r}")
         if self.checkpoint is not None:
-            _check_int("checkpoint", self.checkpoint)
-            if self.checkpoint == 0:
-                raise ValueError("checkpoint must be a positive integer (or None), got 0")
+            positive_int("checkpoint", self.checkpoint)
             if self.backward != "trajectory":
                 raise ValueError("checkpoint=... applies to backward='trajectory' only, "
                                  f"got backward={self.backward!r}")

@@ -19,8 +19,9 @@ from typing import Any
 from .._hvp import Loss
 from .._pytree import Params
 from .._solvers import neumann
+from .._validate import non_negative_int, positive_float
 from ..diagnose import check_neumann
-from ._base import TaskOutput, _check_int, _check_positive
+from ._base import TaskOutput
 from ._implicit import ImplicitMethod
 
 
@@ -33,8 +34,8 @@ class Neumann(ImplicitMethod):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_int("terms", self.terms)
-        _check_positive("step", self.step)
+        non_negative_int("terms", self.terms)
+        positive_float("step", self.step)
 
     def gradient_equivalents(self) -> float:
         return self.steps + 1 + 2 * self.terms

@@ -25,6 +25,7 @@ from .. import _pytree as pt
 from .._hvp import Loss, hvp
 from .._inner import adapt
 from .._pytree import Params
+from .._validate import non_negative_float
 from ._base import Method, TaskOutput
 
 
@@ -36,10 +37,8 @@ class Penalty(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        ok = isinstance(self.lam, (int, float)) and not isinstance(self.lam, bool)
-        if not ok or not (0 <= self.lam < float("inf")):
-            # λ = 0 is allowed here: it is FOMAML, a useful limiting case.
-            raise ValueError(f"lam must be a finite non-negative number, got {self.lam!r}")
+        # λ = 0 is allowed here: it is FOMAML, a useful limiting case.
+        non_negative_float("lam", self.lam)
 
     def gradient_equivalents(self) -> float:
         return self.steps + 4
