@@ -54,11 +54,10 @@ class CompiledMethod:
         theta = self.method.prepare(loss, params, tasks)
         key = _signature(loss, theta, tasks)
         first = key not in self._cache
+        mode = self.mode
+        if mode is None and next(iter(theta.values())).is_cuda and self.backend == "inductor":
+            mode = "reduce-overhead"  # CUDA graphs: launch overhead dominates small tasks
         if first:
-            device = next(iter(theta.values())).device
-            mode = self.mode
-            if mode is None and device.type == "cuda" and self.backend == "inductor":
-                mode = "reduce-overhead"  # CUDA graphs: launch overhead dominates small tasks
             self._cache[key] = torch.compile(self.method.batched(loss), backend=self.backend,
                                              mode=mode, dynamic=False, fullgraph=True)
         start = time.perf_counter()
@@ -79,8 +78,7 @@ class CompiledMethod:
             if next(iter(theta.values())).device.type == "cuda":
                 torch.cuda.synchronize()
             self.compile_seconds[key] = time.perf_counter() - start
-        if self.mode == "reduce-overhead" or (self.mode is None and
-                                              next(iter(theta.values())).is_cuda):
+        if mode == "reduce-overhead":
             # CUDA-graph outputs live in a buffer the next replay overwrites.
             grad = {k: v.clone() for k, v in grad.items()}
             diag = {k: v.clone() for k, v in diag.items()}
