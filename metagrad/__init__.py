@@ -3,37 +3,69 @@
     import metagrad as mg
     out = mg.MAML(steps=5, inner_lr=0.01)(loss, params, mg.Task(train=..., val=...))
     out.grad, out.pre_update_loss, out.post_update_loss
+
+Six methods share one call, ``method(loss, params, tasks) -> MetaGradient``:
+:class:`MAML`, :class:`FOMAML`, :class:`Reptile`, :class:`IMAML`, :class:`Neumann`
+and :class:`Penalty` (``help(mg.IMAML)`` gives each one's equation, paper and
+fields). ``METHODS`` is the registry of all six.
 """
 
-from ._hvp import hvp
-from ._inner import adapt
+from ._hvp import Loss, hvp
+from ._inner import InnerResult, adapt
 from ._module import module_loss, params_of, set_grads
-from ._solvers import cg, neumann
+from ._pytree import Params
+from ._solvers import CGInfo, ConjugateGradient, NeumannInfo, NeumannSeries, cg, neumann
 from ._task import Task
 from .compiled import CompiledMethod, compile
-from .diagnose import MetaGradientWarning, NumericalError
+from .diagnose import Finding, MetaGradientWarning, NumericalError
 from .distributions import GaussianClusters, LinearRegression, Sinusoid
-from .methods import FOMAML, IMAML, MAML, METHODS, MetaGradient, Method, Neumann, Penalty, Reptile
+from .methods import (
+    FOMAML,
+    IMAML,
+    MAML,
+    METHOD_NAMES,
+    METHODS,
+    SETTINGS,
+    MetaGradient,
+    Method,
+    Neumann,
+    Penalty,
+    Reptile,
+    Trajectory,
+    Unrolled,
+)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    "CGInfo",
+    "CompiledMethod",
+    "ConjugateGradient",
     "FOMAML",
+    "Finding",
+    "GaussianClusters",
     "IMAML",
+    "InnerResult",
+    "LinearRegression",
+    "Loss",
     "MAML",
     "METHODS",
-    "GaussianClusters",
-    "LinearRegression",
+    "METHOD_NAMES",
     "MetaGradient",
     "MetaGradientWarning",
-    "NumericalError",
     "Method",
-    "CompiledMethod",
     "Neumann",
+    "NeumannInfo",
+    "NeumannSeries",
+    "NumericalError",
+    "Params",
     "Penalty",
     "Reptile",
+    "SETTINGS",
     "Sinusoid",
     "Task",
+    "Trajectory",
+    "Unrolled",
     "adapt",
     "cg",
     "compile",

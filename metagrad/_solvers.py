@@ -1,31 +1,83 @@
-"""Matrix-free linear solvers on parameter dicts: ``solve(matvec, b)``.
+"""Matrix-free linear solvers on parameter dicts for the implicit methods.
 
-Both solve the iMAML system ``A x = b`` with ``A = I + H/λ`` (Rajeswaran et
-al. 2019, eq. (7)); they only ever see ``matvec(v) = A v``.
+Both solve the iMAML system ``A x = b`` with ``A = I + H(φ)/λ`` and
+``b = ∇L_val(φ)`` (Rajeswaran et al. 2019, eq. (7)); they only ever see
+``matvec(v) = A v``. Two layers:
+
+* the raw algorithms :func:`cg` and :func:`neumann`, ``solve(matvec, b) -> (x, info)``;
+* the solver objects :class:`ConjugateGradient` and :class:`NeumannSeries`, small
+  frozen dataclasses whose fields are their settings and which own everything
+  else about a solver: its run, its per-task diagnostics, the checks that read
+  them, and its cost in gradient-equivalents. ``mg.IMAML`` and ``mg.Neumann``
+  are the implicit method with one or the other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from . import _pytree as pt
 from ._pytree import Params
+from ._validate import non_negative_int, positive_float
+from .diagnose import Finding, finite_or, tasks_of
 
 MatVec = Callable[[Params], Params]
 
 
+class _Info:
+    """Solver diagnostics travel through ``vmap`` as a flat dict of tensors, with keys
+    ``PREFIX + field`` (e.g. ``cg_residual_norms``); these two methods convert."""
+
+    PREFIX: ClassVar[str] = ""
+
+    def diagnostics(self) -> dict[str, Tensor]:
+        return {self.PREFIX + f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_diagnostics(cls, diag: dict[str, Tensor]) -> Any:
+        return cls(**{f.name: diag[cls.PREFIX + f.name] for f in fields(cls)})  # type: ignore[arg-type]
+
+
 @dataclass
-class CGInfo:
+class CGInfo(_Info):
+    """Per-task record of a CG run (batched over tasks after ``vmap``)."""
+
     residual_norms: Tensor
     """‖b − A xᵢ‖ for i = 0 … m (recursive residuals; shape ``(m + 1,)``)."""
     min_curvature: Tensor
     """min over iterations of pᵀAp / pᵀp; ≤ 0 means A is not positive definite."""
     max_curvature: Tensor
     """max over iterations of pᵀAp / pᵀp, a lower bound on λ_max(A) (Lanczos: tight fast)."""
+
+    PREFIX: ClassVar[str] = "cg_"
+
+
+@dataclass
+class NeumannInfo(_Info):
+    """Per-task record of a truncated Neumann series (batched over tasks after ``vmap``)."""
+
+    last_term_norm: Tensor
+    """‖η (I − ηA)ᴶ b‖, the size of the last term kept; growth means divergence."""
+    term_norms: Tensor
+    """‖η (I − ηA)ʲ b‖ for j = 0 … J (shape ``(J + 1,)``)."""
+    min_curvature: Tensor
+    """min over the terms t of tᵀAt / tᵀt (≤ 0: A is not positive definite)."""
+    max_curvature: Tensor
+    """max over the terms t of tᵀAt / tᵀt, a lower bound on λ_max(A)."""
+
+    PREFIX: ClassVar[str] = "neumann_"
+
+
+def _rayleigh(v: Params, Av: Params) -> Tensor:
+    """vᵀAv / vᵀv, and 1 where v = 0 (no information, no alarm)."""
+    vv = pt.vdot(v, v)
+    zero = vv == 0
+    return torch.where(zero, torch.ones_like(vv), pt.vdot(v, Av) / torch.where(zero, 1, vv))
 
 
 def cg(matvec: MatVec, b: Params, iters: int) -> tuple[Params, CGInfo]:
@@ -61,18 +113,6 @@ def cg(matvec: MatVec, b: Params, iters: int) -> tuple[Params, CGInfo]:
     return x, CGInfo(torch.stack(norms), curv.min(), curv.max())
 
 
-@dataclass
-class NeumannInfo:
-    last_term_norm: Tensor
-    """‖η (I − ηA)ᴶ b‖, the size of the last term kept; growth means divergence."""
-    term_norms: Tensor
-    """‖η (I − ηA)ʲ b‖ for j = 0 … J (shape ``(J + 1,)``)."""
-    min_curvature: Tensor
-    """min over the terms t of tᵀAt / tᵀt (≤ 0: A is not positive definite)."""
-    max_curvature: Tensor
-    """max over the terms t of tᵀAt / tᵀt, a lower bound on λ_max(A)."""
-
-
 def neumann(matvec: MatVec, b: Params, terms: int, step: float = 1.0) -> tuple[Params, NeumannInfo]:
     """Truncated Neumann series for ``A⁻¹ b`` (Lorraine et al. 2020, Alg. 2):
 
@@ -88,13 +128,118 @@ def neumann(matvec: MatVec, b: Params, terms: int, step: float = 1.0) -> tuple[P
     curvatures = []
     for _ in range(terms):
         At = matvec(term)
-        tt = pt.vdot(term, term)
         # Rayleigh quotients come free with the series; they diagnose divergence.
-        curvatures.append(torch.where(tt == 0, torch.ones_like(tt),
-                                      pt.vdot(term, At) / torch.where(tt == 0, 1, tt)))
+        curvatures.append(_rayleigh(term, At))
         term = pt.axpy(-step, At, term)  # (I − ηA) term
         total = pt.add(total, term)
         norms.append(pt.norm(term))
     norms_t = step * torch.stack(norms)
     curv = torch.stack(curvatures) if curvatures else torch.ones_like(norms_t[:1])
     return pt.scale(step, total), NeumannInfo(norms_t[-1], norms_t, curv.min(), curv.max())
+
+
+CG_RESIDUAL_WARN = 0.25
+"""Relative residual ‖b − A x_m‖ / ‖b‖ above which CG is reported as unconverged."""
+
+
+@dataclass(frozen=True)
+class ConjugateGradient:
+    """``iters`` iterations of plain conjugate gradient from x = 0 (:func:`cg`).
+
+    In exact arithmetic the m-th iterate minimises the A-norm error over the
+    Krylov space span{b, Ab, …, A^(m−1) b}, and is the solution once m ≥ d.
+    Cost: one HVP (≈ 2 gradients) per iteration.
+    """
+
+    iters: int = 5
+
+    description: ClassVar[str] = "CG"
+    info_type: ClassVar[type[CGInfo]] = CGInfo
+    log_columns: ClassVar[dict[str, str]] = {"cg_min_curvature": "min"}
+    """Per-task diagnostics worth a column in a training log, with the reduction over tasks
+    that flags trouble (≤ 0: I + H/λ not positive definite)."""
+
+    def __post_init__(self) -> None:
+        non_negative_int("cg_iters", self.iters)
+
+    @property
+    def matvecs(self) -> int:
+        """Products with A per solve."""
+        return self.iters
+
+    def solve(self, matvec: MatVec, b: Params) -> tuple[Params, CGInfo]:
+        return cg(matvec, b, self.iters)
+
+    def gradient_equivalents(self) -> float:
+        return 2.0 * self.matvecs
+
+    def check(self, info: CGInfo) -> list[Finding]:
+        """CG stopping with a large relative residual ‖b − A x_m‖ / ‖b‖."""
+        norms = info.residual_norms
+        rel = norms[:, -1] / torch.where(norms[:, 0] == 0, 1, norms[:, 0])
+        rel = finite_or(rel, 0.0)
+        bad = rel > CG_RESIDUAL_WARN
+        if norms.shape[1] < 2 or not bad.any():
+            return []
+        return [Finding(
+            "cg_unconverged",
+            f"CG stopped after {norms.shape[1] - 1} iterations with relative residual "
+            f"{float(rel.max()):.3g} > {CG_RESIDUAL_WARN} in {{where}}; increase cg_iters",
+            tasks_of(bad))]
+
+
+@dataclass(frozen=True)
+class NeumannSeries:
+    """The truncated series x_J = η Σ_{j=0..J} (I − ηA)ʲ b with ``terms`` = J and
+    ``step`` = η (:func:`neumann`). Cost: one HVP (≈ 2 gradients) per term after the first."""
+
+    terms: int = 5
+    step: float = 1.0
+
+    description: ClassVar[str] = "the Neumann series"
+    info_type: ClassVar[type[NeumannInfo]] = NeumannInfo
+    log_columns: ClassVar[dict[str, str]] = {"neumann_last_term_norm": "max"}
+    """Per-task diagnostics worth a column in a training log (growing: the series diverges)."""
+
+    def __post_init__(self) -> None:
+        non_negative_int("terms", self.terms)
+        positive_float("step", self.step)
+
+    @property
+    def matvecs(self) -> int:
+        """Products with A per solve."""
+        return self.terms
+
+    def solve(self, matvec: MatVec, b: Params) -> tuple[Params, NeumannInfo]:
+        return neumann(matvec, b, self.terms, self.step)
+
+    def gradient_equivalents(self) -> float:
+        return 2.0 * self.matvecs
+
+    def check(self, info: NeumannInfo) -> list[Finding]:
+        """Growing terms mean ρ(I − ηA) ≥ 1. Which side of the spectrum is at fault decides
+        the advice: ρ = max(|1 − ημ_max|, |1 − ημ_min|) over eigenvalues μ of A, so growth
+        with η μ_max < 2 can only come from μ_min ≤ 0 (A indefinite: raise λ)."""
+        norms, step = info.term_norms, self.step
+        if norms.shape[1] < 2:
+            return []
+        growing = norms[:, -1] >= norms[:, -2]
+        if not growing.any():
+            return []
+        ratio = norms[:, -1] / torch.where(norms[:, -2] == 0, 1, norms[:, -2])
+        ratio = finite_or(ratio, 0.0)
+        worst = int(torch.argmax(ratio))
+        mu_max = float(finite_or(info.max_curvature, 0.0).max())
+        head = (f"the Neumann series diverges in {{where}}: its terms grow (last ratio "
+                f"{float(ratio[worst]):.3g}), so the spectral radius of I − step·(I + H/λ) "
+                f"is ≥ 1 with step = {step:g}; ")
+        if step * mu_max >= 2:
+            advice = (f"λ_max(I + H/λ) ≥ {mu_max:.4g}, so use step < {2 / mu_max:.3g} "
+                      f"(e.g. step={1 / mu_max:.3g})")
+        else:
+            # |1 − η μ| > 1 with η μ < 2 forces μ < 0: the system is indefinite.
+            implied = (1 - float(ratio[worst])) / step
+            advice = (f"step·λ_max is below 2, so the growth comes from an eigenvalue "
+                      f"μ ≈ {implied:.3g} ≤ 0 of I + H/λ: the system is not positive definite "
+                      f"and no step helps; use a larger lam")
+        return [Finding("neumann_divergence", head + advice, tasks_of(growing))]

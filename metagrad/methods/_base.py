@@ -4,11 +4,14 @@ over the task dimension (``torch.func.vmap``, or a loop as fallback), average.
 A method is a frozen dataclass whose fields are its whole configuration
 (``MAML(steps=5, inner_lr=0.01)``); ``__call__(loss, params, tasks)`` runs it.
 Subclasses implement ``_per_task(loss, theta, train, val)`` for one task and
-return a :class:`TaskOutput`.
+return a :class:`TaskOutput`, and describe themselves with class variables
+(``name``, ``paper``, ``target``, ``log_columns``) so that applications never
+keep their own lists of methods or settings.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -22,9 +25,14 @@ from .._hvp import HVP_MODES, Loss, resolve_mode
 from .._pytree import Params
 from .._task import Task
 from .._validate import non_negative_int, positive_float
-from ..diagnose import DIAGNOSE_MODES, check_finite, check_inner_loop, emit
+from ..diagnose import DIAGNOSE_MODES, Finding, check_finite, check_inner_loop, emit
 
 BATCHING_MODES = ("vmap", "loop")
+
+SETTINGS = ("steps", "inner_lr", "lam", "cg_iters", "terms", "step")
+"""The numerical settings a method can read, in the one vocabulary used by code, CLI
+flags, CSV columns and plot labels: K inner steps, inner step size α, λ, CG iterations m,
+Neumann terms J and Neumann step η. Every other field of a method is a code-path option."""
 
 
 @dataclass
@@ -41,7 +49,8 @@ class MetaGradient:
 
     ``grad`` is the mean over tasks of the per-task vectors gᵢ (a dict like
     ``params``); the losses are task means; ``diagnostics`` holds per-task
-    tensors with the task index in dim 0 (inner losses, CG residuals, ...).
+    tensors with the task index in dim 0 (inner losses, CG residuals, ...);
+    ``findings`` the numerical problems found (empty when all is well).
     """
 
     grad: Params
@@ -49,12 +58,29 @@ class MetaGradient:
     post_update_loss: Tensor
     diagnostics: dict[str, Tensor] = field(default_factory=dict)
     method: str = ""
-    warnings: list[str] = field(default_factory=list)
-    """Numerical problems found (see ``metagrad.diagnose``); empty when all is well."""
+    findings: list[Finding] = field(default_factory=list)
+    """Numerical problems found, as values (see ``metagrad.diagnose``)."""
+
+    @property
+    def warnings(self) -> list[str]:
+        """The findings' messages; empty when all is well."""
+        return [f.message for f in self.findings]
 
 
 @dataclass(frozen=True)
 class Method:
+    """Base of the six methods. Fields shared by all of them:
+
+    * ``steps`` (K): inner gradient steps per task;
+    * ``inner_lr`` (α): inner step size;
+    * ``batching``: ``"vmap"`` (default: all tasks at once with ``torch.func.vmap``)
+      or ``"loop"`` (a Python loop over tasks, for checking and debugging);
+    * ``hvp``: Hessian-vector products by ``"revrev"`` (double backward),
+      ``"fwdrev"`` (forward-over-reverse) or ``"auto"`` (the measured default);
+    * ``diagnose``: ``"warn"``, ``"error"``, ``"record"`` or ``"off"`` (see
+      ``metagrad.diagnose``).
+    """
+
     steps: int = 5
     inner_lr: float = 0.01
     batching: str = field(default="vmap", kw_only=True)
@@ -62,6 +88,18 @@ class Method:
     diagnose: str = field(default="warn", kw_only=True)
 
     name: ClassVar[str] = "method"
+    """Short name, used in the registry ``metagrad.METHODS``, on the command line and in CSVs."""
+    title: ClassVar[str] = ""
+    """Human-readable name."""
+    paper: ClassVar[str] = ""
+    """The reference that defines the method."""
+    target: ClassVar[str] = "maml"
+    """Which bilevel-exact meta-gradient the method computes or approximates: ``"maml"``
+    (∇_θ L_val(θ⁽ᴷ⁾(θ)) with the same steps and inner_lr) or ``"implicit"`` (the implicit
+    gradient λ(H(φ*) + λI)⁻¹ ∇L_val(φ*) of the proximal inner problem at the same lam)."""
+    log_columns: ClassVar[dict[str, str]] = {}
+    """Per-task diagnostics worth a column in a training log, each with the reduction
+    over tasks (``"min"``, ``"max"`` or ``"mean"``) that flags trouble."""
 
     def __post_init__(self) -> None:
         non_negative_int("steps", self.steps)
@@ -73,12 +111,33 @@ class Method:
         if self.diagnose not in DIAGNOSE_MODES:
             raise ValueError(f"diagnose must be one of {DIAGNOSE_MODES}, got {self.diagnose!r}")
 
+    # -- self-description ------------------------------------------------------------------
+    @classmethod
+    def setting_names(cls) -> tuple[str, ...]:
+        """The numerical settings this method reads (a subset of :data:`SETTINGS`, in order)."""
+        own = {f.name for f in fields(cls)}
+        return tuple(s for s in SETTINGS if s in own)
+
+    def settings(self) -> dict[str, Any]:
+        """This method's numerical settings as a dict, e.g. ``{"steps": 5, "inner_lr": 0.01}``."""
+        return {name: getattr(self, name) for name in self.setting_names()}
+
+    def config(self) -> dict[str, Any]:
+        """Every field (settings and options) as a plain dict, for CSV rows and reports."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    @property
+    def implicit(self) -> bool:
+        """True for the methods whose target is the implicit gradient (IMAML, Neumann)."""
+        return self.target == "implicit"
+
     # -- per-task work, supplied by each method -------------------------------------------
     def _per_task(self, loss: Loss, theta: Params, train: Any, val: Any) -> TaskOutput:
         raise NotImplementedError
 
     def gradient_equivalents(self) -> float:
-        """Predicted cost in gradient-equivalents (DESIGN.md cost model)."""
+        """Predicted cost per task in gradient-equivalents (one forward + backward pass of
+        the loss on one task batch; a Hessian-vector product counts as two)."""
         raise NotImplementedError
 
     # -- the public call -----------------------------------------------------------------
@@ -86,14 +145,15 @@ class Method:
         """λ of the proximal inner problem, or None for plain gradient descent."""
         return None
 
-    def _problems(self, loss: Loss, theta: Params, tasks: Task,
-                  diag: dict[str, Tensor]) -> list[str]:
+    def _findings(self, loss: Loss, theta: Params, tasks: Task,
+                  diag: dict[str, Tensor]) -> list[Finding]:
         """Numerical problems visible in the per-task diagnostics (extended by subclasses)."""
         mode = resolve_mode(self.hvp, next(iter(theta.values())).device)
         return check_finite(diag) + check_inner_loop(
             diag, loss, theta, tasks, self.inner_lr, self._inner_lam(), mode)
 
-    def batched(self, loss: Loss):
+    def batched(self, loss: Loss) -> Callable[[Params, Any, Any],
+                                              tuple[Params, dict[str, Tensor]]]:
         """The pure batched computation ``(θ, train, val) ↦ (mean gᵢ, per-task diagnostics)``.
 
         No validation and no Python-side checks, so it can be traced by ``torch.compile``
@@ -115,7 +175,7 @@ class Method:
 
         return run
 
-    def prepare(self, loss: Loss, params: dict[str, Tensor], tasks: Task) -> Params:
+    def prepare(self, loss: Loss, params: Mapping[str, Tensor], tasks: Task) -> Params:
         """Validate the call's inputs; return the detached parameters."""
         theta = _check_params(params)
         _check_tasks(tasks, theta)
@@ -133,18 +193,20 @@ class Method:
             method=self.name,
         )
         if self.diagnose != "off":
-            result.warnings = self._problems(loss, theta, tasks, diag)
-            emit(result.warnings, self.diagnose, self.name)
+            result.findings = [Finding(f.kind, f.template, f.tasks, self.name)
+                               for f in self._findings(loss, theta, tasks, diag)]
+            emit(result.findings, self.diagnose)
         return result
 
-    def __call__(self, loss: Loss, params: dict[str, Tensor], tasks: Task) -> MetaGradient:
+    def __call__(self, loss: Loss, params: Mapping[str, Tensor], tasks: Task) -> MetaGradient:
         theta = self.prepare(loss, params, tasks)
         grad, diag = self.batched(loss)(theta, tasks.train, tasks.val)
         return self.finish(loss, theta, tasks, grad, diag)
 
-    def config(self) -> dict[str, Any]:
-        """The settings as a plain dict (for CSV rows and reports)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+def _plain(value: Any) -> Any:
+    """Option objects (e.g. MAML's backward mode) as their short name in a config dict."""
+    return getattr(value, "name", value) if not isinstance(value, (int, float, str)) else value
 
 
 def _loop(one, theta: Params, tasks: Task):
@@ -154,7 +216,7 @@ def _loop(one, theta: Params, tasks: Task):
 
 
 def _check_params(params: Any) -> Params:
-    if not isinstance(params, dict) or not params:
+    if not isinstance(params, Mapping) or not params:
         raise TypeError(
             "params must be a non-empty dict[str, Tensor], e.g. dict(model.named_parameters()); "
             f"got {type(params).__name__}"

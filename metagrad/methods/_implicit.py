@@ -1,4 +1,5 @@
-"""Shared front half of the implicit methods (IMAML, Neumann).
+"""The implicit methods (IMAML, Neumann): one inner problem, one linear system, a
+swappable solver.
 
 Inner problem (Rajeswaran, Finn, Kakade & Levine 2019, "Meta-Learning with
 Implicit Gradients", eq. (4)): φ ≈ argmin L_tr(φ) + λ/2 ‖φ − θ‖², by K steps
@@ -7,50 +8,69 @@ theorem gives the meta-gradient (their eq. (6)-(7))
 
     gᵢ = (I + H(φ)/λ)⁻¹ ∇L_val(φ) = λ (H(φ) + λI)⁻¹ ∇L_val(φ),
 
-which the subclasses approximate with a linear solver on A = I + H(φ)/λ.
+which a linear solver approximates on A = I + H(φ)/λ, b = ∇L_val(φ). A
+subclass says which solver (``solver``, a ``metagrad._solvers`` object built
+from its own fields) and nothing else.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from torch import Tensor
 from torch.func import grad_and_value
 
 from .. import _pytree as pt
 from .._hvp import Loss, hvp
-from .._inner import InnerResult, adapt
+from .._inner import adapt
 from .._pytree import Params
+from .._solvers import ConjugateGradient, NeumannSeries
+from .._task import Task
 from .._validate import positive_float
-from ..diagnose import check_positive_definite, check_proximal_rate
-from ._base import Method
+from ..diagnose import Finding, check_positive_definite, check_proximal_rate
+from ._base import Method, TaskOutput
 
 
 @dataclass(frozen=True)
 class ImplicitMethod(Method):
     lam: float = 1.0
 
+    target: ClassVar[str] = "implicit"
+
     def __post_init__(self) -> None:
         super().__post_init__()
         positive_float("lam", self.lam)
 
+    @property
+    def solver(self) -> ConjugateGradient | NeumannSeries:
+        """The linear solver for (I + H(φ)/λ) x = ∇L_val(φ), configured from this method."""
+        raise NotImplementedError
+
     def _inner_lam(self) -> float | None:
         return self.lam
 
-    def _solver_problems(self, diag: dict, prefix: str, solver: str, iters: int) -> list[str]:
-        """Checks shared by the two solvers of A x = b, A = I + H(φ)/λ."""
-        problems = check_positive_definite(self.lam, diag[f"{prefix}_min_curvature"], solver)
-        if iters > 0 and self.steps > 0:
-            problems += check_proximal_rate(self.inner_lr, self.lam,
-                                            diag[f"{prefix}_max_curvature"])
-        return problems
+    def gradient_equivalents(self) -> float:
+        return self.steps + 1 + self.solver.gradient_equivalents()
 
-    def _setup(self, loss: Loss, theta: Params, train: Any, val: Any):
-        """Adapt, then return (inner result, b = ∇L_val(φ), L_val(φ), v ↦ (I + H(φ)/λ) v)."""
-        inner: InnerResult = adapt(loss, theta, train, self.steps, self.inner_lr, lam=self.lam)
+    def _per_task(self, loss: Loss, theta: Params, train: Any, val: Any) -> TaskOutput:
+        inner = adapt(loss, theta, train, self.steps, self.inner_lr, lam=self.lam)
         b, post = grad_and_value(loss)(inner.phi, val)
 
-        def matvec(v: Params) -> Params:
+        def matvec(v: Params) -> Params:  # v ↦ (I + H(φ)/λ) v
             return pt.axpy(1.0 / self.lam, hvp(loss, inner.phi, train, v, self.hvp), v)
 
-        return inner, b, post, matvec
+        x, info = self.solver.solve(matvec, b)
+        return TaskOutput(x, inner.pre_update_loss, post,
+                          {"inner_losses": inner.inner_losses, **info.diagnostics()})
+
+    def _findings(self, loss: Loss, theta: Params, tasks: Task,
+                  diag: dict[str, Tensor]) -> list[Finding]:
+        solver = self.solver
+        info = solver.info_type.from_diagnostics(diag)
+        found = super()._findings(loss, theta, tasks, diag)
+        found += check_positive_definite(self.lam, info.min_curvature, solver.description)
+        if solver.matvecs > 0 and self.steps > 0:
+            # The solver's Rayleigh quotients bound λ_max(H) from below for free.
+            found += check_proximal_rate(self.inner_lr, self.lam, info.max_curvature)
+        return found + solver.check(info)

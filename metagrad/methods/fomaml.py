@@ -1,13 +1,9 @@
-"""First-order MAML: drop every Hessian from the MAML chain rule.
-
-Finn et al. 2017, section 5.2: gᵢ = ∇L_val(φ), φ = θ⁽ᴷ⁾, the inner loop treated
-as a constant. Cost K + 1 gradients.
-"""
+"""First-order MAML: drop every Hessian from the MAML chain rule."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from torch.func import grad_and_value
 
@@ -19,7 +15,23 @@ from ._base import Method, TaskOutput
 
 @dataclass(frozen=True)
 class FOMAML(Method):
-    name = "fomaml"
+    """First-order MAML (Finn, Abbeel & Levine 2017, §5.2).
+
+    The inner loop θ⁽ᵏ⁺¹⁾ = θ⁽ᵏ⁾ − α ∇L_tr(θ⁽ᵏ⁾) is treated as a constant:
+
+        gᵢ = ∇L_val(φ),   φ = θ⁽ᴷ⁾,
+
+    i.e. MAML's product of (I − αH(θ⁽ᵏ⁾)) factors replaced by the identity; exact
+    MAML for K = 0. Cost K + 1 gradient-equivalents per task.
+
+    Fields: ``steps`` (K), ``inner_lr`` (α), and the options ``batching``, ``hvp``,
+    ``diagnose`` of :class:`metagrad.Method`.
+    """
+
+    name: ClassVar[str] = "fomaml"
+    title: ClassVar[str] = "first-order MAML"
+    paper: ClassVar[str] = ("Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning for "
+                            "Fast Adaptation of Deep Networks (ICML), section 5.2")
 
     def gradient_equivalents(self) -> float:
         return self.steps + 1

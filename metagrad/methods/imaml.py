@@ -1,53 +1,52 @@
-"""Implicit MAML: the implicit meta-gradient by m steps of conjugate gradient.
-
-Rajeswaran et al. 2019, Alg. 2: after K proximal inner steps (see
-``_implicit``), gᵢ = x_m, the m-th conjugate-gradient iterate from x = 0 on
-
-    (I + H(φ)/λ) x = ∇L_val(φ).
-
-CG needs I + H/λ positive definite (λ > −λ_min(H)); the smallest curvature
-pᵀAp/pᵀp seen is returned in the diagnostics. Cost K + 1 + 2m gradients.
-"""
+"""Implicit MAML: the implicit meta-gradient by m steps of conjugate gradient."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
-from .._hvp import Loss
-from .._pytree import Params
-from .._solvers import cg
+from .._solvers import ConjugateGradient
 from .._validate import non_negative_int
-from ..diagnose import check_cg_residual
-from ._base import TaskOutput
 from ._implicit import ImplicitMethod
 
 
 @dataclass(frozen=True)
 class IMAML(ImplicitMethod):
+    """Implicit MAML (Rajeswaran, Finn, Kakade & Levine 2019, "Meta-Learning with Implicit
+    Gradients", Alg. 2).
+
+    For each task, K steps of proximal gradient descent from φ = θ on the inner problem
+
+        φ⁽ᵏ⁺¹⁾ = φ⁽ᵏ⁾ − α (∇L_tr(φ⁽ᵏ⁾) + λ (φ⁽ᵏ⁾ − θ)),   φ = φ⁽ᴷ⁾,
+
+    then gᵢ = x_m, exactly m iterations of plain conjugate gradient from x = 0 on
+
+        (I + H(φ)/λ) x = ∇L_val(φ),   H = ∇²L_tr.
+
+    At the exact minimiser φ* of L_tr(φ) + λ/2‖φ − θ‖² and for m ≥ d this is the
+    implicit gradient ∇_θ L_val(φ*(θ)) = λ(H(φ*) + λI)⁻¹ ∇L_val(φ*). CG needs
+    I + H/λ positive definite (λ > −λ_min(H)), and the proximal loop converges only
+    for α(λ + L) < 2 (L = λ_max(H)); both are checked from the solver's Rayleigh
+    quotients. Cost K + 1 + 2m gradient-equivalents per task.
+
+    Fields: ``steps`` (K), ``inner_lr`` (α), ``lam`` (λ > 0), ``cg_iters`` (m ≥ 0),
+    and the options ``batching``, ``hvp``, ``diagnose`` of :class:`metagrad.Method`.
+    Diagnostics: ``inner_losses``, ``cg_residual_norms``, ``cg_min_curvature``,
+    ``cg_max_curvature`` (per task).
+    """
+
     cg_iters: int = 5
 
-    name = "imaml"
+    name: ClassVar[str] = "imaml"
+    title: ClassVar[str] = "implicit MAML"
+    paper: ClassVar[str] = ("Rajeswaran, Finn, Kakade & Levine 2019, Meta-Learning with "
+                            "Implicit Gradients (NeurIPS)")
+    log_columns: ClassVar[dict[str, str]] = ConjugateGradient.log_columns
 
     def __post_init__(self) -> None:
         super().__post_init__()
         non_negative_int("cg_iters", self.cg_iters)
 
-    def gradient_equivalents(self) -> float:
-        return self.steps + 1 + 2 * self.cg_iters
-
-    def _per_task(self, loss: Loss, theta: Params, train: Any, val: Any) -> TaskOutput:
-        inner, b, post, matvec = self._setup(loss, theta, train, val)
-        x, info = cg(matvec, b, self.cg_iters)
-        diag = {
-            "inner_losses": inner.inner_losses,
-            "cg_residual_norms": info.residual_norms,
-            "cg_min_curvature": info.min_curvature,
-            "cg_max_curvature": info.max_curvature,
-        }
-        return TaskOutput(x, inner.pre_update_loss, post, diag)
-
-    def _problems(self, loss, theta, tasks, diag) -> list[str]:
-        problems = super()._problems(loss, theta, tasks, diag)
-        problems += self._solver_problems(diag, "cg", "CG", self.cg_iters)
-        return problems + check_cg_residual(diag["cg_residual_norms"])
+    @property
+    def solver(self) -> ConjugateGradient:
+        return ConjugateGradient(self.cg_iters)

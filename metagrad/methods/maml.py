@@ -1,88 +1,77 @@
-"""MAML: the exact second-order meta-gradient through K inner steps.
-
-Finn, Abbeel & Levine 2017, "Model-Agnostic Meta-Learning for Fast Adaptation
-of Deep Networks", eq. (1)-(2). For one task,
-
-    gᵢ = ∇_θ L_val(θ⁽ᴷ⁾(θ))
-       = (I − αH(θ⁽⁰⁾)) (I − αH(θ⁽¹⁾)) ⋯ (I − αH(θ⁽ᴷ⁻¹⁾)) ∇L_val(φ),   H = ∇²L_tr.
-
-Two exact backward modes (same number, different memory):
-
-* ``"unrolled"``: ``torch.func.grad`` through the whole inner loop; keeps the
-  K inner graphs alive.
-* ``"trajectory"``: keep only θ⁽⁰⁾ … θ⁽ᴷ⁻¹⁾ and sweep back with Hessian-vector
-  products, v ← v − α H(θ⁽ᵏ⁾) v for k = K−1 … 0, starting from v = ∇L_val(φ);
-  memory is K parameter copies and one HVP graph at a time. With
-  ``checkpoint=c`` only every c-th iterate is kept and each segment is
-  recomputed during the sweep (Griewank & Walther 2000, "Algorithm 799:
-  revolve", in its simplest uniform form): about K/c + c copies for K more
-  gradient evaluations; c ≈ √K balances the two.
-"""
+"""MAML: the exact second-order meta-gradient through K inner steps."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from torch.func import grad, grad_and_value
-
-from .. import _pytree as pt
-from .._hvp import Loss, hvp
-from .._inner import adapt
+from .._hvp import Loss
 from .._pytree import Params
-from .._validate import positive_int
+from ._backward import BACKWARD_MODES, Trajectory, Unrolled
 from ._base import Method, TaskOutput
-
-BACKWARD_MODES = ("unrolled", "trajectory")
 
 
 @dataclass(frozen=True)
 class MAML(Method):
-    backward: str = field(default="unrolled", kw_only=True)
+    """Model-agnostic meta-learning (Finn, Abbeel & Levine 2017, "Model-Agnostic
+    Meta-Learning for Fast Adaptation of Deep Networks", eq. (1)-(2)).
+
+    For one task, K steps of gradient descent θ⁽ᵏ⁺¹⁾ = θ⁽ᵏ⁾ − α ∇L_tr(θ⁽ᵏ⁾) from
+    θ⁽⁰⁾ = θ give φ = θ⁽ᴷ⁾, and the exact meta-gradient is
+
+        gᵢ = ∇_θ L_val(θ⁽ᴷ⁾(θ))
+           = (I − αH(θ⁽⁰⁾)) (I − αH(θ⁽¹⁾)) ⋯ (I − αH(θ⁽ᴷ⁻¹⁾)) ∇L_val(φ),   H = ∇²L_tr.
+
+    Cost about 3K + 1 gradient-equivalents per task (plus the recomputation of a
+    checkpointed trajectory). The inner loop diverges once α·λ_max(H) ≥ 2; a rising
+    inner loss is reported.
+
+    Fields: ``steps`` (K), ``inner_lr`` (α), the options ``batching``, ``hvp``,
+    ``diagnose`` of :class:`metagrad.Method`, and
+
+    * ``backward``: ``"unrolled"`` (default, autograd through the inner loop),
+      ``"trajectory"`` (stored iterates and a Hessian-vector-product sweep: the same
+      number with less memory), or an object :class:`metagrad.Unrolled` /
+      :class:`metagrad.Trajectory`; after construction it is always the object;
+    * ``checkpoint``: with ``backward="trajectory"``, keep every c-th iterate only and
+      recompute the rest (``MAML(backward=mg.Trajectory(checkpoint=c))`` says the same).
+    """
+
+    backward: str | Unrolled | Trajectory = field(default="unrolled", kw_only=True)
     checkpoint: int | None = field(default=None, kw_only=True)
 
-    name = "maml"
+    name: ClassVar[str] = "maml"
+    title: ClassVar[str] = "MAML (second order)"
+    paper: ClassVar[str] = ("Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning for "
+                            "Fast Adaptation of Deep Networks (ICML)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.backward not in BACKWARD_MODES:
-            raise ValueError(f"backward must be one of {BACKWARD_MODES}, got {self.backward!r}")
-        if self.checkpoint is not None:
-            positive_int("checkpoint", self.checkpoint)
-            if self.backward != "trajectory":
+        mode = self.backward
+        if isinstance(mode, str):
+            if mode not in BACKWARD_MODES:
+                raise ValueError(f"backward must be one of {tuple(BACKWARD_MODES)} or a "
+                                 f"backward-mode object, got {mode!r}")
+            if self.checkpoint is not None and mode != Trajectory.name:
                 raise ValueError("checkpoint=... applies to backward='trajectory' only, "
-                                 f"got backward={self.backward!r}")
+                                 f"got backward={mode!r}")
+            mode = Trajectory(self.checkpoint) if mode == Trajectory.name else Unrolled()
+        elif not isinstance(mode, (Unrolled, Trajectory)):
+            raise ValueError(f"backward must be one of {tuple(BACKWARD_MODES)} or a "
+                             f"backward-mode object, got {mode!r}")
+        elif self.checkpoint is not None and self.checkpoint != getattr(mode, "checkpoint", None):
+            raise ValueError(f"checkpoint={self.checkpoint!r} contradicts backward={mode!r}; "
+                             "give the interval in one place")
+        # One representation after construction: the mode object, with ``checkpoint``
+        # mirroring it (so ``dataclasses.replace`` and equality behave).
+        object.__setattr__(self, "backward", mode)
+        object.__setattr__(self, "checkpoint", getattr(mode, "checkpoint", None))
 
     def gradient_equivalents(self) -> float:
-        return 3 * self.steps + 1
+        assert not isinstance(self.backward, str)  # normalised in __post_init__
+        return 3 * self.steps + 1 + self.backward.recomputed_gradients(self.steps)
 
     def _per_task(self, loss: Loss, theta: Params, train: Any, val: Any) -> TaskOutput:
-        if self.backward == "unrolled":
-            return self._unrolled(loss, theta, train, val)
-        return self._trajectory(loss, theta, train, val)
-
-    def _unrolled(self, loss: Loss, theta: Params, train: Any, val: Any) -> TaskOutput:
-        def objective(theta: Params):
-            inner = adapt(loss, theta, train, self.steps, self.inner_lr)
-            post = loss(inner.phi, val)
-            return post, (inner.pre_update_loss, post, inner.inner_losses)
-
-        g, (pre, post, inner_losses) = grad(objective, has_aux=True)(theta)
-        return TaskOutput(g, pre, post, {"inner_losses": inner_losses})
-
-    def _trajectory(self, loss: Loss, theta: Params, train: Any, val: Any) -> TaskOutput:
-        every = self.checkpoint or 1
-        inner = adapt(loss, theta, train, self.steps, self.inner_lr, keep_every=every)
-        v, post = grad_and_value(loss)(inner.phi, val)
-        for index in reversed(range(len(inner.trajectory or []))):
-            start = index * every
-            stored = inner.trajectory[index]  # type: ignore[index]
-            length = min(every, self.steps - start)
-            if length == 1:
-                segment = [stored]
-            else:  # recompute θ⁽ˢᵗᵃʳᵗ⁾ … θ⁽ˢᵗᵃʳᵗ⁺ˡᵉⁿᵍᵗʰ⁻¹⁾ from the stored checkpoint
-                run = adapt(loss, stored, train, length - 1, self.inner_lr, keep_every=1)
-                segment = (run.trajectory or []) + [run.phi]
-            for point in reversed(segment):
-                v = pt.axpy(-self.inner_lr, hvp(loss, point, train, v, self.hvp), v)
-        return TaskOutput(v, inner.pre_update_loss, post, {"inner_losses": inner.inner_losses})
+        assert not isinstance(self.backward, str)
+        return self.backward.per_task(loss, theta, train, val, self.steps, self.inner_lr,
+                                      self.hvp)

@@ -1,23 +1,9 @@
-"""Gradient-norm penalty method.
-
-A bilevel relaxation that replaces the inner optimality condition
-∇L_tr(φ) = 0 by a penalty (e.g. Mehra & Hamm 2021, "Penalty Method for
-Inversion-Free Deep Bilevel Optimization"): the meta-objective
-
-    L_val(φ) + λ ‖∇L_tr(φ)‖²,    φ = θ⁽ᴷ⁾,
-
-differentiated with the inner loop treated first order:
-
-    gᵢ = ∇L_val(φ) + 2λ H(φ) ∇L_tr(φ).
-
-For K = 0 (φ = θ) this is the exact gradient of L_val(θ) + λ‖∇L_tr(θ)‖²;
-λ = 0 gives FOMAML. Cost K + 4 gradients.
-"""
+"""Gradient-norm penalty method."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from torch.func import grad, grad_and_value
 
@@ -31,9 +17,31 @@ from ._base import Method, TaskOutput
 
 @dataclass(frozen=True)
 class Penalty(Method):
+    """Gradient-norm penalty method: a bilevel relaxation that replaces the inner
+    optimality condition ∇L_tr(φ) = 0 by a penalty (Mehra & Hamm 2021, "Penalty
+    Method for Inversion-Free Deep Bilevel Optimization"). The meta-objective
+
+        L_val(φ) + λ ‖∇L_tr(φ)‖²,   φ = θ⁽ᴷ⁾ (K plain GD steps),
+
+    is differentiated with the inner loop treated first order:
+
+        gᵢ = ∇L_val(φ) + 2λ H(φ) ∇L_tr(φ),   H = ∇²L_tr.
+
+    For K = 0 (φ = θ) this is the exact gradient of L_val(θ) + λ‖∇L_tr(θ)‖²; λ = 0
+    gives FOMAML. Cost K + 4 gradient-equivalents per task.
+
+    Fields: ``steps`` (K), ``inner_lr`` (α), ``lam`` (λ ≥ 0), and the options
+    ``batching``, ``hvp``, ``diagnose`` of :class:`metagrad.Method`. Diagnostics:
+    ``inner_losses``, ``penalty`` (‖∇L_tr(φ)‖² per task).
+    """
+
     lam: float = 0.1
 
-    name = "penalty"
+    name: ClassVar[str] = "penalty"
+    title: ClassVar[str] = "gradient-norm penalty"
+    paper: ClassVar[str] = ("Mehra & Hamm 2021, Penalty Method for Inversion-Free Deep "
+                            "Bilevel Optimization (ACML)")
+    log_columns: ClassVar[dict[str, str]] = {"penalty": "mean"}
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,15 +1,9 @@
-"""Reptile: the displacement of the inner loop as the meta-direction.
-
-Nichol, Achiam & Schulman 2018, "On First-Order Meta-Learning Algorithms",
-Alg. 1: gᵢ = θ − φ = α Σ_{k=0..K−1} ∇L_tr(θ⁽ᵏ⁾). The outer SGD step with rate
-ε is then θ ← θ − ε g = θ + ε(φ − θ). Cost K gradients (plus one forward
-pass on the val batch, for the post-update loss only).
-"""
+"""Reptile: the displacement of the inner loop as the meta-direction."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from .. import _pytree as pt
 from .._hvp import Loss
@@ -20,7 +14,24 @@ from ._base import Method, TaskOutput
 
 @dataclass(frozen=True)
 class Reptile(Method):
-    name = "reptile"
+    """Reptile (Nichol, Achiam & Schulman 2018, "On First-Order Meta-Learning
+    Algorithms", Alg. 1).
+
+        gᵢ = θ − φ = α Σ_{k=0..K−1} ∇L_tr(θ⁽ᵏ⁾),   φ = θ⁽ᴷ⁾,
+
+    the displacement of K plain GD steps on the train batch. An outer SGD step with
+    rate ε is then θ ← θ − ε g = θ + ε(φ − θ). It reads only the train batch (the
+    val batch gives the post-update loss). For K = 1 it is α ∇L_tr(θ): joint training,
+    not meta-learning. Cost K gradient-equivalents per task.
+
+    Fields: ``steps`` (K), ``inner_lr`` (α), and the options ``batching``, ``hvp``,
+    ``diagnose`` of :class:`metagrad.Method`.
+    """
+
+    name: ClassVar[str] = "reptile"
+    title: ClassVar[str] = "Reptile"
+    paper: ClassVar[str] = ("Nichol, Achiam & Schulman 2018, On First-Order Meta-Learning "
+                            "Algorithms (arXiv:1803.02999)")
 
     def gradient_equivalents(self) -> float:
         return self.steps
