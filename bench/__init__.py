@@ -1,12 +1,13 @@
-"""metagrad's benchmark suite: asv benchmarks, pytest-benchmark suites, the sweep
-runner (``metagrad sweep``) and adapters for peer libraries (``python -m bench.peers``).
+"""metagrad's benchmark suite, installed as ``metagrad_bench``: asv benchmarks,
+pytest-benchmark suites, the sweep runner (``metagrad sweep``) and adapters for peer
+libraries (``python -m metagrad_bench.peers``).
 
 Shared pieces, one job each:
 
-* :mod:`bench.problems` — the benchmark workloads (sinusoid MLP, 5-way 1-shot conv net);
-* :mod:`bench.variants` — method names (and variants such as ``maml-trajectory``) → methods;
-* :mod:`bench.exact` — dense float64 exact targets for the error columns;
-* :mod:`bench.measure` — time, peak memory and the cost-model prediction.
+* :mod:`metagrad_bench.variants`: method names (and variants such as
+  ``maml-trajectory``) → configured methods;
+* :mod:`metagrad_bench.measure`: time, peak memory and the cost-model prediction.
 
-See ``bench/README.md`` for how to run each part.
+The workloads are ``metagrad.problems``; the exact targets of the error columns come
+from the oracle through ``metagrad.verify.exact_target``. See ``bench/README.md``.
 """

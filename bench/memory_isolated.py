@@ -1,11 +1,11 @@
-"""Peak memory vs K with every point in a fresh process (issue 5's memory target).
+"""Peak memory vs K with every point in a fresh process .
 
-In one long-lived process the CPU peak (sampled RSS, :mod:`bench.measure`) carries an
+In one long-lived process the CPU peak (sampled RSS, :mod:`metagrad_bench.measure`) carries an
 offset from allocator state left by earlier calls; a fresh Python process per
 (method, K) point removes it. CUDA numbers (max_memory_allocated) need no isolation but
 get it too. Usage::
 
-    python -m bench.memory_isolated --problem convnet --steps 1 10 50 100 \\
+    python -m metagrad_bench.memory_isolated --problem convnet --steps 1 10 50 100 \\
         --methods maml maml-trajectory imaml neumann penalty --out bench/results/memory_cpu
 
 Writes ``memory.csv`` (method, problem, meta_batch, steps, device, peak_mem_mb,
@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 _CHILD = """
 import json, sys, warnings
 warnings.simplefilter("ignore")
-from bench.problems import make_problem
-from bench.measure import peak_memory_mb
-from bench import variants
+from metagrad.problems import make_problem
+from metagrad_bench.measure import peak_memory_mb
+from metagrad_bench import variants
 a = json.loads(sys.argv[1])
 p = make_problem(a["problem"], meta_batch=a["meta_batch"], device=a["device"])
 _, fn = variants.make(a["method"], steps=a["steps"], inner_lr=0.01, lam=1.0, cg_iters=5, terms=5)
@@ -48,7 +48,8 @@ def measure(method: str, problem: str, steps: int, device: str, meta_batch: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.memory_isolated", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m metagrad_bench.memory_isolated",
+                                 description=__doc__)
     ap.add_argument("--problem", default="convnet")
     ap.add_argument("--methods", nargs="+",
                     default=["maml", "maml-trajectory", "imaml", "neumann", "penalty"])

@@ -3,20 +3,21 @@ iterations and Neumann depth, one CSV row per run, plus seaborn figures.
 
     metagrad sweep --preset cpu-quick --out sweep/
     metagrad sweep --problem convnet --methods maml maml-trajectory --steps 1 10 100
-    metagrad sweep --problem sinusoid-tanh --methods neumann --lam 100 --terms 0 1 2 5 10 20
+    metagrad sweep --problem sinusoid_tanh --methods neumann --lam 100 --terms 0 1 2 5 10 20
 
 One row per (method, problem, meta_batch, steps, inner_lr, lam, cg_iters, terms, device,
 seed): ``median_ms``/``iqr_ms`` over ``repeats`` calls after a warm-up (CUDA synchronised),
 ``peak_mem_mb`` (see :mod:`bench.measure`: CUDA max_memory_allocated, CPU sampled RSS,
 both above what was in use before the call), ``gradient_equivalents`` (DESIGN.md cost
 model), ``predicted_ms`` = gradient-equivalents × the measured time of one batched
-gradient, their ratio, and ``rel_error`` = ‖g − g*‖/‖g*‖ against the exact target of
-:mod:`bench.exact`, with the method run again in float64 so the column measures
-approximation, not float32 rounding. ``rel_error`` is empty (NaN) where no exact target
-is computed: the conv net (too large for dense Hessians) and IMAML/Neumann on the ReLU
-sinusoid (the proximal minimiser sits on a ReLU kink; use ``sinusoid-tanh``). Settings a
-method does not read are left empty. Rows already in the CSV are skipped (resumable);
-exact targets are cached under ``OUT/exact_cache/``.
+gradient, their ratio, and ``approx_error`` = ‖g − g*‖/‖g*‖ against the bilevel-exact
+target of ``metagrad.verify.exact_target`` (the oracle, ``metagrad_reference``), with the
+method run again in float64 so the column measures approximation, not float32 rounding.
+``approx_error`` is empty (NaN) where no exact target is computed: the conv net (too large
+for dense Hessians) and the implicit methods on a non-smooth (ReLU) net, whose proximal
+minimiser sits on a kink (use ``sinusoid_tanh``). Settings a method does not read are left
+empty. Rows already in the CSV are skipped (resumable); exact targets are cached under
+``OUT/exact_cache/``.
 """
 
 from __future__ import annotations
@@ -39,17 +40,26 @@ import torch
 from tqdm.auto import tqdm
 
 from metagrad import timing as mg_timing
+from metagrad._app import UsageError, check_device, markdown_table
+from metagrad.methods import METHOD_NAMES
+from metagrad.problems import make_problem
+from metagrad.verify.compare import exact_target, rel_error
 
-from . import exact, variants
+from . import variants
 from .measure import device_name, gradient_time, peak_memory_mb
-from .problems import PROBLEMS, make_problem
+
+PROBLEMS = ("sinusoid", "sinusoid_tanh", "convnet")
+"""The workloads of ``metagrad.problems`` that the sweep runs."""
+EXACT_MAX_DIM = 5000
+"""Above this many parameters no exact target is computed (dense Hessians of the proximal
+problem cost d² memory and d Hessian-vector products each); the conv net is above it."""
 
 KEY = ["method", "problem", "meta_batch", "steps", "inner_lr", "lam", "cg_iters", "terms",
        "device", "seed"]
 COLUMNS = KEY + [
     "family", "dim", "device_name", "torch", "cuda", "python", "median_ms", "iqr_ms",
     "repeats", "compile_s", "peak_mem_mb", "gradient_equivalents", "gradient_ms",
-    "predicted_ms", "measured_over_predicted", "rel_error", "pre_update_loss",
+    "predicted_ms", "measured_over_predicted", "approx_error", "pre_update_loss",
     "post_update_loss", "warning", "load_avg", "timestamp",
 ]
 LIMITS = {"steps": 100, "cg_iters": 50, "terms": 50}
@@ -90,9 +100,8 @@ ITERS_FULL = [0, 1, 2, 3, 5, 10, 20, 50]
 
 
 def _with_compiled(methods: list[str]) -> list[str]:
-    """Add the compiled variants when this metagrad has ``mg.compile``."""
-    extra = [n for n in ("maml-compiled", "imaml-compiled") if variants.VARIANTS[n].available]
-    return methods + extra
+    """Add the compiled variants."""
+    return methods + [n for n, v in variants.VARIANTS.items() if v.compiled]
 
 
 def presets() -> dict[str, list[Block]]:
@@ -101,7 +110,7 @@ def presets() -> dict[str, list[Block]]:
     ``tiny`` a seconds-long smoke test of every figure (used by scripts/gpu_bench.sh on CPU)."""
     # Accuracy axes on the smooth sinusoid, 5 tasks (the dense exact targets cost ~2 s a
     # task a λ), inner_lr 0.005 so that inner_lr·(λ + L) < 2 up to λ = 100.
-    acc = dict(problem="sinusoid-tanh", inner_lr=0.005, meta_batch=5)
+    acc = dict(problem="sinusoid_tanh", inner_lr=0.005, meta_batch=5)
     return {
         "cpu-quick": [
             Block("sinusoid", ALL, [1, 5]),
@@ -126,7 +135,7 @@ def presets() -> dict[str, list[Block]]:
             Block("sinusoid", ["maml", "fomaml", "imaml"], [1, 2], meta_batch=4),
             Block("convnet", ["maml", "maml-trajectory"], [1, 2], meta_batch=2),
             Block(methods=["imaml", "neumann"], steps=[2], lam=[30.0, 100.0], cg_iters=[0, 2],
-                  terms=[0, 2], problem="sinusoid-tanh", inner_lr=0.005, meta_batch=2),
+                  terms=[0, 2], problem="sinusoid_tanh", inner_lr=0.005, meta_batch=2),
         ],
     }
 
@@ -171,8 +180,9 @@ class Runner:
 
     def target(self, run: dict[str, Any], family: str) -> torch.Tensor | None:
         p64 = self.problem(run["problem"], run["meta_batch"], torch.float64)
-        implicit = family in ("imaml", "neumann")
-        if not p64.exact_ok or (implicit and run["problem"] == "sinusoid"):
+        implicit = variants.variant(family).method_class.target == "implicit"
+        # No dense Hessians at conv-net size; no implicit target on a ReLU net (φ* on a kink).
+        if p64.dim > EXACT_MAX_DIM or (implicit and not p64.smooth):
             return None
         spec = (run["problem"], p64.tasks.num_tasks, self.seed, self.device,
                 "implicit" if implicit else "maml",
@@ -186,8 +196,11 @@ class Runner:
             if path.exists():
                 self._targets[spec] = torch.load(path, map_location=self.device)
                 return self._targets[spec]
-        value = exact.target(family, p64.loss, p64.params, p64.tasks, steps=run["steps"],
-                             inner_lr=run["inner_lr"], lam=run["lam"])
+        settings = {k: run[k] for k in ("steps", "inner_lr", "lam")}
+        try:
+            value = exact_target(p64, family, settings)
+        except ValueError:  # no strict proximal minimiser reached: the target is undefined
+            value = torch.full((p64.dim,), math.nan, dtype=torch.float64)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(value.cpu(), path)
@@ -217,7 +230,7 @@ class Runner:
         ge = method.gradient_equivalents()
         grad_ms = self.gradient_ms(run["problem"], run["meta_batch"])
         median_ms = 1e3 * timing.median_s
-        rel_error = math.nan
+        approx_error = math.nan
         if self.with_error:
             target = self.target(run, v.family)
             if target is not None:
@@ -225,8 +238,10 @@ class Runner:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     eager, _ = variants.make(name.replace("-compiled", ""), **kwargs)
-                    rel_error = exact.rel_error(eager(p64.loss, p64.params, p64.tasks).grad,
-                                                target)
+                    approx_error = rel_error(
+                        torch.cat([g.reshape(-1) for g in
+                                   eager(p64.loss, p64.params, p64.tasks).grad.values()]),
+                        target)
         compile_s = first_s - timing.median_s if v.compiled else math.nan
         reported = getattr(fn, "compile_seconds", None)  # mg.compile: {signature: seconds}
         if isinstance(reported, dict) and reported:
@@ -246,7 +261,7 @@ class Runner:
             "gradient_ms": grad_ms,
             "predicted_ms": ge * grad_ms,
             "measured_over_predicted": median_ms / (ge * grad_ms) if ge else math.nan,
-            "rel_error": rel_error,
+            "approx_error": approx_error,
             "pre_update_loss": float(out.pre_update_loss),
             "post_update_loss": float(out.post_update_loss),
             "warning": " | ".join(dict.fromkeys(messages))[:300],
@@ -315,9 +330,7 @@ def sweep(blocks: list[Block], out: Path, *, device: str = "cpu", repeats: int =
 
 
 def make_problem_meta_batch(problem: str) -> int:
-    from .problems import DEFAULT_META_BATCH
-
-    return DEFAULT_META_BATCH[problem]
+    return make_problem(problem).meta_batch
 
 
 # -- figures ---------------------------------------------------------------------------------
@@ -394,28 +407,28 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
              "ms", True)
     lineplot("peak_mem_mb", "steps", "memory_vs_steps.png",
              "peak memory above baseline vs K", "MiB", True)
-    lineplot("rel_error", "steps", "error_vs_steps.png", "relative error vs exact target, vs K",
+    lineplot("approx_error", "steps", "error_vs_steps.png", "relative error vs exact target, vs K",
              "‖g − g*‖ / ‖g*‖", True)
-    lineplot("rel_error", "terms", "error_vs_terms.png",
+    lineplot("approx_error", "terms", "error_vs_terms.png",
              "Neumann: relative error vs the implicit gradient, vs J", "‖g − g*‖ / ‖g*‖", True)
-    lineplot("rel_error", "lam", "error_vs_lam.png", "relative error vs exact target, vs λ",
+    lineplot("approx_error", "lam", "error_vs_lam.png", "relative error vs exact target, vs λ",
              "‖g − g*‖ / ‖g*‖", True)
-    lineplot("rel_error", "cg_iters", "error_vs_cg_iters.png",
+    lineplot("approx_error", "cg_iters", "error_vs_cg_iters.png",
              "IMAML: relative error vs the implicit gradient, vs CG iterations",
              "‖g − g*‖ / ‖g*‖", True)
 
-    d = df.dropna(subset=["rel_error", "median_ms"])
-    d = d[d["rel_error"] > 0]
+    d = df.dropna(subset=["approx_error", "median_ms"])
+    d = d[d["approx_error"] > 0]
     if not d.empty:
         probs = sorted(d["problem"].unique())
         fig, axes = plt.subplots(1, len(probs), figsize=(6.2 * len(probs), 4.4), squeeze=False)
         for ax, prob in zip(axes[0], probs):
             dp = d[d["problem"] == prob]
             d2 = dp.assign(series=dp["method"])
-            sns.scatterplot(d2, x="median_ms", y="rel_error", hue="series",
+            sns.scatterplot(d2, x="median_ms", y="approx_error", hue="series",
                             palette=_colors(d2), ax=ax, s=30)
             front = pareto_front(dp)
-            ax.plot(front["median_ms"], front["rel_error"], "k--", lw=1, drawstyle="steps-post",
+            ax.plot(front["median_ms"], front["approx_error"], "k--", lw=1, drawstyle="steps-post",
                     label="Pareto front")
             ax.set_xscale("log")
             ax.set_yscale("log")
@@ -429,10 +442,10 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
 
 
 def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows not dominated in (median_ms, rel_error), sorted by time."""
-    d = df.sort_values(["median_ms", "rel_error"])
+    """Rows not dominated in (median_ms, approx_error), sorted by time."""
+    d = df.sort_values(["median_ms", "approx_error"])
     best, keep = math.inf, []
-    for idx, err in zip(d.index, d["rel_error"]):
+    for idx, err in zip(d.index, d["approx_error"]):
         if err < best:
             best = err
             keep.append(idx)
@@ -469,8 +482,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def blocks_from_args(args: argparse.Namespace) -> list[Block]:
-    from metagrad.cli import UsageError
-
     axes = {"methods": args.methods, "steps": args.steps, "lam": args.lam,
             "cg_iters": args.cg_iters, "terms": args.terms}
     given = any(v is not None for v in axes.values()) or args.meta_batch is not None
@@ -478,13 +489,11 @@ def blocks_from_args(args: argparse.Namespace) -> list[Block]:
         raise UsageError("give either --preset or axes (--methods/--steps/...), not both")
     if not given:
         return presets()[args.preset or "cpu-quick"]
-    methods = args.methods or list(variants.AXES)
+    methods = args.methods or list(METHOD_NAMES)
     for m in methods:
         if m not in variants.VARIANTS:
             choices = ", ".join(variants.VARIANTS)
             raise UsageError(f"--methods: unknown {m!r}; choose from {choices}")
-        if not variants.VARIANTS[m].available:
-            raise UsageError(f"--methods: {m} needs mg.compile, which this metagrad lacks")
     steps = args.steps or [5]
     cg_iters, terms = args.cg_iters or [5], args.terms or [5]
     for name, values in (("steps", steps), ("cg-iters", cg_iters), ("terms", terms)):
@@ -505,9 +514,6 @@ def blocks_from_args(args: argparse.Namespace) -> list[Block]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from metagrad.cli import UsageError
-    from metagrad.report import check_device
-
     device = check_device(args.device)
     if args.repeats < 1:
         raise UsageError(f"--repeats must be ≥ 1, got {args.repeats}")
@@ -534,15 +540,16 @@ def sweep_section(ctx) -> str:
     df = df[(df["device"] == ctx.device) & (df["seed"] == ctx.seed)]
     paths = figures(df, out)
     cols = ["problem", "method", "steps", "lam", "cg_iters", "terms", "median_ms",
-            "peak_mem_mb", "measured_over_predicted", "rel_error"]
-    table = df[cols].to_markdown(index=False, floatfmt=".3g")
+            "peak_mem_mb", "measured_over_predicted", "approx_error"]
+    table = markdown_table(df[cols], floatfmt=".3g")
     images = "\n".join(f"![{p.stem}](sweep/{p.name})" for p in paths)
     return (
         f"## Sweep ({preset}: time, memory and accuracy vs K, λ, CG iterations, J)\n\n"
         f"Device `{ctx.device}` ({df['device_name'].iloc[0] if len(df) else '?'}). Time: median "
         "of repeats after a warm-up; memory: peak above the pre-call baseline (CPU: sampled "
-        "RSS, see bench/measure.py); measured/predicted: time over (gradient-equivalents × one "
-        "batched gradient); rel_error: against the float64 exact target (bench/exact.py), empty "
+        "RSS, see `metagrad_bench.measure`); measured/predicted: time over (gradient-equivalents "
+        "× one batched gradient); approx_error: against the float64 bilevel-exact target "
+        "(`metagrad.verify.exact_target`), empty "
         "where none is computed. Full CSV: `sweep/sweep.csv`; rerun with "
         f"`metagrad sweep --preset {preset} --out OUT`.\n\n{table}\n\n{images}\n"
     )

@@ -2,9 +2,10 @@
 
 A *variant* is one of metagrad's six methods with fixed options, e.g.
 ``maml-trajectory`` = ``MAML(backward="trajectory")``. Each variant names its
-``family`` (the method whose cost model and exact target apply) and the axes it
-uses, so a grid never runs two rows that differ only in an unused setting.
-Adding a variant is one entry in :data:`VARIANTS`.
+``family`` (the method whose cost model and exact target apply); the settings a
+variant reads are its family's (``Method.setting_names``), so a grid never runs
+two rows that differ only in an unused setting. Adding a variant is one entry
+in :data:`VARIANTS`.
 """
 
 from __future__ import annotations
@@ -14,16 +15,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import metagrad as mg
+from metagrad.methods import METHOD_NAMES, method_class
 
-# The settings each method family reads; the rest are left empty in CSV rows.
-AXES: dict[str, tuple[str, ...]] = {
-    "maml": ("steps",),
-    "fomaml": ("steps",),
-    "reptile": ("steps",),
-    "imaml": ("steps", "lam", "cg_iters"),
-    "neumann": ("steps", "lam", "terms"),
-    "penalty": ("steps", "lam"),
-}
+AXES = ("steps", "lam", "cg_iters", "terms")
+"""The settings a sweep varies (``inner_lr`` is one value per grid)."""
 
 
 @dataclass(frozen=True)
@@ -33,17 +28,12 @@ class Variant:
     compiled: bool = False
 
     @property
-    def available(self) -> bool:
-        return not self.compiled or hasattr(mg, "compile")
+    def method_class(self) -> type[mg.Method]:
+        return method_class(self.family)
 
 
 VARIANTS: dict[str, Variant] = {
-    "maml": Variant("maml"),
-    "fomaml": Variant("fomaml"),
-    "reptile": Variant("reptile"),
-    "imaml": Variant("imaml"),
-    "neumann": Variant("neumann"),
-    "penalty": Variant("penalty"),
+    **{name: Variant(name) for name in METHOD_NAMES},
     "maml-trajectory": Variant("maml", {"backward": "trajectory"}),
     # √K-style checkpointing: every 10th iterate stored, segments recomputed in the sweep back.
     "maml-checkpoint10": Variant("maml", {"backward": "trajectory", "checkpoint": 10}),
@@ -52,25 +42,18 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def available_variants() -> list[str]:
-    return [name for name, v in VARIANTS.items() if v.available]
+def variant(name: str) -> Variant:
+    if name not in VARIANTS:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(VARIANTS)}")
+    return VARIANTS[name]
 
 
 def settings(name: str, *, steps: int, lam: float | None = None, cg_iters: int | None = None,
              terms: int | None = None) -> dict[str, Any]:
     """The settings of variant ``name`` that matter, the others as None (empty in CSV)."""
-    axes = AXES[variant(name).family]
+    reads = variant(name).method_class.setting_names()
     values = {"steps": steps, "lam": lam, "cg_iters": cg_iters, "terms": terms}
-    return {k: (v if k in axes else None) for k, v in values.items()}
-
-
-def variant(name: str) -> Variant:
-    if name not in VARIANTS:
-        raise ValueError(f"unknown method {name!r}; choose from {sorted(VARIANTS)}")
-    v = VARIANTS[name]
-    if not v.available:
-        raise NotImplementedError(f"{name}: this metagrad has no mg.compile")
-    return v
+    return {k: (v if k in reads else None) for k, v in values.items()}
 
 
 def make(name: str, *, steps: int, inner_lr: float, lam: float | None = None,
@@ -79,14 +62,12 @@ def make(name: str, *, steps: int, inner_lr: float, lam: float | None = None,
     and the callable to time, ``fn(loss, params, tasks) -> MetaGradient``, the same method
     with ``diagnose="off"`` (compiled for ``*-compiled``)."""
     v = variant(name)
-    kwargs: dict[str, Any] = {"steps": steps, "inner_lr": inner_lr, **v.options}
     s = settings(name, steps=steps, lam=lam, cg_iters=cg_iters, terms=terms)
-    for key in ("lam", "cg_iters", "terms"):
-        if s[key] is not None:
-            kwargs[key] = s[key]
-    method = mg.METHODS[v.family](**kwargs)
+    kwargs: dict[str, Any] = {"inner_lr": inner_lr, **v.options,
+                              **{k: val for k, val in s.items() if val is not None}}
+    method = v.method_class(**kwargs)
     # What is timed is the computation: the Python-side numerical checks (and the power
     # iteration they run when a problem is found) stay out of it, as in `metagrad report`.
     quiet = replace(method, diagnose="off")
-    fn: Callable = mg.compile(quiet) if v.compiled else quiet  # type: ignore[attr-defined]
+    fn: Callable = mg.compile(quiet) if v.compiled else quiet
     return method, fn

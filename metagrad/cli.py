@@ -1,5 +1,10 @@
-"""The ``metagrad`` command. Each subcommand lives in its own module, which
-provides ``add_parser(subparsers)`` registering itself with a ``func(args) -> int``."""
+"""The ``metagrad`` command.
+
+Each subcommand lives in its own application module, which provides
+``add_parser(subparsers)`` registering itself with a ``func(args) -> int``.
+Modules are imported only when their command runs (``metagrad train`` never
+loads the sweep's dependencies, ``metagrad --help`` loads none of them).
+"""
 
 from __future__ import annotations
 
@@ -7,32 +12,43 @@ import argparse
 import importlib
 import sys
 
-# One line per subcommand module.
-COMMANDS = [
-    "metagrad.report",
-    "metagrad.verify",
-    "metagrad.train_cli",
-    "bench.sweep",
-]
+from ._app import UsageError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "report": ("metagrad.report.command",
+               "the main job: compute, verify, train and time all methods; a markdown report"),
+    "verify": ("metagrad.verify.command",
+               "check every method against the exact float64 oracle; exit 1 on failure"),
+    "train": ("metagrad.train.command",
+              "meta-train on sinusoid regression: curves, held-out evaluation, resume"),
+    "sweep": ("metagrad_bench.sweep",
+              "time, memory and accuracy of the methods across steps, lam, cg_iters, terms"),
+}
+"""name → (module providing ``add_parser``, one-line help)."""
 
 
-class UsageError(Exception):
-    """Bad input from the command line: printed as one line, exit status 2."""
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser, with ``command``'s own arguments loaded (the others listed by name)."""
     parser = argparse.ArgumentParser(
         prog="metagrad",
         description="Fast, verified meta-gradients for MAML-family bilevel learning.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(name).add_parser(sub)
+    for name, (module, help_text) in COMMANDS.items():
+        if name == command:
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_text)
     return parser
 
 
+def _command_in(argv: list[str]) -> str | None:
+    return next((a for a in argv if a in COMMANDS), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -122,3 +122,39 @@ class GaussianClusters:
 
         return Task(train=split(slice(0, self.shots)), val=split(slice(self.shots, per_class)),
                     info={"means": means.view(num_tasks, self.ways, self.dim)})
+
+
+@dataclass(frozen=True)
+class SyntheticImages:
+    """N-way k-shot image tasks with Omniglot's shapes (1×28×28 by default): each class of
+    each task is a random prototype image, its examples the prototype plus N(0, noise²)
+    pixel noise. Only the shapes and the cost matter (benchmarks of the 4-block conv net
+    of Finn et al. 2017 §5.2); the noise keeps the tasks learnable.
+
+    Labels are ``int64`` in {0, …, ways − 1}. Train split: ``shots`` per class; val:
+    ``query`` per class.
+    """
+
+    ways: int = 5
+    shots: int = 1
+    query: int = 5
+    image_size: int = 28
+    noise: float = 0.5
+
+    def sample(self, num_tasks: int, *, generator: torch.Generator | None = None,
+               seed: int | None = None, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu") -> Task:
+        g = _generator(generator, seed)
+        per_class, size = self.shots + self.query, self.image_size
+        protos = torch.randn(num_tasks, self.ways, 1, 1, size, size, generator=g)
+        images = protos + self.noise * torch.randn(num_tasks, self.ways, per_class, 1, size, size,
+                                                   generator=g)
+        labels = torch.arange(self.ways).view(1, self.ways, 1).expand(num_tasks, self.ways,
+                                                                       per_class)
+
+        def split(sl: slice):
+            x = images[:, :, sl].reshape(num_tasks, -1, 1, size, size)
+            y = labels[:, :, sl].reshape(num_tasks, -1)
+            return x.to(dtype=dtype, device=device), y.to(device=device)
+
+        return Task(train=split(slice(0, self.shots)), val=split(slice(self.shots, per_class)))

@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # reports are written on headless machines
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-METHOD_ORDER = ["maml", "fomaml", "reptile", "imaml", "neumann", "penalty"]
+from .methods import METHOD_NAMES  # noqa: E402
 
 
 def setup() -> None:
@@ -20,8 +20,8 @@ def setup() -> None:
 
 def palette() -> dict[str, tuple[float, float, float]]:
     """One fixed colour per method, the same in every figure."""
-    colors = sns.color_palette("colorblind", len(METHOD_ORDER))
-    return dict(zip(METHOD_ORDER, colors))
+    colors = sns.color_palette("colorblind", len(METHOD_NAMES))
+    return dict(zip(METHOD_NAMES, colors))
 
 
 def save(fig: plt.Figure, path: Path) -> Path:

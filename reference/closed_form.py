@@ -6,7 +6,7 @@ Loss of one task with design X (n × d) and targets y (n × 1), on w ∈ R^d:
 
 H is constant, so the inner loops are affine maps and every method is matrix
 algebra, with no autograd at all: an oracle independent of the dense-Hessian
-one in :mod:`reference.dense`. ``theta`` here is the flat w (``w[:, 0]``).
+one in :mod:`metagrad_reference.dense`. ``theta`` here is the flat w (``w[:, 0]``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The exact quantity each metagrad method computes, per task, densely.
 
-Notation of DESIGN.md: θ⁽⁰⁾ = θ, θ⁽ᵏ⁺¹⁾ = θ⁽ᵏ⁾ − α∇L_tr(θ⁽ᵏ⁾), φ = θ⁽ᴷ⁾,
+Notation: θ⁽⁰⁾ = θ, θ⁽ᵏ⁺¹⁾ = θ⁽ᵏ⁾ − α∇L_tr(θ⁽ᵏ⁾), φ = θ⁽ᴷ⁾,
 H(φ) = ∇²L_tr(φ). Each function takes a flat loss ``f``, the flat θ, one
 task's ``train`` and ``val`` batches and the method's settings (metagrad's
 names: ``steps``, ``inner_lr``, ``lam``, ``cg_iters``, ``terms``, ``step``),

@@ -34,7 +34,7 @@ def pytest_configure(config: pytest.Config) -> None:
     import metagrad as mg
 
     name, size = spec.split(":")
-    from problems import perturb_grad
+    from helpers import perturb_grad
 
     cls = mg.METHODS[name]
     original = cls.__call__

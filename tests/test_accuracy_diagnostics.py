@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from problems import DEFAULTS, get, rel_error
+from helpers import DEFAULTS, flat, get, rel_error
+from metagrad_reference import dense
 
 import metagrad as mg
-from reference import dense
 
 PROBLEMS = ("softmax", "mlp_softplus")
 
 
 def _per_task(problem: str):
     p = get(problem)
-    f, theta = p.flat()
+    f, theta = flat(p)
     return p, f, theta, p.task_list()
 
 

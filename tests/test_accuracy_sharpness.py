@@ -11,7 +11,7 @@ that method fails.)
 from __future__ import annotations
 
 import pytest
-from problems import Case, Perturbed, evaluate, level1_failures
+from helpers import Case, Perturbed, evaluate, level1_failures
 from test_accuracy import DIMS, PROBLEMS, settings_for
 
 METHODS = ("maml", "fomaml", "reptile", "imaml", "neumann", "penalty")

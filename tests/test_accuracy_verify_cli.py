@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from problems import perturb_grad
+from helpers import perturb_grad
 
 import metagrad as mg
 from metagrad.cli import main

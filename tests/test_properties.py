@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import warnings
 
+import metagrad_reference as reference
 import pytest
 import torch
+from helpers import flat, linreg, random_mlp, rel_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from problems import linreg, random_mlp, rel_error
+from metagrad_reference import closed_form as cf
+from metagrad_reference import dense
 
 import metagrad as mg
-import reference
 from metagrad.verify.compare import REF_RTOL
-from reference import closed_form as cf
-from reference import dense
 
 FAST = settings(max_examples=15, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -50,7 +50,7 @@ def method_and_settings(draw, dim: int):
 def _scale_lr(name: str, s: dict, p) -> dict:
     """α = fraction / (L + λ): inside the stable range of plain (α L < 2) and proximal
     (α(λ + L) < 2) gradient descent, L the largest |Hessian eigenvalue| at θ (dense)."""
-    f, theta = p.flat()
+    f, theta = flat(p)
     top = max(float(torch.linalg.eigvalsh(dense.hessian(f, theta, tr)).abs().max())
               for tr, _ in p.task_list())
     proximal = s["lam"] if name in ("imaml", "neumann") else 0.0
@@ -65,9 +65,9 @@ def _run(name, s, kw, p):
 
 @FAST
 @given(data=st.data(), dim=st.integers(1, 6), seed=st.integers(0, 10_000),
-       num_tasks=st.integers(1, 3))
-def test_random_linear_regression_matches_closed_form(data, dim, seed, num_tasks):
-    p = linreg(num_tasks, seed, torch.float64, dim=dim)
+       meta_batch=st.integers(1, 3))
+def test_random_linear_regression_matches_closed_form(data, dim, seed, meta_batch):
+    p = linreg(meta_batch, seed, torch.float64, dim=dim)
     name, s, kw = data.draw(method_and_settings(dim))
     s = _scale_lr(name, s, p)
     out = _run(name, s, kw, p)
@@ -85,7 +85,7 @@ def test_random_mlp_matches_dense_reference(data, width, seed, activation):
     name, s, kw = data.draw(method_and_settings(p.dim))
     s = _scale_lr(name, s, p)
     out = _run(name, s, kw, p)
-    f, theta = p.flat()
+    f, theta = flat(p)
     ref = reference.meta_batch(name, f, theta, p.task_list(), **s)
     assert rel_error(reference.flatten(out.grad), ref.grad) <= REF_RTOL
     assert rel_error(out.post_update_loss, ref.post_update_loss) <= REF_RTOL
@@ -93,14 +93,14 @@ def test_random_mlp_matches_dense_reference(data, width, seed, activation):
 
 
 @FAST
-@given(data=st.data(), seed=st.integers(0, 10_000), num_tasks=st.integers(2, 4))
-def test_meta_gradient_is_the_mean_over_tasks(data, seed, num_tasks):
-    p = random_mlp(seed, 3, "tanh", num_tasks=num_tasks)
+@given(data=st.data(), seed=st.integers(0, 10_000), meta_batch=st.integers(2, 4))
+def test_meta_gradient_is_the_mean_over_tasks(data, seed, meta_batch):
+    p = random_mlp(seed, 3, "tanh", meta_batch=meta_batch)
     name, s, kw = data.draw(method_and_settings(p.dim))
     s = _scale_lr(name, s, p)
     whole = reference.flatten(_run(name, s, kw, p).grad)
     singles = []
-    for i in range(num_tasks):
+    for i in range(meta_batch):
         one = mg.Task(*(torch.utils._pytree.tree_map(lambda x, i=i: x[i:i + 1], split)
                         for split in (p.tasks.train, p.tasks.val)))
         singles.append(reference.flatten(_run(name, s, kw, type(p)(

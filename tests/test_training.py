@@ -1,4 +1,4 @@
-"""Meta-training loop, checkpoints and the ``metagrad train`` command.
+"""Meta-training loop, snapshots and the ``metagrad train`` command.
 
 The independent numbers here come from a hand-written float64 MLP, per-task
 ``torch.autograd`` loops and a hand-written Adam (Kingma & Ba 2015, Alg. 1),
@@ -19,12 +19,14 @@ import torch
 from torch.nn import functional as F
 
 import metagrad as mg
-from metagrad import checkpoint as ckpt
-from metagrad import cli, train_cli
+from metagrad import cli
+from metagrad.methods import METHOD_NAMES
 from metagrad.models import mlp
-from metagrad.plotting import METHOD_ORDER
-from metagrad.report import ReportContext
-from metagrad.training import FILES, TrainConfig, read_log, train, train_baseline
+from metagrad.report.command import ReportContext
+from metagrad.train import FILES, TrainConfig, read_log, train, train_baseline
+from metagrad.train import command as train_cli
+from metagrad.train import section as train_section
+from metagrad.train import snapshot as snap
 
 # float32 runs compared with float64 recomputations: each loss is a mean of ~10 squared
 # errors of a 3-layer net; float32 rounding (eps ≈ 1.2e-7) through a few hundred flops per
@@ -33,7 +35,7 @@ from metagrad.training import FILES, TrainConfig, read_log, train, train_baselin
 RTOL32 = 1e-5
 
 SMALL = dict(meta_batch=4, hidden=(16, 16), heldout_tasks=6, heldout_query=7,
-             checkpoint_every=2, seed=3)
+             snapshot_every=2, seed=3)
 
 
 def small(method: str, **kw) -> TrainConfig:
@@ -134,7 +136,7 @@ def heldout(cfg: TrainConfig):
 
 
 def final_params(out: Path) -> list[torch.Tensor]:
-    state = ckpt.load_checkpoint(out / FILES["checkpoint"])["model"]
+    state = snap.load_snapshot(out / FILES["snapshot"])["model"]
     return [state[k].double() for k in ("0.weight", "0.bias", "2.weight", "2.bias",
                                         "4.weight", "4.bias")]
 
@@ -163,11 +165,11 @@ def test_logged_losses_and_params_follow_reference_loop(method, tmp_path):
     for got, want in zip(res.params.values(), params, strict=True):
         # Adam moves each coordinate by ~1e-3 per step; 1e-6 absolute is 0.1 % of a step.
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
-    assert list(log["step"]) == [1, 2, 3]
+    assert list(log["meta_step"]) == [1, 2, 3]
     assert (log["step_time_s"] > 0).all() and log["wall_time_s"].is_monotonic_increasing
 
 
-@pytest.mark.parametrize("method", METHOD_ORDER)
+@pytest.mark.parametrize("method", METHOD_NAMES)
 def test_first_logged_losses_equal_initial_model_losses(method, tmp_path):
     # With K = 1 every method's first inner step starts at φ = θ (the proximal term of
     # IMAML/Neumann is zero there), so step 1 logs L_tr(θ₀) and L_val(θ₀ − α∇L_tr(θ₀)).
@@ -221,7 +223,7 @@ def test_output_files_and_summary_match_independent_evaluation(tmp_path):
 # exact resume and determinism
 
 
-@pytest.mark.parametrize("method", METHOD_ORDER)
+@pytest.mark.parametrize("method", METHOD_NAMES)
 def test_resume_after_kill_is_bit_identical(method, tmp_path):
     cfg = small(method, meta_steps=5)
     base = train_baseline(cfg)  # shared, so both runs compare only the meta-training
@@ -229,9 +231,9 @@ def test_resume_after_kill_is_bit_identical(method, tmp_path):
 
     killed = train(cfg, tmp_path / "split", progress=False, baseline=base, stop_after=3)
     assert not killed.finished
-    # Killed after step 3: the CSV holds 3 rows, the last checkpoint is from step 2.
+    # Killed after meta-step 3: the CSV holds 3 rows, the last snapshot is from meta-step 2.
     assert len(read_log(tmp_path / "split" / FILES["log"])) == 3
-    assert ckpt.load_checkpoint(tmp_path / "split" / FILES["checkpoint"])["step"] == 2
+    assert snap.load_snapshot(tmp_path / "split" / FILES["snapshot"])["meta_step"] == 2
     resumed = train(cfg, tmp_path / "split", progress=False, baseline=base, resume=True)
 
     for k in whole.params:
@@ -249,10 +251,10 @@ def test_resume_after_kill_is_bit_identical(method, tmp_path):
 
 
 def test_resume_can_extend_a_finished_run(tmp_path):
-    cfg = small("fomaml", meta_steps=4, checkpoint_every=0)
+    cfg = small("fomaml", meta_steps=4, snapshot_every=0)
     base = train_baseline(cfg)
     whole = train(cfg, tmp_path / "whole", progress=False, baseline=base)
-    train(small("fomaml", meta_steps=2, checkpoint_every=0), tmp_path / "two",
+    train(small("fomaml", meta_steps=2, snapshot_every=0), tmp_path / "two",
           progress=False, baseline=base)
     more = train(cfg, tmp_path / "two", progress=False, baseline=base, resume=True)
     for k in whole.params:
@@ -260,7 +262,7 @@ def test_resume_can_extend_a_finished_run(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# refusing bad checkpoints
+# refusing bad snapshots
 
 
 @pytest.fixture
@@ -271,23 +273,23 @@ def finished_run(tmp_path):
 
 
 @pytest.mark.parametrize("change, named", [
-    (dict(method="fomaml"), "method: checkpoint 'imaml', this run 'fomaml'"),
-    (dict(lam=7.0), "config.lam: checkpoint 300.0, this run 7.0"),
+    (dict(method="fomaml"), "method: snapshot 'imaml', this run 'fomaml'"),
+    (dict(lam=7.0), "config.lam: snapshot 300.0, this run 7.0"),
     (dict(seed=4), "config.seed"),
-    (dict(hidden=(16, 8)), "shapes.2.weight: checkpoint [16, 16], this run [8, 16]"),
+    (dict(hidden=(16, 8)), "shapes.2.weight: snapshot [16, 16], this run [8, 16]"),
 ])
-def test_mismatched_checkpoint_is_refused(finished_run, change, named):
+def test_mismatched_snapshot_is_refused(finished_run, change, named):
     cfg, out = finished_run
     other = TrainConfig(**{**cfg.__dict__, **change})
-    with pytest.raises(ckpt.CheckpointError, match="different run") as err:
+    with pytest.raises(snap.SnapshotError, match="different run") as err:
         train(other, out, resume=True, progress=False)
     assert named in str(err.value)
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "foreign"])
-def test_corrupted_checkpoint_is_refused(finished_run, damage):
+def test_corrupted_snapshot_is_refused(finished_run, damage):
     cfg, out = finished_run
-    path = out / FILES["checkpoint"]
+    path = out / FILES["snapshot"]
     data = bytearray(path.read_bytes())
     if damage == "flip":
         data[len(data) // 2] ^= 0x01
@@ -296,33 +298,33 @@ def test_corrupted_checkpoint_is_refused(finished_run, damage):
     else:
         data = bytearray(b"PK\x03\x04 not ours")
     path.write_bytes(bytes(data))
-    want = "not a metagrad checkpoint" if damage == "foreign" else "corrupted"
-    with pytest.raises(ckpt.CheckpointError, match=want):
+    want = "not a metagrad snapshot" if damage == "foreign" else "corrupted"
+    with pytest.raises(snap.SnapshotError, match=want):
         train(cfg, out, resume=True, progress=False)
 
 
-def test_shape_mismatch_inside_a_valid_checkpoint_is_refused(finished_run):
+def test_shape_mismatch_inside_a_valid_snapshot_is_refused(finished_run):
     cfg, out = finished_run
-    path = out / FILES["checkpoint"]
-    payload = ckpt.load_checkpoint(path)
+    path = out / FILES["snapshot"]
+    payload = snap.load_snapshot(path)
     payload["shapes"]["4.bias"] = [2]
-    ckpt.save_checkpoint(path, payload)
-    with pytest.raises(ckpt.CheckpointError, match=r"shapes\.4\.bias: checkpoint \[2\]"):
+    snap.save_snapshot(path, payload)
+    with pytest.raises(snap.SnapshotError, match=r"shapes\.4\.bias: snapshot \[2\]"):
         train(cfg, out, resume=True, progress=False)
 
 
-def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+def test_snapshot_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "c.pt"
-    ckpt.save_checkpoint(path, {"step": 1, "x": torch.arange(3)})
+    snap.save_snapshot(path, {"step": 1, "x": torch.arange(3)})
 
     def broken_replace(src, dst):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
-        ckpt.save_checkpoint(path, {"step": 2, "x": torch.arange(5)})
+        snap.save_snapshot(path, {"step": 2, "x": torch.arange(5)})
     monkeypatch.undo()
-    back = ckpt.load_checkpoint(path)
+    back = snap.load_snapshot(path)
     assert back["step"] == 1 and torch.equal(back["x"], torch.arange(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]  # no temp files left
 
@@ -337,8 +339,8 @@ def test_cli_trains_all_methods_and_writes_figures(tmp_path, capsys):
                    "--heldout-tasks", "4", "--out", str(out), "--quiet"])
     assert rc == 0
     comparison = pd.read_csv(out / "comparison.csv")
-    assert list(comparison.method) == [*METHOD_ORDER, "baseline (joint training)"]
-    for name in METHOD_ORDER:
+    assert list(comparison.method) == [*METHOD_NAMES, "baseline (joint training)"]
+    for name in METHOD_NAMES:
         summary = json.loads((out / name / FILES["summary"]).read_text())
         row = comparison[comparison.method == name].iloc[0]
         assert row.post_update_mse_10 == summary["heldout"]["post_update_mse"]["10"]
@@ -368,11 +370,11 @@ def test_cli_trains_all_methods_and_writes_figures(tmp_path, capsys):
     (["--meta-lr", "nan"], "meta_lr must be a finite positive number"),
     (["--meta-steps", "0"], "meta_steps must be a positive integer"),
     (["--meta-batch", "0"], "meta_batch must be a positive integer"),
-    (["--checkpoint-every", "-5"], "checkpoint_every must be a non-negative integer"),
+    (["--snapshot-every", "-5"], "snapshot_every must be a non-negative integer"),
     (["--method", "imaml", "--lam", "-1"], "lam must be a finite positive number"),
     (["--method", "neumann", "--terms", "-2"], "terms must be a non-negative integer"),
     (["--device", "tpu"], "--device 'tpu'"),
-    (["--resume"], "no checkpoint"),
+    (["--resume"], "no snapshot"),
 ])
 def test_cli_rejects_bad_flags_with_one_line(tmp_path, capsys, flags, message):
     rc = cli.main(["train", "--out", str(tmp_path / "x"), "--quiet", *flags])
@@ -387,19 +389,19 @@ def test_cli_unknown_method_is_a_usage_error(capsys):
     assert exit_info.value.code == 2 and "invalid choice: 'sgd'" in capsys.readouterr().err
 
 
-def test_cli_refuses_corrupted_checkpoint(finished_run, capsys):
+def test_cli_refuses_corrupted_snapshot(finished_run, capsys):
     cfg, out = finished_run
-    (out / FILES["checkpoint"]).write_bytes(b"metagrad-checkpoint 1\n" + b"0" * 64 + b"\nxx")
+    (out / FILES["snapshot"]).write_bytes(b"metagrad-snapshot 1\n" + b"0" * 64 + b"\nxx")
     rc = cli.main(["train", "--method", "imaml", "--meta-steps", "2", "--meta-batch", "4",
                    "--seed", "3", "--out", str(out), "--resume", "--quiet"])
     assert rc == 2 and "corrupted" in capsys.readouterr().err
 
 
 def test_report_section(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_cli, "QUICK_META_STEPS", 2)
-    monkeypatch.setattr(train_cli, "QUICK_HELDOUT_TASKS", 3)
-    monkeypatch.setattr(train_cli, "METHOD_ORDER", ["maml", "reptile"])  # all six: CLI test
-    text = train_cli.training_section(ReportContext(out=tmp_path, device="cpu", seed=0,
+    monkeypatch.setattr(train_section, "QUICK_META_STEPS", 2)
+    monkeypatch.setattr(train_section, "QUICK_HELDOUT_TASKS", 3)
+    monkeypatch.setattr(train_section, "METHOD_NAMES", ["maml", "reptile"])  # all six: CLI test
+    text = train_section.training_section(ReportContext(out=tmp_path, device="cpu", seed=0,
                                                     quick=True))
     frame = pd.read_csv(tmp_path / "training_comparison.csv")
     assert list(frame.method) == ["maml", "reptile", "baseline (joint training)"]
@@ -453,15 +455,15 @@ def test_divergence_stops_before_the_bad_update(tmp_path, capsys):
     bad = small("fomaml", meta_steps=3, inner_lr=1e30)
     with pytest.raises(train_cli.TrainingDiverged, match="diverged at meta-step 1") as err:
         train(bad, tmp_path / "bad", progress=False)
-    assert err.value.step == 1
+    assert err.value.meta_step == 1
     assert len(read_log(tmp_path / "bad" / FILES["log"])) == 1
 
     # Several methods: the diverged one is reported, the others still finish.
     good = small("maml", meta_steps=2)
     results, failed = train_cli.train_many([good, bad.resolved()], tmp_path / "many",
                                            progress=False)
-    assert list(results) == ["maml"] and failed == {"fomaml": "diverged at step 1"}
+    assert list(results) == ["maml"] and failed == {"fomaml": "diverged at meta-step 1"}
     frame = train_cli.comparison_frame(results, failed)
     assert list(frame.method) == ["maml", "fomaml", "baseline (joint training)"]
-    assert frame.status[1] == "diverged at step 1" and math.isnan(frame.pre_update_mse[1])
+    assert frame.status[1] == "diverged at meta-step 1" and math.isnan(frame.pre_update_mse[1])
     assert "fomaml diverged" in capsys.readouterr().err

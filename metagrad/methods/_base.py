@@ -97,6 +97,11 @@ class Method:
     """Which bilevel-exact meta-gradient the method computes or approximates: ``"maml"``
     (∇_θ L_val(θ⁽ᴷ⁾(θ)) with the same steps and inner_lr) or ``"implicit"`` (the implicit
     gradient λ(H(φ*) + λI)⁻¹ ∇L_val(φ*) of the proximal inner problem at the same lam)."""
+    gradient_of: ClassVar[str | None] = None
+    """What gᵢ is the exact gradient of, where it is one (checked by finite differences):
+    ``"meta_objective"`` (θ ↦ L_val(θ⁽ᴷ⁾(θ))), ``"val_at_phi"`` (L_val at φ, in φ),
+    ``"train_along_path"`` (α Σₖ ∇L_tr(θ⁽ᵏ⁾)), ``"penalty_at_phi"`` (L_val + λ‖∇L_tr‖² at φ,
+    in φ), or None (the implicit methods: a linear-solver iterate, no objective)."""
     log_columns: ClassVar[dict[str, str]] = {}
     """Per-task diagnostics worth a column in a training log, each with the reduction
     over tasks (``"min"``, ``"max"`` or ``"mean"``) that flags trouble."""
@@ -117,6 +122,12 @@ class Method:
         """The numerical settings this method reads (a subset of :data:`SETTINGS`, in order)."""
         own = {f.name for f in fields(cls)}
         return tuple(s for s in SETTINGS if s in own)
+
+    @classmethod
+    def default_settings(cls) -> dict[str, Any]:
+        """The class defaults of :meth:`setting_names`, e.g. ``IMAML``: ``lam=1.0, cg_iters=5``."""
+        defaults = {f.name: f.default for f in fields(cls)}
+        return {name: defaults[name] for name in cls.setting_names()}
 
     def settings(self) -> dict[str, Any]:
         """This method's numerical settings as a dict, e.g. ``{"steps": 5, "inner_lr": 0.01}``."""

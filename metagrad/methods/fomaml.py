@@ -32,6 +32,7 @@ class FOMAML(Method):
     title: ClassVar[str] = "first-order MAML"
     paper: ClassVar[str] = ("Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning for "
                             "Fast Adaptation of Deep Networks (ICML), section 5.2")
+    gradient_of: ClassVar[str | None] = "val_at_phi"
 
     def gradient_equivalents(self) -> float:
         return self.steps + 1

@@ -44,6 +44,7 @@ class MAML(Method):
     title: ClassVar[str] = "MAML (second order)"
     paper: ClassVar[str] = ("Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning for "
                             "Fast Adaptation of Deep Networks (ICML)")
+    gradient_of: ClassVar[str | None] = "meta_objective"
 
     def __post_init__(self) -> None:
         super().__post_init__()

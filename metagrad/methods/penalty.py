@@ -41,6 +41,7 @@ class Penalty(Method):
     title: ClassVar[str] = "gradient-norm penalty"
     paper: ClassVar[str] = ("Mehra & Hamm 2021, Penalty Method for Inversion-Free Deep "
                             "Bilevel Optimization (ACML)")
+    gradient_of: ClassVar[str | None] = "penalty_at_phi"
     log_columns: ClassVar[dict[str, str]] = {"penalty": "mean"}
 
     def __post_init__(self) -> None:

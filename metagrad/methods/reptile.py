@@ -32,6 +32,7 @@ class Reptile(Method):
     title: ClassVar[str] = "Reptile"
     paper: ClassVar[str] = ("Nichol, Achiam & Schulman 2018, On First-Order Meta-Learning "
                             "Algorithms (arXiv:1803.02999)")
+    gradient_of: ClassVar[str | None] = "train_along_path"
 
     def gradient_equivalents(self) -> float:
         return self.steps

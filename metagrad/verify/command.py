@@ -6,9 +6,10 @@ import argparse
 import time
 from pathlib import Path
 
+from .._app import UsageError
+from ..methods import METHOD_NAMES
 from .table import (
     ALL_PROBLEMS,
-    METHOD_NAMES,
     QUICK_PROBLEMS,
     default_cases,
     markdown_table,
@@ -22,8 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "verify",
         help="check every method against the exact float64 oracle (reference/); exit 1 on failure",
         description="Run each public method on small float64 problems and compare it with the "
-                    "dense reference, closed forms and finite differences (Level 1 of DESIGN.md), "
-                    "reporting the approximation error against the bilevel-exact target too.",
+                    "dense reference, closed forms and finite differences (relative error "
+                    "≤ 1e-9 and ≤ 1e-7), reporting the approximation error against the "
+                    "bilevel-exact target too.",
     )
     p.add_argument("--out", default="verify", help="output folder for verify.csv and verify.md "
                                                    "(default: verify/)")
@@ -39,8 +41,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UsageError
-
     unknown = sorted(set(args.methods) - set(METHOD_NAMES))
     if unknown:
         raise UsageError(f"unknown method(s) {unknown}; choose from {list(METHOD_NAMES)}")

@@ -1,45 +1,76 @@
-"""Comparisons of metagrad's public methods with the oracle in ``reference/``.
+"""Comparisons of metagrad's public methods with the oracle, ``metagrad_reference``.
 
 A :class:`Case` is one row of the verification table: a method with its
-settings and code path (batching, HVP mode, MAML backward) on one problem.
-:func:`evaluate` runs the public class, ``mg.METHODS[name](...)(loss, params,
-tasks)``, and measures, as norm-wise relative errors ‖a − b‖ / ‖b‖:
+settings and code path (batching, HVP mode, MAML backward) on one problem of
+``metagrad.problems``. :func:`evaluate` runs the public class,
+``mg.METHODS[name](...)(loss, params, tasks)``, and measures, as norm-wise
+relative errors ‖a − b‖ / ‖b‖:
 
 * ``err_reference``: against the dense reference of the *same* quantity
-  (``reference.methods``); Level 1 of DESIGN.md, must be ≤ ``REF_RTOL``;
+  (``metagrad_reference.methods``); must be ≤ ``REF_RTOL``;
 * ``err_loss``: pre- and post-update losses against the reference (≤ ``REF_RTOL``);
 * ``err_closed_form``: against the closed form (linear regression only);
 * ``err_fd``: against central finite differences of the objective that the
-  method's quantity is the exact gradient of, where there is one (MAML: θ ↦
-  L_val(θ⁽ᴷ⁾(θ)); FOMAML: L_val at φ; Reptile: L_tr along the trajectory;
-  Penalty: L_val + λ‖∇L_tr‖² at φ); must be ≤ ``FD_RTOL``;
-* ``approx_error``: against the bilevel-exact target (``reference.targets``):
-  Level 2, reported, never a pass/fail criterion by itself.
+  method's quantity is the exact gradient of, where there is one (the class's
+  ``gradient_of``); must be ≤ ``FD_RTOL``;
+* ``approx_error``: against the bilevel-exact target (:func:`exact_target`):
+  reported, never a pass/fail criterion by itself.
+
+:func:`exact_target` is also what the benchmarks measure their error column against.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+import metagrad_reference as oracle
 import torch
+from metagrad_reference import closed_form as cf
+from metagrad_reference import dense, finite_diff, targets
 from torch import Tensor
 
-import reference
-from reference import closed_form as cf
-from reference import dense, finite_diff, targets
-
-from ..methods import MAML, METHODS
-from .problems import Problem, get
+from ..methods import SETTINGS, is_implicit, method_class
+from ..problems import Problem, make_problem
 
 REF_RTOL = 1e-9
-"""Level 1: method vs its dense float64 reference (DESIGN.md)."""
+"""Implementation exactness: method vs its dense float64 reference."""
 FD_RTOL = 1e-7
-"""Level 1: gradient vs central finite differences; the FD error itself is ~1e-9 here
-(truncation h²F'''/6 + roundoff ε|F|/h at h ≈ 6e-6), so 1e-7 leaves headroom without
-letting a 1e-6 error through."""
+"""Gradient vs central finite differences; the FD error itself is ~1e-9 here (truncation
+h²F'''/6 + roundoff ε|F|/h at h ≈ 6e-6), so 1e-7 leaves headroom without letting a 1e-6
+error through."""
 
-SETTING_KEYS = ("steps", "inner_lr", "lam", "cg_iters", "terms", "step")
+_CACHE: dict[tuple, Any] = {}
+"""Oracle results already computed, keyed by the problem's key and what was computed
+(they are expensive and the same problem is checked many times)."""
+
+
+def _cached(problem: Problem, key: tuple, compute):
+    full = (problem.key, *key)
+    if full not in _CACHE:
+        _CACHE[full] = compute()
+    return _CACHE[full]
+
+
+def get(name: str, meta_batch: int = 2, seed: int = 0,
+        dtype: torch.dtype = torch.float64) -> Problem:
+    """A verification problem, built once per process (its oracle results are cached)."""
+    return _cached_problem(name, meta_batch, seed, dtype)
+
+
+_PROBLEMS: dict[tuple, Problem] = {}
+
+
+def _cached_problem(name: str, meta_batch: int, seed: int, dtype: torch.dtype) -> Problem:
+    key = (name, meta_batch, seed, dtype)
+    if key not in _PROBLEMS:
+        _PROBLEMS[key] = make_problem(name, meta_batch=meta_batch, seed=seed, dtype=dtype)
+    return _PROBLEMS[key]
+
+
+def flat(problem: Problem) -> tuple[oracle.flat.FlatLoss, Tensor]:
+    """The oracle's view of a problem: flat loss and flat θ."""
+    return oracle.flat_loss(problem.loss, problem.params), oracle.flatten(problem.params)
 
 
 @dataclass(frozen=True)
@@ -47,7 +78,7 @@ class Case:
     method: str
     problem: str
     settings: tuple[tuple[str, Any], ...]
-    num_tasks: int = 2
+    meta_batch: int = 2
     batching: str = "vmap"
     hvp: str = "revrev"
     backward: str = "unrolled"
@@ -55,25 +86,29 @@ class Case:
     dtype: torch.dtype = torch.float64
 
     @staticmethod
-    def of(method: str, problem: str, num_tasks: int = 2, batching: str = "vmap",
+    def of(method: str, problem: str, meta_batch: int = 2, batching: str = "vmap",
            hvp: str = "revrev", backward: str = "unrolled", **settings: Any) -> Case:
-        unknown = set(settings) - set(SETTING_KEYS)
+        unknown = set(settings) - set(SETTINGS)
         if unknown:
             raise ValueError(f"unknown settings {sorted(unknown)}")
-        return Case(method, problem, tuple(sorted(settings.items())), num_tasks, batching, hvp,
-                    backward)
+        return Case(method, problem, tuple(sorted(settings.items())), meta_batch, batching,
+                    hvp, backward)
 
     @property
     def config(self) -> dict[str, Any]:
         return dict(self.settings)
 
+    @property
+    def _has_backward(self) -> bool:
+        return "backward" in {f.name for f in fields(method_class(self.method))}
+
     def build(self):
-        cls = METHODS[self.method]
-        extra: dict[str, Any] = {"backward": self.backward} if cls is MAML else {}
-        return cls(**self.config, batching=self.batching, hvp=self.hvp, **extra)
+        extra: dict[str, Any] = {"backward": self.backward} if self._has_backward else {}
+        return method_class(self.method)(**self.config, batching=self.batching, hvp=self.hvp,
+                                         **extra)
 
     def get_problem(self) -> Problem:
-        return get(self.problem, self.num_tasks, self.seed, self.dtype)
+        return get(self.problem, self.meta_batch, self.seed, self.dtype)
 
     @property
     def setting(self) -> str:
@@ -82,13 +117,13 @@ class Case:
     @property
     def variant(self) -> str:
         parts = [self.batching, self.hvp]
-        if self.method == "maml":
+        if self._has_backward:
             parts.append(self.backward)
         return "/".join(parts)
 
     @property
     def id(self) -> str:
-        return f"{self.method}-{self.problem}-T{self.num_tasks}-{self.setting.replace(' ', ',')}" \
+        return f"{self.method}-{self.problem}-T{self.meta_batch}-{self.setting.replace(' ', ',')}" \
                f"-{self.variant}"
 
 
@@ -113,28 +148,21 @@ def run_method(case: Case, method=None) -> Outcome:
     problem = case.get_problem()
     method = case.build() if method is None else method
     out = method(problem.loss, problem.params, problem.tasks)
-    return Outcome(reference.flatten(out.grad), out.pre_update_loss, out.post_update_loss,
+    return Outcome(oracle.flatten(out.grad), out.pre_update_loss, out.post_update_loss,
                    out.diagnostics)
 
 
-def _cached(problem: Problem, key: tuple, compute):
-    if key not in problem.cache:
-        problem.cache[key] = compute()
-    return problem.cache[key]
-
-
-def reference_result(problem: Problem, method: str,
-                     settings: dict[str, Any]) -> reference.RefResult:
-    f, theta = problem.flat()
+def reference_result(problem: Problem, method: str, settings: dict[str, Any]) -> oracle.RefResult:
+    f, theta = flat(problem)
     key = ("reference", method, tuple(sorted(settings.items())))
-    return _cached(problem, key, lambda: reference.meta_batch(method, f, theta,
-                                                              problem.task_list(), **settings))
+    return _cached(problem, key, lambda: oracle.meta_batch(method, f, theta,
+                                                           problem.task_list(), **settings))
 
 
 def closed_form_result(problem: Problem, method: str, settings: dict[str, Any]) -> Tensor | None:
     if not problem.closed_form:
         return None
-    theta = reference.flatten(problem.params)
+    theta = oracle.flatten(problem.params)
     per_task = [cf.METHODS[method](_xy(train), _xy(val), theta, **settings)
                 for train, val in problem.task_list()]
     return torch.stack(per_task).mean(0)
@@ -147,51 +175,63 @@ def _xy(batch):
 
 def fd_result(problem: Problem, method: str, settings: dict[str, Any]) -> Tensor | None:
     """Central differences of the objective the method's gᵢ is the gradient of (or None)."""
-    key = ("fd", method, tuple(sorted(settings.items())))
-    if method in ("imaml", "neumann"):
+    objective = method_class(method).gradient_of
+    if objective is None:
         return None
-    return _cached(problem, key, lambda: _fd(problem, method, settings))
+    key = ("fd", objective, tuple(sorted(settings.items())))
+    return _cached(problem, key, lambda: _fd(problem, objective, settings))
 
 
-def _fd(problem: Problem, method: str, s: dict[str, Any]) -> Tensor:
-    f, theta = problem.flat()
+def _fd(problem: Problem, objective: str, s: dict[str, Any]) -> Tensor:
+    f, theta = flat(problem)
     tasks = problem.task_list()
 
     def cd(fun, x):
         return finite_diff.central_difference(fun, x, vectorize=True)
 
-    if method == "maml":
-        objective = targets.mean_objective(
-            [targets.maml_objective(f, tr, val, s["steps"], s["inner_lr"]) for tr, val in tasks])
-        return cd(objective, theta)
+    if objective == "meta_objective":
+        return cd(targets.mean_objective(
+            [targets.maml_objective(f, tr, val, s["steps"], s["inner_lr"]) for tr, val in tasks]),
+            theta)
     per_task = []
     for tr, val in tasks:
         points = dense.gd_trajectory(f, theta, tr, s["steps"], s["inner_lr"])
-        if method == "fomaml":
+        if objective == "val_at_phi":
             per_task.append(cd(lambda p, val=val: f(p, val).detach(), points[-1]))
-        elif method == "reptile":
+        elif objective == "train_along_path":
             total = torch.zeros_like(theta)
             for point in points[:-1]:
                 total = total + s["inner_lr"] * cd(lambda p, tr=tr: f(p, tr).detach(), point)
             per_task.append(total)
-        elif method == "penalty":
+        elif objective == "penalty_at_phi":
             per_task.append(cd(targets.penalty_objective(f, tr, val, s["lam"]), points[-1]))
         else:
-            raise ValueError(f"no finite-difference objective for {method!r}")
+            raise ValueError(f"no finite-difference objective {objective!r}")
     return torch.stack(per_task).mean(0)
 
 
-def target_result(problem: Problem, method: str, settings: dict[str, Any]) -> Tensor:
-    """The bilevel-exact target (mean over tasks), see ``reference.targets.target``."""
-    f, theta = problem.flat()
+def exact_target(problem: Problem, method: str, settings: dict[str, Any]) -> Tensor:
+    """The bilevel-exact meta-gradient (mean over tasks, flat, in the problem's dtype) that
+    method ``method`` approximates: the implicit gradient λ(H(φ*) + λI)⁻¹ ∇L_val(φ*) at its
+    ``lam`` for the implicit methods, MAML's ∇_θ L_val(θ⁽ᴷ⁾(θ)) at its ``steps`` and
+    ``inner_lr`` for the others. Raises ``ValueError`` where the implicit gradient is
+    undefined (no strict proximal minimiser reached, e.g. on a ReLU net)."""
+    f, theta = flat(problem)
     key: tuple
-    if method in ("imaml", "neumann"):
+    if is_implicit(method):
         key = ("implicit", settings["lam"])
+
+        def compute():
+            return torch.stack([targets.implicit_gradient(f, theta, tr, val, settings["lam"])
+                                for tr, val in problem.task_list()]).mean(0)
     else:
         key = ("maml_target", settings["steps"], settings["inner_lr"])
-    return _cached(problem, key, lambda: torch.stack(
-        [targets.target(method, f, theta, tr, val, **settings)
-         for tr, val in problem.task_list()]).mean(0))
+
+        def compute():
+            return torch.stack([targets.maml_gradient(f, theta, tr, val, settings["steps"],
+                                                      settings["inner_lr"])
+                                for tr, val in problem.task_list()]).mean(0)
+    return _cached(problem, key, compute)
 
 
 def evaluate(case: Case, *, fd: bool = True, target: bool = True, method=None) -> dict[str, Any]:
@@ -202,8 +242,8 @@ def evaluate(case: Case, *, fd: bool = True, target: bool = True, method=None) -
     ref = reference_result(problem, case.method, settings)
     row: dict[str, Any] = {
         "method": case.method, "problem": problem.name, "setting": case.setting,
-        "num_tasks": case.num_tasks, "variant": case.variant, "dim": problem.dim,
-        **{k: settings.get(k) for k in SETTING_KEYS},
+        "meta_batch": case.meta_batch, "variant": case.variant, "dim": problem.dim,
+        **{k: settings.get(k) for k in SETTINGS},
         "err_reference": rel_error(out.grad, ref.grad),
         "err_loss": max(rel_error(out.pre_update_loss, ref.pre_update_loss),
                         rel_error(out.post_update_loss, ref.post_update_loss)),
@@ -217,7 +257,7 @@ def evaluate(case: Case, *, fd: bool = True, target: bool = True, method=None) -
         if numeric is not None:
             row["err_fd"] = rel_error(out.grad, numeric)
     if target:
-        row["approx_error"] = rel_error(out.grad, target_result(problem, case.method, settings))
+        row["approx_error"] = rel_error(out.grad, exact_target(problem, case.method, settings))
     row["passed"] = passed(row)
     return row
 

@@ -6,6 +6,7 @@ import pandas as pd
 from matplotlib.ticker import ScalarFormatter
 
 from .. import plotting
+from .._app import markdown_table
 from .level2 import QUICK_PROBLEMS as L2_QUICK
 from .level2 import SWEEP_PROBLEMS, sweep
 from .table import ALL_PROBLEMS, QUICK_PROBLEMS, default_cases, run_cases
@@ -32,7 +33,7 @@ def verify_section(ctx) -> str:
                .reset_index())
     for col in ("max_err_reference", "max_err_fd"):
         summary[col] = [f"{v:.1e}" if v == v else "n/a" for v in summary[col]]  # NaN: no FD
-    table = summary.to_markdown(index=False)
+    table = markdown_table(summary)
     return (
         "## Verification against the exact oracle\n\n"
         f"`metagrad verify` on {', '.join(problems)} (float64): {len(df) - failed} of {len(df)} "

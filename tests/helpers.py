@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from metagrad.verify.compare import Case, evaluate, rel_error
-from metagrad.verify.problems import DEFAULTS, Problem, get, linreg
+from metagrad.problems import DEFAULTS, Problem, linreg
+from metagrad.verify.compare import Case, evaluate, flat, get, rel_error
 
-__all__ = ["DEFAULTS", "Case", "Problem", "evaluate", "get", "level1_failures", "linreg",
+__all__ = ["DEFAULTS", "Case", "Problem", "evaluate", "flat", "get", "level1_failures", "linreg",
            "Perturbed", "perturb_grad", "rel_error", "F64", "F32"]
 
 F64 = torch.float64
@@ -60,14 +60,14 @@ class Perturbed:
         return out
 
 
-def random_mlp(seed: int, width: int, activation: str = "tanh", num_tasks: int = 2,
+def random_mlp(seed: int, width: int, activation: str = "tanh", meta_batch: int = 2,
                dtype: torch.dtype = F64) -> Problem:
     """A random smooth regression MLP 1-width-1 on ``mg.Sinusoid`` tasks (for property tests)."""
     import metagrad as mg
 
     act = {"tanh": torch.tanh, "softplus": torch.nn.functional.softplus}[activation]
     g = torch.Generator().manual_seed(seed)
-    tasks = mg.Sinusoid(shots=6, query=6).sample(num_tasks, seed=seed, dtype=dtype)
+    tasks = mg.Sinusoid(shots=6, query=6).sample(meta_batch, seed=seed, dtype=dtype)
 
     def loss(params, batch):
         x, y = batch

@@ -1,8 +1,8 @@
 """``metagrad report``: the main job. Writes ``report.md`` and figures into ``--out``.
 
 The report is a list of sections; each is a function ``section(ctx) -> str``
-returning markdown (it may write figures into ``ctx.out``). Later parts of the
-project add their section with one line in ``SECTIONS``.
+returning markdown (it may write figures into ``ctx.out``), kept in the application
+it reports on and named here by ``"module:function"``, imported only when it runs.
 """
 
 from __future__ import annotations
@@ -16,12 +16,18 @@ from pathlib import Path
 
 import torch
 
+from .._app import UsageError, check_device
+
 SECTIONS = [
-    "metagrad.report_core:meta_gradients",
-    "metagrad.verify:verify_section",
-    "metagrad.train_cli:training_section",
-    "bench.sweep:sweep_section",
+    "metagrad.report.core:meta_gradients",
+    "metagrad.verify.section:verify_section",
+    "metagrad.train.section:training_section",
+    "metagrad_bench.sweep:sweep_section",
 ]
+
+
+def section_names() -> list[str]:
+    return [spec.split(":")[1] for spec in SECTIONS]
 
 
 @dataclass
@@ -39,27 +45,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--full", action="store_true", help="longer runs in every section")
-    p.add_argument("--sections", nargs="*", default=None,
-                   help="only these sections (function names, e.g. meta_gradients)")
+    p.add_argument("--sections", nargs="+", default=None, metavar="SECTION",
+                   help=f"only these sections, of {', '.join(section_names())}")
     p.set_defaults(func=run)
-
-
-def check_device(device: str) -> str:
-    from .cli import UsageError
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise UsageError(f"--device {device!r} is not a device torch knows ({err})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device!r}: CUDA is not available on this machine; use cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {device!r}: only cpu and cuda are supported")
-    return device
 
 
 def run(args: argparse.Namespace) -> int:
     device = check_device(args.device)
+    unknown = sorted(set(args.sections or []) - set(section_names()))
+    if unknown:
+        raise UsageError(f"--sections: unknown {', '.join(unknown)}; choose from "
+                         f"{', '.join(section_names())}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ctx = ReportContext(out=out, device=device, seed=args.seed, quick=not args.full)

@@ -1,6 +1,6 @@
 """Figures of meta-training runs (seaborn, one fixed colour per method).
 
-All functions take what ``metagrad.training`` writes (the per-step log, the
+All functions take what ``metagrad.train`` writes (the per-step log, the
 summary dict, the prediction table), keyed by method name, so they work the
 same on fresh results and on folders read back from disk.
 """
@@ -13,14 +13,15 @@ from typing import Any
 
 import pandas as pd
 
-from . import plotting
+from .. import plotting
+from ..methods import METHOD_NAMES
 
 BASELINE = "baseline"
 BASELINE_COLOR = (0.25, 0.25, 0.25)
 
 
 def _ordered(names) -> list[str]:
-    order = {m: i for i, m in enumerate(plotting.METHOD_ORDER)}
+    order = {m: i for i, m in enumerate(METHOD_NAMES)}
     return sorted(names, key=lambda m: (order.get(m, len(order)), m))
 
 
@@ -43,8 +44,8 @@ def plot_learning_curves(logs: Mapping[str, pd.DataFrame], path: Path) -> Path:
         for name in _ordered(logs):
             log = logs[name]
             color = colors.get(name)
-            ax.plot(log["step"], log[column], color=color, alpha=0.18, lw=0.6)
-            ax.plot(log["step"], smooth(log[column]), color=color, lw=1.8, label=name)
+            ax.plot(log["meta_step"], log[column], color=color, alpha=0.18, lw=0.6)
+            ax.plot(log["meta_step"], smooth(log[column]), color=color, lw=1.8, label=name)
         ax.set_yscale("log")
         ax.set_xlabel("meta-step")
         ax.set_title(title)

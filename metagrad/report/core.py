@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
 from functools import partial
 
 import pandas as pd
-from torch.nn import functional as F
 
-from . import _pytree as pt
-from . import plotting
-from ._module import module_loss, params_of
-from .diagnose import MetaGradientWarning
-from .distributions import Sinusoid
-from .methods import FOMAML, IMAML, MAML, Neumann, Penalty, Reptile
-from .models import mlp
-from .timing import time_call
+from .. import _pytree as pt
+from .. import plotting
+from .._app import markdown_table
+from ..methods import METHODS, Method
+from ..problems import make_problem
+from ..timing import time_call
 
 
-def default_methods(steps: int = 5, inner_lr: float = 0.01):
-    return [
-        MAML(steps=steps, inner_lr=inner_lr),
-        FOMAML(steps=steps, inner_lr=inner_lr),
-        Reptile(steps=steps, inner_lr=inner_lr),
-        IMAML(steps=steps, inner_lr=inner_lr, lam=1.0, cg_iters=5),
-        Neumann(steps=steps, inner_lr=inner_lr, lam=1.0, terms=5),
-        Penalty(steps=steps, inner_lr=inner_lr, lam=0.1),
-    ]
+def default_methods(steps: int = 5, inner_lr: float = 0.01) -> list[Method]:
+    """Every method at its class defaults (λ = 1, 5 CG iterations, 5 Neumann terms, penalty
+    λ = 0.1), in the registry's order (MAML first: its meta-gradient is the exact one)."""
+    return [cls(steps=steps, inner_lr=inner_lr, diagnose="record") for cls in METHODS.values()]
 
 
 def cosine(a: dict, b: dict) -> float:
@@ -36,18 +27,13 @@ def cosine(a: dict, b: dict) -> float:
 
 
 def meta_gradients(ctx) -> str:
-    model = mlp((1, 40, 40, 1), seed=ctx.seed, device=ctx.device)
-    loss = module_loss(model, F.mse_loss)
-    params = params_of(model)
-    tasks = Sinusoid().sample(25, seed=ctx.seed, device=ctx.device)
+    problem = make_problem("sinusoid", seed=ctx.seed, device=ctx.device)
+    loss, params, tasks = problem.loss, problem.params, problem.tasks
     rows = []
     exact = None
     notes = []
     for method in default_methods():
-        with warnings.catch_warnings():
-            # The diagnoses are reported in the table below rather than on the console.
-            warnings.simplefilter("ignore", MetaGradientWarning)
-            out = method(loss, params, tasks)
+        out = method(loss, params, tasks)  # diagnose="record": findings go to the table
         notes += [f"- **{method.name}**: {msg}" for msg in out.warnings]
         if exact is None:  # MAML comes first: its meta-gradient is the exact one
             exact = out.grad
@@ -79,7 +65,7 @@ def meta_gradients(ctx) -> str:
     axes[1].set_ylabel("ms")
     plotting.save(fig, ctx.out / "meta_gradients.png")
 
-    table = df.to_markdown(index=False, floatfmt=".4g") if _has_tabulate() else df.to_string()
+    table = markdown_table(df)
     return (
         "## Meta-gradients on the sinusoid problem\n\n"
         "25 sinusoid tasks (10 + 10 shots), MLP 1-40-40-1 ReLU, float32, `steps=5`, "
@@ -89,11 +75,3 @@ def meta_gradients(ctx) -> str:
         + ("Numerical diagnoses (`metagrad.diagnose`) for these settings:\n\n" + "\n".join(notes)
            + "\n" if notes else "No numerical problems were diagnosed.\n")
     )
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -1,14 +1,14 @@
 """``metagrad train``: meta-train one or all methods on sinusoid regression.
 
     metagrad train --method all --out runs/train         # 2000 meta-steps per method
-    metagrad train --method maml --meta-steps 500 --checkpoint-every 50
+    metagrad train --method maml --meta-steps 500 --snapshot-every 50
     metagrad train --method maml --meta-steps 500 --resume  # continue a killed run exactly
 
 One folder per run (``--out``; with ``--method all`` one subfolder per method)
-holding ``train_log.csv``, ``checkpoint.pt``, ``summary.json`` and
+holding ``train_log.csv``, ``snapshot.pt``, ``summary.json`` and
 ``predictions.csv``; the top folder also gets ``comparison.csv`` and the
 figures ``learning_curves.png``, ``heldout_mse.png`` and ``predictions.png``.
-The loop itself is :func:`metagrad.training.train`.
+The loop itself is :func:`metagrad.train.train`.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from typing import Any
 
 import pandas as pd
 
-from . import train_plots
-from .cli import UsageError
-from .methods import METHODS
-from .plotting import METHOD_ORDER
-from .report import check_device
-from .training import FILES, TrainConfig, TrainingDiverged, TrainResult, train, train_baseline
+from .._app import UsageError, check_device, markdown_table
+from ..methods import METHOD_NAMES, method_class
+from . import plots
+from .baseline import train_baseline
+from .config import METHOD_SETTINGS, SETTING_DEFAULTS, TrainConfig
+from .loop import FILES, TrainingDiverged, TrainResult, train
 
 FIGURES = {
     "curves": "learning_curves.png",
@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "train", help="meta-train on sinusoid regression: curves, held-out evaluation, resume",
         description="Meta-train on sinusoid regression (Finn et al. 2017) and evaluate on "
                     "held-out tasks against a joint-training baseline.")
-    p.add_argument("--method", default="maml", choices=[*METHOD_ORDER, "all"],
+    p.add_argument("--method", default="maml", choices=[*METHOD_NAMES, "all"],
                    help="method to train, or all six one after another (default: maml)")
     p.add_argument("--meta-steps", type=int, default=d.meta_steps,
                    help=f"outer steps (default {d.meta_steps})")
@@ -51,12 +51,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "et al. for sinusoids)")
     p.add_argument("--inner-lr", type=float, default=d.inner_lr,
                    help=f"inner step size α (default {d.inner_lr})")
-    p.add_argument("--lam", type=float, default=None,
-                   help="λ of imaml (default 300), neumann (default 1000), penalty (default 0.001)")
-    p.add_argument("--cg-iters", type=int, default=None, help="imaml CG iterations (default 5)")
-    p.add_argument("--terms", type=int, default=None, help="neumann series terms (default 5)")
-    p.add_argument("--step", type=float, default=None,
-                   help="neumann step η of the series (default 1.0)")
+    for name in METHOD_SETTINGS:
+        readers = [m for m in METHOD_NAMES if name in method_class(m).setting_names()]
+        defaults = ", ".join(
+            f"{m} {({**method_class(m).default_settings(), **SETTING_DEFAULTS.get(m, {})})[name]:g}"
+            for m in readers)
+        p.add_argument(f"--{name.replace('_', '-')}", type=float if name in ("lam", "step")
+                       else int, default=None, help=f"{name} (default: {defaults})")
     p.add_argument("--meta-batch", type=int, default=d.meta_batch,
                    help=f"tasks per meta-step (default {d.meta_batch})")
     p.add_argument("--meta-lr", type=float, default=None,
@@ -64,11 +65,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="initialisation and task stream")
     p.add_argument("--device", default=d.device, help="cpu or cuda (default: cpu)")
     p.add_argument("--out", default="train_out", help="output folder (default: train_out/)")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
-                   help=f"checkpoint every N meta-steps, 0: only at the end "
-                        f"(default {d.checkpoint_every})")
+    p.add_argument("--snapshot-every", type=int, default=d.snapshot_every,
+                   help=f"write a resumable snapshot every N meta-steps, 0: only at the end "
+                        f"(default {d.snapshot_every})")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its checkpoint (same settings)")
+                   help="continue the run in --out from its snapshot (same settings)")
     p.add_argument("--overwrite", action="store_true",
                    help="start again even if --out already holds a run")
     p.add_argument("--heldout-tasks", type=int, default=d.heldout_tasks,
@@ -80,16 +81,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def configs_from_args(args: argparse.Namespace) -> list[TrainConfig]:
-    names = list(METHOD_ORDER) if args.method == "all" else [args.method]
-    if args.method != "all" and args.method not in METHODS:
-        raise UsageError(f"unknown method {args.method!r}; choose from {sorted(METHODS)} or all")
+    names = list(METHOD_NAMES) if args.method == "all" else [args.method]
+    given = {name: getattr(args, name) for name in METHOD_SETTINGS
+             if getattr(args, name) is not None}
+    for name in given:  # a flag no chosen method reads would silently do nothing
+        if not any(name in method_class(m).setting_names() for m in names):
+            raise UsageError(f"--{name.replace('_', '-')} is not read by {args.method}")
     configs = []
     for name in names:
+        reads = method_class(name).setting_names()
         cfg = TrainConfig(
             method=name, meta_steps=args.meta_steps, steps=args.steps, inner_lr=args.inner_lr,
-            lam=args.lam, cg_iters=args.cg_iters, terms=args.terms, step=args.step,
+            **{k: v for k, v in given.items() if k in reads},
             meta_batch=args.meta_batch, meta_lr=args.meta_lr, seed=args.seed,
-            device=args.device, checkpoint_every=args.checkpoint_every,
+            device=args.device, snapshot_every=args.snapshot_every,
             heldout_tasks=args.heldout_tasks, threads=args.threads)
         try:
             configs.append(cfg.resolved())
@@ -111,21 +116,21 @@ def train_many(configs: Sequence[TrainConfig], out: Path, *, resume: bool = Fals
     failed: dict[str, str] = {}
     for cfg in configs:
         folder = out / cfg.method if subfolders else out
-        has_checkpoint = (folder / FILES["checkpoint"]).exists()
-        if resume and not has_checkpoint and not subfolders:
-            raise UsageError(f"--resume: no checkpoint at {folder / FILES['checkpoint']}; "
+        has_snapshot = (folder / FILES["snapshot"]).exists()
+        if resume and not has_snapshot and not subfolders:
+            raise UsageError(f"--resume: no snapshot at {folder / FILES['snapshot']}; "
                              "run without --resume to start")
         if baseline is None:
             baseline = train_baseline(cfg, progress=progress)
         try:
-            results[cfg.method] = train(cfg, folder, resume=resume and has_checkpoint,
+            results[cfg.method] = train(cfg, folder, resume=resume and has_snapshot,
                                         overwrite=overwrite, progress=progress,
                                         baseline=baseline)
         except TrainingDiverged as err:
             if not subfolders:
                 raise
             print(f"metagrad train: {err}", file=sys.stderr)
-            failed[cfg.method] = f"diverged at step {err.step}"
+            failed[cfg.method] = f"diverged at meta-step {err.meta_step}"
     return results, failed
 
 
@@ -136,7 +141,7 @@ def comparison_frame(results: dict[str, TrainResult],
     rows: list[dict[str, Any]] = []
     baseline = None
     failed = failed or {}
-    for name in [n for n in METHOD_ORDER if n in results or n in failed]:
+    for name in [n for n in METHOD_NAMES if n in results or n in failed]:
         if name in failed:
             rows.append({"method": name, "status": failed[name]})
             continue
@@ -179,20 +184,13 @@ def write_figures(results: dict[str, TrainResult], out: Path, prefix: str = "") 
     preds = {n: r.predictions for n, r in results.items() if r.predictions is not None}
     first = next(iter(results.values()))
     if first.baseline is not None:
-        preds[train_plots.BASELINE] = first.baseline.predictions
+        preds[plots.BASELINE] = first.baseline.predictions
     return {
-        "curves": train_plots.plot_learning_curves(logs, out / f"{prefix}{FIGURES['curves']}"),
-        "heldout": train_plots.plot_heldout(summaries, out / f"{prefix}{FIGURES['heldout']}"),
-        "predictions": train_plots.plot_predictions(
+        "curves": plots.plot_learning_curves(logs, out / f"{prefix}{FIGURES['curves']}"),
+        "heldout": plots.plot_heldout(summaries, out / f"{prefix}{FIGURES['heldout']}"),
+        "predictions": plots.plot_predictions(
             preds, out / f"{prefix}{FIGURES['predictions']}"),
     }
-
-
-def _table(frame: pd.DataFrame) -> str:
-    try:
-        return frame.to_markdown(index=False, floatfmt=".4g")
-    except ImportError:  # tabulate missing
-        return frame.to_string(index=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -206,49 +204,7 @@ def run(args: argparse.Namespace) -> int:
     frame = comparison_frame(results, failed)
     frame.to_csv(out / "comparison.csv", index=False)
     figures = write_figures(results, out)
-    print(_table(frame))
+    print(markdown_table(frame))
     print(f"total {time.perf_counter() - started:.1f} s; wrote {out / 'comparison.csv'}"
           + "".join(f", {p}" for p in figures.values()))
     return 1 if failed else 0
-
-
-# --------------------------------------------------------------------------------------------
-# report section
-
-QUICK_META_STEPS = 100
-QUICK_HELDOUT_TASKS = 100
-
-
-def training_section(ctx) -> str:
-    """Short meta-training run of all six methods (``metagrad train --method all`` is the
-    full 2000-step experiment): curves, held-out MSE and a comparison table."""
-    meta_steps = QUICK_META_STEPS if ctx.quick else TrainConfig().meta_steps
-    heldout = QUICK_HELDOUT_TASKS if ctx.quick else TrainConfig().heldout_tasks
-    configs = [TrainConfig(method=m, meta_steps=meta_steps, seed=ctx.seed, device=ctx.device,
-                           heldout_tasks=heldout, checkpoint_every=0).resolved()
-               for m in METHOD_ORDER]
-    started = time.perf_counter()
-    results, failed = train_many(configs, ctx.out / "training", overwrite=True,
-                                 progress=False)
-    elapsed = time.perf_counter() - started
-    frame = comparison_frame(results, failed)
-    frame.to_csv(ctx.out / "training_comparison.csv", index=False)
-    figures = write_figures(results, ctx.out, prefix="training_")
-    c = configs[0]
-    return (
-        "## Meta-training on sinusoid regression\n\n"
-        f"{meta_steps} meta-steps per method ({'quick' if ctx.quick else 'full'} run, "
-        f"{elapsed:.0f} s in all; `metagrad train --method all` runs the 2000-step "
-        f"experiment), meta-batch {c.meta_batch}, {c.shots} + {c.query} shots, MLP "
-        f"1-{'-'.join(map(str, c.hidden))}-1 ReLU, K = {c.steps} inner step with "
-        f"`inner_lr={c.inner_lr}`, Adam `meta_lr=1e-3` (Reptile: SGD with ε = 1), "
-        "IMAML `lam=300, cg_iters=5`, Neumann `lam=1000, terms=5`, Penalty `lam=0.001`. "
-        f"Held-out: {c.heldout_tasks} tasks "
-        f"(seed {c.heldout_seed}), MSE on {c.heldout_query} query points before and after "
-        "k plain GD steps; the baseline is one network trained jointly on the same task "
-        "stream, fine-tuned the same way.\n\n"
-        f"{_table(frame)}\n\n"
-        + "".join(f"![{title}]({figures[key].name})\n\n" for key, title in
-                  (("curves", "learning curves"), ("heldout", "held-out MSE"),
-                   ("predictions", "adapted predictions")) if key in figures)
-    )

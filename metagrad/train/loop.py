@@ -1,0 +1,278 @@
+"""The meta-training loop on sinusoid regression (Finn, Abbeel & Levine 2017, §5.1).
+
+Each meta-step samples a meta-batch of tasks, asks a metagrad method for the
+meta-gradient g = (1/T) Σᵢ gᵢ and takes one outer step: Adam (Kingma & Ba 2015)
+with ``meta_lr`` for MAML, FOMAML, IMAML, Neumann and Penalty; plain SGD with rate
+ε = ``meta_lr`` for Reptile (θ ← θ − ε g = θ + ε(φ̄ − θ), Nichol et al. 2018, Alg. 1).
+
+Every meta-step appends ``meta_step, pre_update_loss, post_update_loss, step_time_s,
+wall_time_s, warnings`` plus the method's own ``log_columns`` (e.g. IMAML's smallest CG
+curvature) to ``train_log.csv``. At the end the model is evaluated on a fixed held-out
+task set (its own seed), before adaptation and after k plain GD steps with ``inner_lr``,
+and so is the joint-training baseline; results go to ``summary.json``.
+
+Runs resume exactly: a snapshot (``metagrad.train.snapshot``) holds model and optimizer
+state, the task generator's and torch's RNG states, the meta-step and the log, so a
+killed and resumed run is bit-identical to an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .._files import atomic_write_bytes
+from .._module import module_loss, params_of, set_grads
+from ..timing import synchronize
+from . import snapshot as snap
+from .baseline import BaselineResult, torch_threads, train_baseline
+from .config import TrainConfig, heldout_tasks, make_method, make_model, task_family
+from .evaluation import adaptation_curve, evaluation_dict, prediction_frame
+
+SNAPSHOT_FORMAT = 1
+LOG_COLUMNS = ["meta_step", "pre_update_loss", "post_update_loss", "step_time_s",
+               "wall_time_s", "warnings"]
+REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "min": torch.amin, "max": torch.amax, "mean": torch.mean}
+
+FILES = {
+    "log": "train_log.csv",
+    "summary": "summary.json",
+    "snapshot": "snapshot.pt",
+    "predictions": "predictions.csv",
+}
+
+
+class TrainingDiverged(ValueError):
+    """The loss or meta-gradient became non-finite; raised before the bad update."""
+
+    def __init__(self, message: str, meta_step: int):
+        super().__init__(message)
+        self.meta_step = meta_step
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    out_dir: Path
+    log: pd.DataFrame
+    params: dict[str, torch.Tensor]
+    finished: bool
+    summary: dict[str, Any] | None = None
+    predictions: pd.DataFrame | None = None
+    baseline: BaselineResult | None = field(default=None, repr=False)
+
+
+def _shapes(params: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
+    return {k: list(v.shape) for k, v in params.items()}
+
+
+def _rng_states(gen: torch.Generator) -> dict[str, Any]:
+    states: dict[str, Any] = {"tasks": gen.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(gen: torch.Generator, states: Mapping[str, Any]) -> None:
+    gen.set_state(states["tasks"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _format(value: Any) -> str:
+    # repr of a Python float is the shortest string that reads back to the same double.
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _write_log(path: Path, columns: list[str], log: Mapping[str, list]) -> None:
+    """Rewrite the CSV from the in-memory log (used when starting and when resuming)."""
+    lines = [",".join(columns)]
+    for i in range(len(log[columns[0]]) if log else 0):
+        lines.append(",".join(_format(log[c][i]) for c in columns))
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def log_columns(cfg: TrainConfig) -> list[str]:
+    """The log's columns: the common ones, then the method's own diagnostics."""
+    return LOG_COLUMNS + list(make_method(cfg).log_columns)
+
+
+def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
+          overwrite: bool = False, progress: bool = True,
+          baseline: BaselineResult | None = None, stop_after: int | None = None) -> TrainResult:
+    """Meta-train ``config.method`` for ``config.meta_steps`` meta-steps; write log, snapshots,
+    held-out evaluation and ``summary.json`` into ``out_dir``.
+
+    ``resume``: continue from ``out_dir/snapshot.pt`` (refused if it was written for
+    other settings). Without it, an existing snapshot is only replaced with ``overwrite``.
+    ``baseline``: a joint-training baseline already computed for the same settings (shared
+    across methods by ``metagrad train --method all``); trained here when None.
+    ``stop_after``: return right after that meta-step, as if the process were killed there
+    (snapshots written so far stay; for tests and for splitting long runs).
+    """
+    cfg = config.resolved()
+    with torch_threads(cfg.threads):
+        return _train(cfg, Path(out_dir), resume, overwrite, progress, baseline, stop_after)
+
+
+def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress: bool,
+           baseline: BaselineResult | None, stop_after: int | None) -> TrainResult:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {k: out / v for k, v in FILES.items()}
+
+    model = make_model(cfg)
+    loss = module_loss(model, F.mse_loss)
+    # The method's numerical checks still run; their findings are counted in the log and
+    # shown once per kind below, instead of once per meta-step.
+    method = replace(make_method(cfg), diagnose="record")
+    assert cfg.meta_lr is not None  # filled by TrainConfig.resolved()
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.meta_lr)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.meta_lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    family = task_family(cfg)
+    columns = log_columns(cfg)
+    reductions = {c: REDUCTIONS[r] for c, r in method.log_columns.items()}
+    expected = {"format": SNAPSHOT_FORMAT, "method": cfg.method, "config": cfg.identity(),
+                "shapes": _shapes(params_of(model))}
+
+    log: dict[str, list] = {c: [] for c in columns}
+    start, elapsed_before = 0, 0.0
+    if resume:
+        payload = snap.load_snapshot(paths["snapshot"])
+        snap.check_compatible(paths["snapshot"], payload, expected,
+                              ["format", "method", "config", "shapes"])
+        if payload["meta_step"] > cfg.meta_steps:
+            raise ValueError(f"{paths['snapshot']} is at meta-step {payload['meta_step']}, "
+                             f"beyond --meta-steps {cfg.meta_steps}")
+        model.load_state_dict(payload["model"])
+        opt.load_state_dict(payload["optimizer"])
+        _set_rng_states(gen, payload["rng"])
+        start, elapsed_before = int(payload["meta_step"]), float(payload["elapsed_s"])
+        log = {c: list(payload["log"][c]) for c in columns}
+    elif paths["snapshot"].exists() and not overwrite:
+        raise ValueError(f"{out} already holds a run ({FILES['snapshot']}); pass --resume to "
+                         "continue it, --overwrite to start again, or choose another --out")
+    # Drop rows a killed run logged after its last snapshot: they are recomputed identically.
+    _write_log(paths["log"], columns, log)
+
+    saved_at = start
+
+    def save(meta_step: int, elapsed: float) -> None:
+        nonlocal saved_at
+        saved_at = meta_step
+        snap.save_snapshot(paths["snapshot"], {
+            **expected, "meta_step": meta_step, "elapsed_s": elapsed,
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "rng": _rng_states(gen), "log": log, "method_config": method.config(),
+        })
+
+    bar = tqdm(total=cfg.meta_steps, initial=start, desc=cfg.method, disable=not progress,
+               dynamic_ncols=True)
+    finished = True
+    first_findings: dict[str, str] = {}
+    with bar, paths["log"].open("a", newline="") as log_file:
+        writer = csv.writer(log_file)
+        segment_start = time.perf_counter()
+        for meta_step in range(start + 1, cfg.meta_steps + 1):
+            t0 = time.perf_counter()
+            tasks = family.sample(cfg.meta_batch, generator=gen, device=cfg.device)
+            out_mg = method(loss, params_of(model), tasks)
+            found = out_mg.findings
+            pre, post = float(out_mg.pre_update_loss), float(out_mg.post_update_loss)
+            grad_finite = all(bool(torch.isfinite(g).all()) for g in out_mg.grad.values())
+            finite = math.isfinite(pre) and math.isfinite(post) and grad_finite
+            if finite:
+                set_grads(model, out_mg.grad)
+                opt.step()
+            synchronize(cfg.device)
+            now = time.perf_counter()
+            row = {"meta_step": meta_step, "pre_update_loss": pre, "post_update_loss": post,
+                   "step_time_s": now - t0, "wall_time_s": elapsed_before + now - segment_start,
+                   "warnings": len(found)}
+            for col, reduce in reductions.items():
+                row[col] = float(reduce(out_mg.diagnostics[col]))
+            for c in columns:
+                log[c].append(row[c])
+            writer.writerow([_format(row[c]) for c in columns])
+            log_file.flush()
+            if not finite:
+                # Stopped before the update: parameters and the last snapshot stay usable.
+                raise TrainingDiverged(
+                    f"{cfg.method} diverged at meta-step {meta_step}: pre/post-update loss "
+                    f"{pre:.4g} / {post:.4g}, meta-gradient finite: {grad_finite}"
+                    + (f"; the method reported: {found[0].message}" if found else "")
+                    + f". Last snapshot: meta-step {saved_at}. Try a smaller --meta-lr or "
+                    "--inner-lr, or (imaml/neumann) a larger --lam or a smaller --step",
+                    meta_step)
+            for finding in found:
+                if finding.kind not in first_findings:
+                    first_findings[finding.kind] = f"meta-step {meta_step}: {finding.message}"
+                    bar.write(f"{cfg.method}: warning at meta-step {meta_step} (later ones are "
+                              f"counted in {FILES['log']}, column 'warnings'): "
+                              f"{finding.message}", file=sys.stderr)
+            if (cfg.snapshot_every and meta_step % cfg.snapshot_every == 0) or \
+                    meta_step == cfg.meta_steps:
+                save(meta_step, row["wall_time_s"])
+            bar.set_postfix(pre=f"{pre:.3f}", post=f"{post:.3f}", refresh=False)
+            bar.update()
+            if stop_after is not None and meta_step >= stop_after and meta_step < cfg.meta_steps:
+                finished = False
+                break
+
+    params = {k: v.detach().clone() for k, v in params_of(model).items()}
+    frame = pd.DataFrame(log, columns=columns)
+    result = TrainResult(cfg, out, frame, params, finished)
+    if not finished:
+        return result
+
+    if baseline is None:
+        baseline = train_baseline(cfg, progress=progress)
+    held = heldout_tasks(cfg)
+    curve = adaptation_curve(loss, params, held, cfg.inner_lr, max(max(cfg.eval_steps), 10))
+    train_time = float(log["wall_time_s"][-1]) if log["wall_time_s"] else 0.0
+    summary = {
+        "method": cfg.method,
+        "meta_steps": cfg.meta_steps,
+        "config": cfg.as_dict(),
+        "method_config": method.config(),
+        "heldout": evaluation_dict(curve, cfg),
+        "baseline": baseline.evaluation,
+        "train_time_s": train_time,
+        "mean_step_time_s": train_time / max(1, len(log["meta_step"])),
+        "final_pre_update_loss": _tail_mean(log["pre_update_loss"]),
+        "final_post_update_loss": _tail_mean(log["post_update_loss"]),
+        "warning_steps": sum(1 for w in log["warnings"] if w),
+        "first_warnings": list(first_findings.values()),
+        "torch": torch.__version__,
+    }
+    atomic_write_bytes(paths["summary"], (json.dumps(summary, indent=2) + "\n").encode())
+    preds = prediction_frame(model, loss, params, held, cfg.inner_lr)
+    preds.to_csv(paths["predictions"], index=False)
+    result.summary, result.predictions, result.baseline = summary, preds, baseline
+    return result
+
+
+def _tail_mean(values: list[float], n: int = 100) -> float:
+    tail = values[-n:]
+    return sum(tail) / len(tail) if tail else float("nan")
+
+
+def read_log(path: str | Path) -> pd.DataFrame:
+    """Read ``train_log.csv`` back with every float exactly as logged."""
+    return pd.read_csv(path)
