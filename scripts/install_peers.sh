@@ -13,8 +13,12 @@
 # they do not compile on Python 3.11 (CPython internals changed). We regenerate them from
 # the shipped .pyx with the current Cython and build from that tree.
 #
-# betty-ml 0.2.1 declares Requires-Python <3.11 but is pure Python; installed with
-# --ignore-requires-python.
+# betty-ml: on Python >= 3.11 a plain `pip install betty-ml` picks 0.1.1 (2022), because
+# every 0.2.x release (0.2.0rc1, 0.2.0, 0.2.1rc1, 0.2.1) declares Requires-Python
+# ">=3.6,<3.11". That cap is metadata only (added in betty's setup.py/pyproject.toml in
+# Dec 2022 without a code change); 0.2.1 is pure Python and its Engine and hypergradients
+# run on 3.11 (tests/test_peer_adapters.py exercises them), so we pin the newest release,
+# 0.2.1, with --ignore-requires-python.
 set -euo pipefail
 
 PY=${PYTHON:-python}
@@ -56,14 +60,27 @@ fi
     $PIP install -q --no-deps --no-build-isolation .
 )
 
+# Report through the adapters' own import checks (learn2learn's goes through the
+# torchvision placeholder described above). Run from the repository root.
+cd "$(dirname "$0")/.."
 $PY - <<'PYEOF'
 import importlib
-for name in ("higher", "torchopt", "betty", "learn2learn"):
+import importlib.metadata as md
+import warnings
+warnings.simplefilter("ignore")
+for mod, dist in (("higher_", "higher"), ("torchopt_", "torchopt"), ("betty_", "betty-ml"),
+                  ("learn2learn_", "learn2learn")):
     try:
-        mod = importlib.import_module(name)
-        print(f"[peers] {name} {getattr(mod, '__version__', '?')}: ok")
+        version = md.version(dist)
+    except md.PackageNotFoundError:
+        version = "not installed"
+    adapter = importlib.import_module(f"bench.peers.{mod}")
+    try:
+        adapter._import() if hasattr(adapter, "_import") else importlib.import_module(
+            dist.split("-")[0])
+        print(f"[peers] {dist} {version}: ok")
     except Exception as err:  # report and go on: every peer is optional
-        print(f"[peers] {name}: FAILED to import: {type(err).__name__}: {err}")
+        print(f"[peers] {dist} {version}: FAILED to import: {type(err).__name__}: {err}")
 import torch
 print(f"[peers] torch still {torch.__version__}")
 PYEOF

@@ -1,7 +1,7 @@
 """Peer-library adapters: the same meta-gradient workload in higher, learn2learn, torchopt
 (and betty, see below), timed side by side with metagrad in one run, plus a plain
 per-task ``torch.autograd`` loop (``create_graph=True``) — the loop the peers are built
-on and the baseline of issue 5's speed targets.
+on and the baseline that metagrad's speed-ups are measured against.
 
 Workload (Finn et al. 2017 sinusoid): MLP 1-40-40-1 ReLU, meta-batch 25, 10 + 10 shots,
 inner_lr 0.01, float32. Cases: second-order MAML at K = 1, 5, 10; first-order MAML at
@@ -12,6 +12,14 @@ Each adapter module has ``NAME``, ``available() -> str | None`` (None when impor
 else why not) and ``CASES: dict[case, fn(problem, spec) -> list[Tensor]]`` returning the
 mean meta-gradient in ``problem.params`` order. Run ``python -m bench.peers --out DIR``.
 Peers are optional: ``scripts/install_peers.sh`` installs them.
+
+For auditing, the modules of higher, learn2learn, torchopt and betty also have
+``AUDIT_TARGETS: dict[method, factory]``: ``factory(**settings)`` (metagrad's vocabulary:
+``steps``, ``inner_lr``, ``lam``, ``cg_iters``, ``terms``, ``step``) gives a target
+``target(loss, params, tasks) -> dict[str, Tensor]``, the library's own mean meta-gradient
+for any functional loss and parameter dict (see ``_audit.py``); ``AUDIT_VARIANTS`` holds
+library-native alternatives (torchopt's normal-equation CG, betty's ``darts``). Each
+module's docstring maps the settings and cites the library source for what it computes.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class Case:
+class PeerCase:
     name: str
     family: str  # maml | fomaml | imaml
     steps: int
@@ -30,11 +38,11 @@ class Case:
 
 
 CASES = [
-    Case("maml K=1", "maml", 1),
-    Case("maml K=5", "maml", 5),
-    Case("maml K=10", "maml", 10),
-    Case("fomaml K=5", "fomaml", 5),
-    Case("imaml K=5 λ=1 cg=5", "imaml", 5),
+    PeerCase("maml K=1", "maml", 1),
+    PeerCase("maml K=5", "maml", 5),
+    PeerCase("maml K=10", "maml", 10),
+    PeerCase("fomaml K=5", "fomaml", 5),
+    PeerCase("imaml K=5 λ=1 cg=5", "imaml", 5),
 ]
 
 ADAPTERS = ["bench.peers.loop", "bench.peers.higher_", "bench.peers.learn2learn_",

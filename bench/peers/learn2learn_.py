@@ -8,6 +8,22 @@ torchvision wheels are CUDA builds that cannot load against a CPU-only torch, so
 ``import torchvision`` fails we import learn2learn with inert placeholder modules for
 torchvision; only ``learn2learn.algorithms.MAML`` / ``clone_module`` / ``update_module``
 are used, and they never touch it.
+
+Audit targets (``AUDIT_TARGETS``, settings in metagrad's vocabulary):
+
+=========  ==========================================================================
+maml       ``l2l.algorithms.MAML(module, lr=inner_lr, first_order=False)``; per task
+           ``clone()``, ``steps`` × ``adapt(L_tr)``; gradient of L_val(φ) w.r.t. θ.
+fomaml     the same with ``first_order=True``.
+=========  ==========================================================================
+
+Facts relied on (learn2learn 0.2.0 source): ``MAML.adapt`` takes
+``grad(loss, params, create_graph=not first_order)`` (learn2learn/algorithms/maml.py:136,
+158-163) and ``maml_update`` sets ``p.update = −lr·g`` (maml.py:46) which ``update_module``
+applies as ``p + p.update`` (learn2learn/utils/__init__.py:290-294). With
+``first_order=True`` the gradient has no graph, so ∂φ/∂θ = I and the θ-gradient of
+L_val(φ) is ∇L_val(φ) (metagrad's FOMAML); otherwise it is the exact second-order MAML
+gradient. learn2learn has no implicit gradients.
 """
 
 from __future__ import annotations
@@ -20,7 +36,7 @@ import warnings
 
 import torch
 
-from . import _common
+from . import _audit, _common
 
 NAME = "learn2learn"
 
@@ -117,3 +133,31 @@ CASES = {
     "fomaml": lambda problem, spec: maml(problem, spec, first_order=True),
     "imaml (hand CG)": imaml,
 }
+
+
+def _audit_maml(first_order: bool):
+    method = "fomaml" if first_order else "maml"
+
+    def factory(**settings) -> _audit.Target:
+        s = _audit.check_settings(f"learn2learn {method}", settings, ("steps", "inner_lr"))
+
+        def target(loss, params, tasks):
+            l2l = _import()
+            model = _audit.ParamModule(loss, params)
+            maml = l2l.algorithms.MAML(model, lr=s["inner_lr"], first_order=first_order)
+
+            def one(i):
+                train, val = tasks.task(i)
+                learner = maml.clone()
+                for _ in range(s["steps"]):
+                    learner.adapt(learner(train))
+                return _audit.one_scalar_grad(learner(val), list(model.parameters()))
+
+            return _audit.mean_over_tasks(one, tasks, model.keys)
+
+        return target
+
+    return factory
+
+
+AUDIT_TARGETS = {"maml": _audit_maml(False), "fomaml": _audit_maml(True)}
