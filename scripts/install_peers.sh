@@ -74,7 +74,7 @@ for mod, dist in (("higher_", "higher"), ("torchopt_", "torchopt"), ("betty_", "
         version = md.version(dist)
     except md.PackageNotFoundError:
         version = "not installed"
-    adapter = importlib.import_module(f"bench.peers.{mod}")
+    adapter = importlib.import_module(f"metagrad_bench.peers.{mod}")
     try:
         adapter._import() if hasattr(adapter, "_import") else importlib.import_module(
             dist.split("-")[0])

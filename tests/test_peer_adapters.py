@@ -72,7 +72,7 @@ def rel(a, b) -> float:
 
 def adapter(name: str):
     """The adapter module, or skip when its library does not import."""
-    module = importlib.import_module(f"bench.peers.{name}_")
+    module = importlib.import_module(f"metagrad_bench.peers.{name}_")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -229,8 +229,7 @@ def test_betty_iterative_problems_fail():
     from betty.configs import Config, EngineConfig
     from betty.engine import Engine
     from betty.problems import HigherIterativeProblem, ImplicitProblem, IterativeProblem
-
-    from bench.peers.betty_ import _quiet_betty
+    from metagrad_bench.peers.betty_ import _quiet_betty
 
     x, y = torch.randn(4, 2, dtype=DT), torch.randn(4, 1, dtype=DT)
 

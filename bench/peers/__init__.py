@@ -10,7 +10,8 @@ K = 5; iMAML with 5 proximal inner steps, λ = 1 and 5 CG iterations from x = 0 
 
 Each adapter module has ``NAME``, ``available() -> str | None`` (None when importable,
 else why not) and ``CASES: dict[case, fn(problem, spec) -> list[Tensor]]`` returning the
-mean meta-gradient in ``problem.params`` order. Run ``python -m bench.peers --out DIR``.
+mean meta-gradient in ``problem.params`` order.
+Run ``python -m metagrad_bench.peers --out DIR``.
 Peers are optional: ``scripts/install_peers.sh`` installs them.
 
 For auditing, the modules of higher, learn2learn, torchopt and betty also have
@@ -45,5 +46,5 @@ CASES = [
     PeerCase("imaml K=5 λ=1 cg=5", "imaml", 5),
 ]
 
-ADAPTERS = ["bench.peers.loop", "bench.peers.higher_", "bench.peers.learn2learn_",
-            "bench.peers.torchopt_", "bench.peers.betty_"]
+ADAPTERS = [f"metagrad_bench.peers.{name}"
+            for name in ("loop", "higher_", "learn2learn_", "torchopt_", "betty_")]

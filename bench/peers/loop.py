@@ -4,7 +4,6 @@ peer libraries wrap — one task at a time, double-backward graphs, no vmap."""
 from __future__ import annotations
 
 import torch
-from torch.func import functional_call
 
 from . import _common
 
@@ -63,4 +62,3 @@ CASES = {
     "fomaml": lambda problem, spec: maml(problem, spec, first_order=True),
     "imaml": imaml,
 }
-_ = functional_call  # the loss closes over functional_call already (bench.problems)
