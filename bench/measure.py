@@ -1,5 +1,5 @@
 """Measurements shared by the sweep, asv and pytest-benchmark: wall time, peak memory
-and the cost-model prediction of DESIGN.md.
+and the cost-model prediction (``Method.gradient_equivalents``).
 
 * Time: :func:`metagrad.timing.time_call` (warm-up, CUDA synchronised, median/IQR).
 * Peak memory, as the increase over what was allocated before the call:

@@ -7,10 +7,10 @@ iterations and Neumann depth, one CSV row per run, plus seaborn figures.
 
 One row per (method, problem, meta_batch, steps, inner_lr, lam, cg_iters, terms, device,
 seed): ``median_ms``/``iqr_ms`` over ``repeats`` calls after a warm-up (CUDA synchronised),
-``peak_mem_mb`` (see :mod:`bench.measure`: CUDA max_memory_allocated, CPU sampled RSS,
-both above what was in use before the call), ``gradient_equivalents`` (DESIGN.md cost
-model), ``predicted_ms`` = gradient-equivalents × the measured time of one batched
-gradient, their ratio, and ``approx_error`` = ‖g − g*‖/‖g*‖ against the bilevel-exact
+``peak_mem_mb`` (see :mod:`metagrad_bench.measure`: CUDA max_memory_allocated, CPU sampled
+RSS, both above what was in use before the call), ``gradient_equivalents`` (the cost model
+of ``Method.gradient_equivalents``), ``predicted_ms`` = gradient-equivalents × the
+measured time of one batched gradient, their ratio, and ``approx_error`` = ‖g − g*‖/‖g*‖ against the bilevel-exact
 target of ``metagrad.verify.exact_target`` (the oracle, ``metagrad_reference``), with the
 method run again in float64 so the column measures approximation, not float32 rounding.
 ``approx_error`` is empty (NaN) where no exact target is computed: the conv net (too large

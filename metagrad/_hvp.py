@@ -1,18 +1,18 @@
 """Hessian-vector products of a task loss with respect to the parameters.
 
-``H(φ) v = ∇²_φ L(φ; batch) v`` without forming ``H``. Two exact modes:
+``H(φ) v = ∇²_φ L(φ; batch) v`` without forming ``H`` (Pearlmutter 1994, "Fast exact
+multiplication by the Hessian"). Two exact modes:
 
-* ``"fwdrev"`` (default), forward-over-reverse: ``jvp(grad L)(φ; v)``. One
-  forward-mode pass through the gradient computation; the mode the JAX and
-  PyTorch ``torch.func`` docs recommend (Pearlmutter 1994, "Fast exact
-  multiplication by the Hessian").
+* ``"fwdrev"``, forward-over-reverse: ``jvp(grad L)(φ; v)``. One forward-mode pass
+  through the gradient computation; the mode the JAX and ``torch.func`` docs recommend
+  for memory.
 * ``"revrev"``, reverse-over-reverse (double backward): ``vjp(grad L)(φ)(v)``,
-  valid because ``H`` is symmetric. Fallback where a forward-mode rule is missing.
+  valid because ``H`` is symmetric. It works where a forward-mode rule is missing.
 
 Both compose with ``torch.func.vmap`` over tasks and cost about two gradients.
-``"auto"`` picks the mode measured faster for the device (``DEFAULT_MODE``).
-``python -m bench.hvp_modes`` (torch 2.13, 1 CPU thread, interleaved medians,
-bench/results/hvp_modes_cpu): double backward was 1.05–1.25× faster on the
+``"auto"`` (the default) picks the mode measured faster for the device
+(``DEFAULT_MODE``). ``python -m metagrad_bench.hvp_modes`` (torch 2.13, 1 CPU thread,
+interleaved medians, bench/results/hvp_modes_cpu): double backward was 1.05–1.25× faster on the
 sinusoid MLP (the workload of the report and the training experiment),
 forward-over-reverse 1.04–1.16× faster on the 4-block conv net. ``auto``
 takes ``revrev`` on CPU: it wins on the small models this CPU path serves, and
@@ -62,8 +62,3 @@ def hvp(loss: Loss, params: Params, batch: Any, v: Params, mode: str = "auto") -
         pullback = vjp(gradient, params)[1]
         return pullback(v)[0]
     raise ValueError(f"hvp mode must be one of {HVP_MODES}, got {mode!r}")
-
-
-def hvp_operator(loss: Loss, params: Params, batch: Any, mode: str = "auto"):
-    """The linear map ``v ↦ H(params) v`` for a fixed point ``params``."""
-    return lambda v: hvp(loss, params, batch, v, mode)

@@ -8,7 +8,8 @@ import torch
 from metagrad.problems import DEFAULTS, Problem, linreg
 from metagrad.verify.compare import Case, evaluate, flat, get, rel_error
 
-__all__ = ["DEFAULTS", "Case", "Problem", "evaluate", "flat", "get", "level1_failures", "linreg",
+__all__ = ["DEFAULTS", "Case", "Problem", "dense_hessian", "evaluate", "flat", "get",
+           "level1_failures", "linreg", "rel", "tanh_mlp_problem",
            "Perturbed", "perturb_grad", "rel_error", "F64", "F32"]
 
 F64 = torch.float64
@@ -79,3 +80,34 @@ def random_mlp(seed: int, width: int, activation: str = "tanh", meta_batch: int 
               "W2": (torch.randn(width, 1, generator=g, dtype=F64) / width ** 0.5).to(dtype),
               "b2": torch.zeros(1, dtype=dtype)}
     return Problem(f"mlp_{activation}_{width}_{seed}", loss, params, tasks)
+
+
+def tanh_mlp_problem(seed=0, tasks=3, sizes=(1, 6, 6, 1)):
+    """A small smooth sinusoid regression MLP (float64) through ``mg.module_loss``."""
+    import metagrad as mg
+    from metagrad import _pytree as pt
+    from metagrad.models import mlp
+
+    model = mlp(sizes, torch.nn.Tanh, seed=seed, dtype=torch.float64)
+    loss = mg.module_loss(model, lambda a, b: ((a - b) ** 2).mean())
+    params = pt.detach(mg.params_of(model))
+    task = mg.Sinusoid(shots=5, query=5).sample(tasks, seed=seed, dtype=torch.float64)
+    return loss, params, task
+
+
+def dense_hessian(loss, params, batch):
+    """∇²loss by torch.autograd.functional.hessian on the flattened parameters."""
+    from metagrad import _pytree as pt
+
+    flat = pt.flatten(params)
+
+    def f(vec):
+        return loss(pt.unflatten(vec, params), batch)
+
+    return torch.autograd.functional.hessian(f, flat)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖ / ‖b‖."""
+    return float((a - b).norm() / b.norm())
+

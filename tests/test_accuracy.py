@@ -1,4 +1,4 @@
-"""Level 1 of DESIGN.md: every public method equals its exact reference in float64.
+"""Implementation exactness: every public method equals its exact reference in float64.
 
 One table of method × problem × setting × code path. Each case runs
 ``mg.METHODS[name](...)(loss, params, tasks)`` and is compared with

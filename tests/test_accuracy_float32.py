@@ -8,8 +8,8 @@ length-n reduction (matrix product, sum over a batch, inner product of two
 parameter vectors) has relative error ≲ √n·u with high probability
 (Higham & Mary 2019, "A new approach to probabilistic rounding error
 analysis"; the worst case is n·u, Higham 2002 §3.1). A meta-gradient is a
-chain of G such passes, G = ``method.gradient_equivalents()`` (DESIGN.md cost
-model: one forward+backward per gradient, two per HVP), whose first-order
+chain of G such passes, G = ``method.gradient_equivalents()`` (the cost model:
+one forward+backward per gradient, two per HVP), whose first-order
 errors add. Inner-loop steps are contractions or near-contractions for these
 step sizes (α·|λ(H)| < 1), so they do not amplify the error; the implicit
 methods' linear solve does, by κ(A) for CG, and for the truncated Neumann

@@ -1,4 +1,4 @@
-"""Level 2 of DESIGN.md: approximation quality against the bilevel-exact targets.
+"""Approximation quality against the bilevel-exact targets.
 
 * Regression baselines: the approximation error of FOMAML, Reptile, Penalty
   (vs MAML's meta-gradient) and IMAML, Neumann (vs the implicit gradient) across
@@ -100,7 +100,7 @@ def test_neumann_error_decays_at_the_spectral_radius(problem: str, step):
     """e_J = ‖x_J − A⁻¹b‖ = ‖(I − ηA)^(J+1) A⁻¹b‖: metagrad's errors equal this dense
     prediction (eigendecomposition of A), are bounded by ρ^(J+1) ‖A⁻¹b‖ with ρ = ρ(I − ηA),
     and with one dominant eigenvalue (η = 1) the ratio e_(J+1)/e_J tends to ρ. η = 1 diverges
-    here (ρ > 1, as the DESIGN warns); the optimal η converges."""
+    here (ρ > 1, the documented failure of η = 1); the optimal η converges."""
     d = DEFAULTS[problem]
     lam, steps, lr = d.lam, 10, d.inner_lr
     eta = d.neumann_step(lam) if step is None else step

@@ -1,4 +1,4 @@
-"""Bad input gets a clear error; numerical trouble gets a diagnosis (issue 7).
+"""Bad input gets a clear error; numerical trouble gets a diagnosis.
 
 The numerical cases are built on quadratics whose Hessian is known in closed
 form, so every expected condition (α(λ + L) ≥ 2, λ_min(H) < −λ, ρ ≥ 1) is
