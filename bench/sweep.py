@@ -9,15 +9,15 @@ One row per (method, problem, meta_batch, steps, inner_lr, lam, cg_iters, terms,
 seed): ``median_ms``/``iqr_ms`` over ``repeats`` calls after a warm-up (CUDA synchronised),
 ``peak_mem_mb`` (see :mod:`metagrad_bench.measure`: CUDA max_memory_allocated, CPU sampled
 RSS, both above what was in use before the call), ``gradient_equivalents`` (the cost model
-of ``Method.gradient_equivalents``), ``predicted_ms`` = gradient-equivalents × the
-measured time of one batched gradient, their ratio, and ``approx_error`` = ‖g − g*‖/‖g*‖ against the bilevel-exact
-target of ``metagrad.verify.exact_target`` (the oracle, ``metagrad_reference``), with the
-method run again in float64 so the column measures approximation, not float32 rounding.
-``approx_error`` is empty (NaN) where no exact target is computed: the conv net (too large
-for dense Hessians) and the implicit methods on a non-smooth (ReLU) net, whose proximal
-minimiser sits on a kink (use ``sinusoid_tanh``). Settings a method does not read are left
-empty. Rows already in the CSV are skipped (resumable); exact targets are cached under
-``OUT/exact_cache/``.
+of ``Method.gradient_equivalents``), ``predicted_ms`` = gradient-equivalents × the measured
+time of one batched gradient, their ratio, and ``approx_error`` = ‖g − g*‖/‖g*‖ against the
+bilevel-exact target of ``metagrad.verify.exact_target`` (the oracle,
+``metagrad_reference``), with the method run again in float64 so the column measures
+approximation, not float32 rounding. ``approx_error`` is empty (NaN) where no exact target
+is computed: the conv net (too large for dense Hessians) and the implicit methods on a non-
+smooth (ReLU) net, whose proximal minimiser sits on a kink (use ``sinusoid_tanh``). Settings
+a method does not read are left empty. Rows already in the CSV are skipped (resumable);
+exact targets are cached under ``OUT/exact_cache/``.
 """
 
 from __future__ import annotations
