@@ -24,13 +24,14 @@ from metagrad_bench.measure import gradient_time, peak_memory_mb
 
 # Module imports only: asv would collect a bare `time_call` name as a benchmark.
 from metagrad import timing
+from metagrad.methods import METHOD_NAMES
 from metagrad.problems import make_problem
 from metagrad.verify.compare import exact_target, rel_error
 
 FULL = os.environ.get("METAGRAD_BENCH_FULL") == "1"
 # CUDA rows only where a GPU is (they would all be skipped anyway).
 DEVICES = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
-METHODS = ["maml", "maml-trajectory", "fomaml", "reptile", "imaml", "neumann", "penalty"]
+METHODS = [*METHOD_NAMES, "maml-trajectory"]
 if FULL:
     METHODS.append("maml-compiled")  # its compile (tens of seconds) is too slow for --quick
 
@@ -117,7 +118,7 @@ class GpuMemory:
 
 # Penalty is left out: its λ weights a different objective, so its distance to the MAML
 # target at the implicit methods' λ (10-100) says nothing (the sweep has it, at small λ).
-ACC_METHODS = ["maml", "fomaml", "reptile", "imaml", "neumann"]
+ACC_METHODS = [name for name in METHOD_NAMES if name != "penalty"]
 ACC_STEPS = [1, 5, 20] if FULL else [5]
 ACC_LAMS = [100.0, 10.0, 1.0] if FULL else [100.0]
 ACC_ITERS = [5, 0, 1, 20] if FULL else [5]

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from metagrad import timing as mg_timing
 from metagrad._app import UsageError, check_device, markdown_table
-from metagrad.methods import METHOD_NAMES
+from metagrad.methods import METHOD_NAMES, is_implicit, method_class
 from metagrad.problems import make_problem
 from metagrad.verify.compare import exact_target, rel_error
 
@@ -93,7 +93,17 @@ class Block:
         return out
 
 
-ALL = ["maml", "maml-trajectory", "fomaml", "reptile", "imaml", "neumann", "penalty"]
+ALL = [*METHOD_NAMES, "maml-trajectory"]
+IMPLICIT = [name for name in METHOD_NAMES if is_implicit(name)]
+"""The methods with a linear solver, swept along lam, cg_iters and terms."""
+MAML_TARGET = [name for name in METHOD_NAMES if not is_implicit(name)]
+"""The methods whose target is MAML's meta-gradient."""
+
+
+def reading(setting: str) -> list[str]:
+    """The methods that read ``setting``."""
+    return [name for name in METHOD_NAMES if setting in method_class(name).setting_names()]
+
 K_FULL = [1, 2, 5, 10, 20, 50, 100]
 LAM_FULL = [0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
 ITERS_FULL = [0, 1, 2, 3, 5, 10, 20, 50]
@@ -114,27 +124,28 @@ def presets() -> dict[str, list[Block]]:
     return {
         "cpu-quick": [
             Block("sinusoid", ALL, [1, 5]),
-            Block(methods=["imaml", "neumann"], steps=[5], lam=[100.0], cg_iters=[0, 1, 2, 5],
+            Block(methods=IMPLICIT, steps=[5], lam=[100.0], cg_iters=[0, 1, 2, 5],
                   terms=[0, 1, 2, 5], **{**acc, "meta_batch": 3}),
         ],
         "cpu": [
             Block("sinusoid", _with_compiled(ALL), K_FULL),
             Block("convnet", _with_compiled(ALL), K_FULL),
-            Block(methods=["imaml", "neumann", "penalty"], steps=[5, 50], lam=LAM_FULL,
+            Block(methods=reading("lam"), steps=[5, 50], lam=LAM_FULL,
                   cg_iters=ITERS_FULL, terms=ITERS_FULL, **acc),
-            Block(methods=["maml", "fomaml", "reptile"], steps=K_FULL, **acc),
+            Block(methods=[m for m in MAML_TARGET if m not in reading("lam")], steps=K_FULL,
+                  **acc),
         ],
         "gpu": [
             Block("sinusoid", _with_compiled(ALL), K_FULL),
             Block("convnet", _with_compiled(ALL), K_FULL, meta_batch=32),
-            Block(methods=["imaml", "neumann"], steps=[5], lam=[1.0, 10.0, 100.0],
+            Block(methods=IMPLICIT, steps=[5], lam=[1.0, 10.0, 100.0],
                   cg_iters=[0, 1, 2, 5, 10, 20], terms=[0, 1, 2, 5, 10, 20], **acc),
-            Block(methods=["maml", "fomaml", "reptile", "penalty"], steps=[1, 5, 20], **acc),
+            Block(methods=MAML_TARGET, steps=[1, 5, 20], **acc),
         ],
         "tiny": [
             Block("sinusoid", ["maml", "fomaml", "imaml"], [1, 2], meta_batch=4),
             Block("convnet", ["maml", "maml-trajectory"], [1, 2], meta_batch=2),
-            Block(methods=["imaml", "neumann"], steps=[2], lam=[30.0, 100.0], cg_iters=[0, 2],
+            Block(methods=IMPLICIT, steps=[2], lam=[30.0, 100.0], cg_iters=[0, 2],
                   terms=[0, 2], problem="sinusoid_tanh", inner_lr=0.005, meta_batch=2),
         ],
     }

@@ -3,14 +3,17 @@ by the CLI, the report and the tests) plus small random problems for property te
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
+import metagrad as mg
 from metagrad.problems import DEFAULTS, Problem, linreg
 from metagrad.verify.compare import Case, evaluate, flat, get, rel_error
 
-__all__ = ["DEFAULTS", "Case", "Problem", "dense_hessian", "evaluate", "flat", "get",
-           "level1_failures", "linreg", "rel", "tanh_mlp_problem",
-           "Perturbed", "perturb_grad", "rel_error", "F64", "F32"]
+__all__ = ["DEFAULTS", "DIMS", "F32", "F64", "PROBLEMS", "Case", "Perturbed", "Problem",
+           "dense_hessian", "evaluate", "flat", "get", "level1_failures", "linreg",
+           "perturb_grad", "rel", "rel_error", "settings_for", "table", "tanh_mlp_problem"]
 
 F64 = torch.float64
 F32 = torch.float32
@@ -111,3 +114,66 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     """‖a − b‖ / ‖b‖."""
     return float((a - b).norm() / b.norm())
 
+
+# --------------------------------------------------------------------------------------------
+# the Level-1 case table (tests/test_accuracy.py and tests/test_accuracy_sharpness.py)
+
+PROBLEMS = ("linreg", "softmax", "mlp_softplus", "sinusoid_small")
+ALL_VARIANTS = [dict(batching=b, hvp=h) for b, h in
+                itertools.product(("vmap", "loop"), ("fwdrev", "revrev"))]
+
+
+def settings_for(method: str, problem: str, dim: int) -> list[dict]:
+    """The Level-1 settings of ``method`` on ``problem``: K from 0 to 10 (15 on the
+    quadratic), several λ, m, J, η."""
+    d = DEFAULTS[problem]
+    lr, lam = d.inner_lr, d.lam
+    ks = (0, 1, 3, 10, 15) if problem == "linreg" else (0, 1, 3, 10)
+    if set(mg.METHODS[method].setting_names()) == {"steps", "inner_lr"}:
+        return [dict(steps=k, inner_lr=lr) for k in ks]
+    if method == "imaml":
+        return [dict(steps=0, inner_lr=lr, lam=lam, cg_iters=1),
+                dict(steps=3, inner_lr=lr, lam=lam, cg_iters=2),
+                dict(steps=10, inner_lr=lr, lam=lam, cg_iters=5),
+                # m ≥ d: the reference is the dense solve (m = d on the sinusoid MLP, d = 141,
+                # would cost metagrad 141 HVP rounds for no extra coverage)
+                dict(steps=10, inner_lr=lr, lam=4 * lam, cg_iters=dim if dim <= 60 else 30),
+                dict(steps=3, inner_lr=lr, lam=lam, cg_iters=0)]
+    if method == "neumann":
+        return [dict(steps=0, inner_lr=lr, lam=lam, terms=0),
+                dict(steps=3, inner_lr=lr, lam=lam, terms=2),
+                dict(steps=10, inner_lr=lr, lam=2 * lam, terms=8, step=0.5),
+                dict(steps=10, inner_lr=lr, lam=lam, terms=20, step=0.3)]
+    if method == "penalty":
+        return [dict(steps=0, inner_lr=lr, lam=0.1),
+                dict(steps=0, inner_lr=lr, lam=0.0),
+                dict(steps=3, inner_lr=lr, lam=1.0),
+                dict(steps=10, inner_lr=lr, lam=0.01)]
+    raise ValueError(method)
+
+
+DIMS = {"linreg": 5, "softmax": 15, "mlp_softplus": 51, "sinusoid_small": 141}
+
+
+def table() -> list[Case]:
+    """The Level-1 table: every method on every problem, its settings (``settings_for``),
+    every code path on one setting, and several meta-batch sizes."""
+    cases = []
+    for problem in PROBLEMS:
+        for method in mg.METHOD_NAMES:
+            settings = settings_for(method, problem, DIMS[problem])
+            backwards = ("unrolled", "trajectory") if method == "maml" else ("unrolled",)
+            for s, backward in itertools.product(settings, backwards):
+                cases.append(Case.of(method, problem, backward=backward, **s))
+            # every code path on one non-trivial setting (K > 0)
+            s = settings[2]
+            for variant, backward in itertools.product(ALL_VARIANTS, backwards):
+                case = Case.of(method, problem, backward=backward, **variant, **s)
+                if case not in cases:
+                    cases.append(case)
+            cases.append(Case.of(method, problem, hvp="auto", **s))
+            # several task counts
+            if problem in ("linreg", "mlp_softplus"):
+                for tasks in (1, 4):
+                    cases.append(Case.of(method, problem, meta_batch=tasks, **settings[1]))
+    return cases

@@ -16,68 +16,10 @@ orders of magnitude (``test_accuracy_sharpness.py`` proves it).
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
-from helpers import DEFAULTS, Case, evaluate, flat, level1_failures
+from helpers import DIMS, PROBLEMS, Case, evaluate, flat, level1_failures, table
 
-PROBLEMS = ("linreg", "softmax", "mlp_softplus", "sinusoid_small")
-ALL_VARIANTS = [dict(batching=b, hvp=h) for b, h in
-                itertools.product(("vmap", "loop"), ("fwdrev", "revrev"))]
-
-
-def settings_for(method: str, problem: str, dim: int) -> list[dict]:
-    """The settings table: K from 0 to 10 (15 on the quadratic), several λ, m, J, η."""
-    d = DEFAULTS[problem]
-    lr, lam = d.inner_lr, d.lam
-    ks = (0, 1, 3, 10, 15) if problem == "linreg" else (0, 1, 3, 10)
-    if method in ("maml", "fomaml", "reptile"):
-        return [dict(steps=k, inner_lr=lr) for k in ks]
-    if method == "imaml":
-        return [dict(steps=0, inner_lr=lr, lam=lam, cg_iters=1),
-                dict(steps=3, inner_lr=lr, lam=lam, cg_iters=2),
-                dict(steps=10, inner_lr=lr, lam=lam, cg_iters=5),
-                # m ≥ d: the reference is the dense solve (m = d on the sinusoid MLP, d = 141,
-                # would cost metagrad 141 HVP rounds for no extra coverage)
-                dict(steps=10, inner_lr=lr, lam=4 * lam, cg_iters=dim if dim <= 60 else 30),
-                dict(steps=3, inner_lr=lr, lam=lam, cg_iters=0)]
-    if method == "neumann":
-        return [dict(steps=0, inner_lr=lr, lam=lam, terms=0),
-                dict(steps=3, inner_lr=lr, lam=lam, terms=2),
-                dict(steps=10, inner_lr=lr, lam=2 * lam, terms=8, step=0.5),
-                dict(steps=10, inner_lr=lr, lam=lam, terms=20, step=0.3)]
-    if method == "penalty":
-        return [dict(steps=0, inner_lr=lr, lam=0.1),
-                dict(steps=0, inner_lr=lr, lam=0.0),
-                dict(steps=3, inner_lr=lr, lam=1.0),
-                dict(steps=10, inner_lr=lr, lam=0.01)]
-    raise ValueError(method)
-
-
-DIMS = {"linreg": 5, "softmax": 15, "mlp_softplus": 51, "sinusoid_small": 141}
-
-
-def table() -> list[Case]:
-    cases = []
-    for problem in PROBLEMS:
-        for method in ("maml", "fomaml", "reptile", "imaml", "neumann", "penalty"):
-            settings = settings_for(method, problem, DIMS[problem])
-            backwards = ("unrolled", "trajectory") if method == "maml" else ("unrolled",)
-            for s, backward in itertools.product(settings, backwards):
-                cases.append(Case.of(method, problem, backward=backward, **s))
-            # every code path on one non-trivial setting (K > 0)
-            s = settings[2]
-            for variant, backward in itertools.product(ALL_VARIANTS, backwards):
-                case = Case.of(method, problem, backward=backward, **variant, **s)
-                if case not in cases:
-                    cases.append(case)
-            cases.append(Case.of(method, problem, hvp="auto", **s))
-            # several task counts
-            if problem in ("linreg", "mlp_softplus"):
-                for tasks in (1, 4):
-                    cases.append(Case.of(method, problem, meta_batch=tasks, **settings[1]))
-    return cases
-
+import metagrad as mg
 
 TABLE = table()
 
@@ -102,7 +44,7 @@ def test_level1(case: Case):
 def test_table_covers_the_contract():
     """The table itself: all six methods on every problem, K = 0 … 10, every code path."""
     methods = {c.method for c in TABLE}
-    assert methods == {"maml", "fomaml", "reptile", "imaml", "neumann", "penalty"}
+    assert methods == set(mg.METHOD_NAMES)
     for method in methods:
         rows = [c for c in TABLE if c.method == method]
         assert {c.problem for c in rows} == set(PROBLEMS)

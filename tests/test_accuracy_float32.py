@@ -33,6 +33,7 @@ from helpers import DEFAULTS, get, rel_error
 from metagrad_reference import dense
 
 import metagrad as mg
+from metagrad.methods import METHOD_NAMES, is_implicit
 
 U32 = torch.finfo(torch.float32).eps / 2
 PROBLEMS = ("linreg", "softmax", "mlp_softplus", "sinusoid_small")
@@ -49,7 +50,7 @@ def _settings(method: str, problem: str) -> dict:
 
 
 def _amplification(method: str, s: dict, f, theta, tasks) -> float:
-    if method not in ("imaml", "neumann"):
+    if not is_implicit(method):
         return 1.0
     worst = 1.0
     for tr, _ in tasks:
@@ -65,7 +66,7 @@ def _amplification(method: str, s: dict, f, theta, tasks) -> float:
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("problem", PROBLEMS)
-@pytest.mark.parametrize("method", ["maml", "fomaml", "reptile", "imaml", "neumann", "penalty"])
+@pytest.mark.parametrize("method", METHOD_NAMES)
 def test_float32_within_epsilon_derived_tolerance(method: str, problem: str):
     p32 = get(problem, 2, 0, torch.float32)
     s = _settings(method, problem)

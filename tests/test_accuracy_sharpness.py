@@ -11,10 +11,11 @@ that method fails.)
 from __future__ import annotations
 
 import pytest
-from helpers import Case, Perturbed, evaluate, level1_failures
-from test_accuracy import DIMS, PROBLEMS, settings_for
+from helpers import DIMS, PROBLEMS, Case, Perturbed, evaluate, level1_failures, settings_for
 
-METHODS = ("maml", "fomaml", "reptile", "imaml", "neumann", "penalty")
+from metagrad.methods import METHOD_NAMES
+
+METHODS = METHOD_NAMES
 
 
 def _case(method: str, problem: str) -> Case:

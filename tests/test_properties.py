@@ -20,6 +20,7 @@ from metagrad_reference import closed_form as cf
 from metagrad_reference import dense
 
 import metagrad as mg
+from metagrad.methods import METHOD_NAMES, is_implicit
 from metagrad.verify.compare import REF_RTOL
 
 FAST = settings(max_examples=15, deadline=None, derandomize=True,
@@ -28,10 +29,10 @@ FAST = settings(max_examples=15, deadline=None, derandomize=True,
 
 @st.composite
 def method_and_settings(draw, dim: int):
-    name = draw(st.sampled_from(["maml", "fomaml", "reptile", "imaml", "neumann", "penalty"]))
+    name = draw(st.sampled_from(METHOD_NAMES))
     # inner_lr is drawn as a fraction of the stable range and scaled per problem (_scale_lr)
     s = {"steps": draw(st.integers(0, 8)), "inner_lr": draw(st.floats(0.05, 0.9))}
-    if name in ("imaml", "neumann"):
+    if is_implicit(name):
         s["lam"] = draw(st.floats(0.5, 10.0))
     if name == "penalty":
         s["lam"] = draw(st.floats(0.0, 2.0))
@@ -53,7 +54,7 @@ def _scale_lr(name: str, s: dict, p) -> dict:
     f, theta = flat(p)
     top = max(float(torch.linalg.eigvalsh(dense.hessian(f, theta, tr)).abs().max())
               for tr, _ in p.task_list())
-    proximal = s["lam"] if name in ("imaml", "neumann") else 0.0
+    proximal = s["lam"] if is_implicit(name) else 0.0
     return {**s, "inner_lr": s["inner_lr"] / (top + proximal)}
 
 

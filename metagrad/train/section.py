@@ -7,15 +7,14 @@ import time
 from .._app import markdown_table
 from ..methods import METHOD_NAMES
 from .command import comparison_frame, train_many, write_figures
-from .config import TrainConfig
+from .config import METHOD_SETTINGS, TrainConfig
 
 QUICK_META_STEPS = 100
 QUICK_HELDOUT_TASKS = 100
 
 
 def _settings(cfg: TrainConfig) -> str:
-    extra = {k: getattr(cfg, k) for k in ("lam", "cg_iters", "terms", "step")
-             if getattr(cfg, k) is not None}
+    extra = {k: getattr(cfg, k) for k in METHOD_SETTINGS if getattr(cfg, k) is not None}
     return ", ".join(f"{k}={v:g}" for k, v in extra.items())
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from ..methods import METHODS
+from ..methods import METHODS, SETTINGS
 from ..problems import DEFAULTS
 from .compare import Case, evaluate, get
 
@@ -92,13 +92,11 @@ def sweep(problems: tuple[str, ...] = SWEEP_PROBLEMS,
         row = evaluate(case, fd=False, target=True,
                        method=replace(case.build(), diagnose="record"))
         rows.append({"sweep": name, "dim": get(case.problem).dim, **{k: row[k] for k in (
-            "method", "problem", "steps", "inner_lr", "lam", "cg_iters", "terms", "step",
-            "approx_error", "err_reference")}})
+            "method", "problem", *SETTINGS, "approx_error", "err_reference")}})
     return rows
 
 
-KEY_COLUMNS = ("sweep", "method", "problem", "steps", "inner_lr", "lam", "cg_iters", "terms",
-               "step")
+KEY_COLUMNS = ("sweep", "method", "problem", *SETTINGS)
 
 
 def row_key(row: dict[str, Any]) -> str:
