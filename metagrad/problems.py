@@ -117,12 +117,19 @@ def linreg(meta_batch: int = 2, seed: int = 0, dtype: torch.dtype = torch.float6
                    f"linear regression, d = {dim}, {2 * dim} + {2 * dim} shots", closed_form=True)
 
 
+def _clusters(meta_batch: int, seed: int, dtype: torch.dtype,
+              device: str | torch.device) -> tuple[Task, torch.Generator]:
+    """3-way 2-shot ``mg.GaussianClusters`` tasks in 4 dimensions, and the generator that
+    draws the parameters (seeded apart from the tasks)."""
+    tasks = GaussianClusters(ways=3, shots=2, query=3, dim=4).sample(
+        meta_batch, seed=seed, dtype=dtype, device=device)
+    return tasks, torch.Generator().manual_seed(seed + 1)
+
+
 def softmax(meta_batch: int = 2, seed: int = 0, dtype: torch.dtype = torch.float64,
             device: str | torch.device = "cpu") -> Problem:
     """Softmax regression on ``mg.GaussianClusters`` (3-way, 2 shots, 4 features)."""
-    tasks = GaussianClusters(ways=3, shots=2, query=3, dim=4).sample(
-        meta_batch, seed=seed, dtype=dtype, device=device)
-    g = torch.Generator().manual_seed(seed + 1)
+    tasks, g = _clusters(meta_batch, seed, dtype, device)
 
     def loss(params, batch):
         x, y = batch
@@ -136,9 +143,7 @@ def softmax(meta_batch: int = 2, seed: int = 0, dtype: torch.dtype = torch.float
 def mlp_softplus(meta_batch: int = 2, seed: int = 0, dtype: torch.dtype = torch.float64,
                  device: str | torch.device = "cpu") -> Problem:
     """A 4-6-3 softplus MLP classifier on ``mg.GaussianClusters``, written out by hand."""
-    tasks = GaussianClusters(ways=3, shots=2, query=3, dim=4).sample(
-        meta_batch, seed=seed, dtype=dtype, device=device)
-    g = torch.Generator().manual_seed(seed + 1)
+    tasks, g = _clusters(meta_batch, seed, dtype, device)
 
     def loss(params, batch):
         x, y = batch
