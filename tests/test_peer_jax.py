@@ -160,3 +160,19 @@ def test_bad_input_is_refused(problem):
 def test_float64_without_x64_is_refused(problem):
     with jax.enable_x64(False), pytest.raises(ValueError, match="64-bit"):
         jax_.build(problem, Case("maml", "maml", 1))
+
+
+def test_peers_adapter_table(problem):
+    """``CASES`` (the ``bench.peers`` adapter interface) compiles once per problem and case
+    and returns the same meta-gradient on every call."""
+    case = Case("maml K=5", "maml", 5)
+    ref = metagrad_grad(mg.MAML(steps=5, inner_lr=0.01), problem)
+    before = len(jax_._BUILT)
+    first = jax_.CASES["maml"](problem, case)
+    second = jax_.CASES["maml"](problem, case)
+    assert len(jax_._BUILT) == before + 1
+    assert rel_error(first, ref) <= TOL and rel_error(second, ref) <= TOL
+    imaml = Case("imaml K=5 λ=1 cg=5", "imaml", 5)
+    g = jax_.CASES["imaml (jaxopt)"](problem, imaml)
+    ref = metagrad_grad(mg.IMAML(steps=5, inner_lr=0.01, lam=1.0, cg_iters=5), problem)
+    assert rel_error(g, ref) <= TOL

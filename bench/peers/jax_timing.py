@@ -24,6 +24,11 @@ for every implementation to show each used one core. Agreement is
 ‖g_jax − g_metagrad‖/‖g_metagrad‖ of the mean meta-gradient in float32 (the same numbers
 in float64 agree to 1e-10: ``tests/test_peer_jax.py``).
 
+``mg.compile`` cold times are cold: inductor's on-disk caches would otherwise make a graph
+compiled by an earlier run (or test) load in seconds, so each run points
+``TORCHINDUCTOR_CACHE_DIR`` at a fresh temporary directory (removed at exit). JAX keeps no
+persistent compilation cache unless one is configured.
+
 ``--loops`` instead measures what the inner-loop form costs: JAX compile and run time of
 MAML at K = 1, 5, 10, 25 with the inner loop as ``lax.scan`` versus an unrolled Python
 loop, and of iMAML with forward-over-reverse versus reverse-over-reverse HVPs.
@@ -32,10 +37,14 @@ loop, and of iMAML with forward-over-reverse versus reverse-over-reverse HVPs.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.metadata
 import os
 import platform
+import shutil
 import statistics
+import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -253,11 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads must be a positive integer, got {args.threads}")
     if args.threads == 1:
-        if "jax" in __import__("sys").modules:
+        if "jax" in sys.modules:
             ap.error("jax was imported before XLA_FLAGS and the CPU pin could be set")
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + ONE_THREAD_XLA).strip()
         if args.pin is None:
             args.pin = min(os.sched_getaffinity(0))
+    cache = tempfile.mkdtemp(prefix="jax_timing_inductor_")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # before torch is imported
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
     if args.pin is not None:
         if args.pin not in os.sched_getaffinity(0):
             ap.error(f"--pin {args.pin}: not one of the CPUs this process may use "
