@@ -50,7 +50,13 @@ AᵀA, ``implicit_diff.py`` line 258), a different iteration: the solver must be
 HVP choice for the hand-written iMAML: forward-over-reverse (``jax.linearize`` of
 ``jax.grad(L_tr)`` at φ, then the linear map per CG step), the mode JAX's autodiff
 cookbook recommends; linearizing once keeps the forward pass of the gradient out of the
-CG loop. ``hvp="revrev"`` (``jax.vjp`` of the gradient, as jaxopt does) is kept to compare.
+CG loop. ``hvp="revrev"`` (``jax.vjp`` of the gradient, as jaxopt does) is kept to compare:
+measured interleaved on one pinned core (jax 0.10.2, float32, 25 tasks), the two tie on the
+1-40-40-1 net (1.82 vs 1.81 ms) and forward-over-reverse is 11% faster on 1-512-512-1
+(427 vs 477 ms).
+
+The mean over tasks is taken of the vmapped per-task gradients, ``mean(vmap(grad))``;
+``grad(mean(vmap(loss)))`` is the same number and measured the same time (within 2%).
 """
 
 from __future__ import annotations
@@ -123,6 +129,11 @@ def mse(layers, x, y):
 def _repeat(step: Callable, init, length: int, loop: str):
     """``length`` applications of ``step`` to ``init``, as a ``lax.scan`` (one traced copy
     of the body, compile time flat in K) or an unrolled Python loop (K copies)."""
+    # Measured (python -m bench.peers.jax_timing --threads 1 --loops; jax 0.10.2, one core,
+    # MAML on 1-40-40-1): cold compile 1.6 / 2.4 / 1.6 / 1.5 s with scan at K = 1 / 5 / 10 /
+    # 25 against 1.3 / 4.1 / 5.5 / 15.1 s unrolled, which grows about 0.55 s per step; the
+    # unrolled loop ran 5-30% faster per call (XLA fuses across steps), e.g. K = 25: 13.5 vs
+    # 14.1 ms. scan is the default: a compile cost that grows with K dominates any sweep.
     import jax
 
     if loop == "scan":
