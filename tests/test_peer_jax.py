@@ -24,12 +24,12 @@ import torch
 from torch.nn import functional as F
 
 import metagrad as mg
-from bench.peers import Case
+from metagrad_bench.peers import PeerCase as Case
 from metagrad.models import mlp
 
 jax = pytest.importorskip("jax")
 pytest.importorskip("jaxopt")
-jax_ = pytest.importorskip("bench.peers.jax_")
+jax_ = pytest.importorskip("metagrad_bench.peers.jax_")
 
 TOL = 1e-10
 
@@ -163,7 +163,7 @@ def test_float64_without_x64_is_refused(problem):
 
 
 def test_peers_adapter_table(problem):
-    """``CASES`` (the ``bench.peers`` adapter interface) compiles once per problem and case
+    """``CASES`` (the ``metagrad_bench.peers`` adapter interface) compiles once per problem and case
     and returns the same meta-gradient on every call."""
     case = Case("maml K=5", "maml", 5)
     ref = metagrad_grad(mg.MAML(steps=5, inner_lr=0.01), problem)

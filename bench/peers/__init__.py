@@ -47,4 +47,4 @@ CASES = [
 ]
 
 ADAPTERS = [f"metagrad_bench.peers.{name}"
-            for name in ("loop", "higher_", "learn2learn_", "torchopt_", "betty_")]
+            for name in ("loop", "higher_", "learn2learn_", "torchopt_", "betty_", "jax_")]

@@ -129,7 +129,7 @@ def mse(layers, x, y):
 def _repeat(step: Callable, init, length: int, loop: str):
     """``length`` applications of ``step`` to ``init``, as a ``lax.scan`` (one traced copy
     of the body, compile time flat in K) or an unrolled Python loop (K copies)."""
-    # Measured (python -m bench.peers.jax_timing --threads 1 --loops; jax 0.10.2, one core,
+    # Measured (python -m metagrad_bench.peers.jax_timing --threads 1 --loops; jax 0.10.2, one core,
     # MAML on 1-40-40-1): cold compile 1.6 / 2.4 / 1.6 / 1.5 s with scan at K = 1 / 5 / 10 /
     # 25 against 1.3 / 4.1 / 5.5 / 15.1 s unrolled, which grows about 0.55 s per step; the
     # unrolled loop ran 5-30% faster per call (XLA fuses across steps), e.g. K = 25: 13.5 vs
@@ -340,7 +340,7 @@ def build(problem: Any, case: Any, *, implicit: str = "cg", tol: float = 0.0,
     ``problem`` has ``params`` (dict of torch tensors, ``nn.Linear`` layout), ``tasks``
     (``train=(x, y)``, ``val=(x, y)`` with a leading task dimension) and optionally
     ``module`` (checked to be a Linear/ReLU MLP). ``case`` has ``family``, ``steps``,
-    ``inner_lr``, ``lam``, ``cg_iters`` (``bench.peers.Case``). ``implicit`` picks the
+    ``inner_lr``, ``lam``, ``cg_iters`` (``metagrad_bench.peers.PeerCase``). ``implicit`` picks the
     iMAML backward: ``"cg"`` (hand-written CG) or ``"jaxopt"`` (``custom_root`` with
     ``solve_cg(maxiter=cg_iters, tol=tol)``; ``tol=0`` is the exact m-iteration CG).
     """
@@ -378,7 +378,7 @@ def build(problem: Any, case: Any, *, implicit: str = "cg", tol: float = 0.0,
     return JaxRun(call, compile_seconds, names, last)
 
 
-# ------------------------------------------------------------ bench.peers adapter table
+# ------------------------------------------------------------ metagrad_bench.peers adapter table
 _BUILT: dict[tuple, tuple[Any, JaxRun]] = {}
 
 

@@ -1,8 +1,8 @@
-"""``python -m bench.peers.jax_timing --threads 1``: JAX ``jit(vmap)`` against metagrad
+"""``python -m metagrad_bench.peers.jax_timing --threads 1``: JAX ``jit(vmap)`` against metagrad
 (eager and ``mg.compile``) on the sinusoid workload, side by side in one process.
 
 Workload (Finn et al. 2017 sinusoid): MLP 1-40-40-1 ReLU, 25 tasks, 10 + 10 shots,
-inner_lr 0.01, float32; the cases of ``bench.peers.CASES`` (MAML K = 1, 5, 10, FOMAML
+inner_lr 0.01, float32; the cases of ``metagrad_bench.peers.CASES`` (MAML K = 1, 5, 10, FOMAML
 K = 5, iMAML with 5 proximal steps, λ = 1, 5 CG iterations; Rajeswaran et al. 2019),
 iMAML also through jaxopt's ``custom_root`` (Blondel et al. 2022) with ``tol=0``, and a
 large net, MLP 1-512-512-1, for MAML K = 5 and iMAML, where arithmetic rather than
@@ -241,7 +241,7 @@ def run_loops(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.peers.jax_timing", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m metagrad_bench.peers.jax_timing", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads; 1 also sets XLA's one-thread flags and pins the "
