@@ -21,10 +21,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from metagrad_bench.peers import PeerCase as Case
 from torch.nn import functional as F
 
 import metagrad as mg
-from metagrad_bench.peers import PeerCase as Case
 from metagrad.models import mlp
 
 jax = pytest.importorskip("jax")
