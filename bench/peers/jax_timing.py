@@ -241,7 +241,8 @@ def run_loops(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m metagrad_bench.peers.jax_timing", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m metagrad_bench.peers.jax_timing",
+                                 description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads; 1 also sets XLA's one-thread flags and pins the "
