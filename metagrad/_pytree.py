@@ -44,7 +44,13 @@ def vdot(a: Params, b: Params) -> Tensor:
 
 
 def norm(a: Params) -> Tensor:
-    return torch.sqrt(vdot(a, a))
+    """Euclidean norm of the flattened dict, accumulated in at least float32: squares of
+    float16 entries overflow at 256, so a half-precision meta-gradient with finite entries
+    would otherwise read as infinite. The result has that accumulation dtype."""
+    first = next(iter(a.values()))
+    acc = torch.promote_types(first.dtype, torch.float32)
+    return torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(v, dtype=acc) for v in a.values()]))
 
 
 def zeros_like(a: Params) -> Params:

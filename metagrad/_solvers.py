@@ -23,7 +23,7 @@ from torch import Tensor
 
 from . import _pytree as pt
 from ._pytree import Params
-from ._validate import non_negative_int, positive_float
+from ._validate import non_negative_int, positive_float, settle
 from .diagnose import Finding, finite_or, tasks_of
 
 MatVec = Callable[[Params], Params]
@@ -160,7 +160,7 @@ class ConjugateGradient:
     that flags trouble (≤ 0: I + H/λ not positive definite)."""
 
     def __post_init__(self) -> None:
-        non_negative_int("cg_iters", self.iters)
+        object.__setattr__(self, "iters", non_negative_int("cg_iters", self.iters))
 
     @property
     def matvecs(self) -> int:
@@ -174,12 +174,20 @@ class ConjugateGradient:
         return 2.0 * self.matvecs
 
     def check(self, info: CGInfo) -> list[Finding]:
-        """CG stopping with a large relative residual ‖b − A x_m‖ / ‖b‖."""
+        """CG stopping with a large relative residual ‖b − A x_m‖ / ‖b‖ (with m = 0 the
+        "solution" is x = 0 wherever b ≠ 0)."""
         norms = info.residual_norms
+        if norms.shape[1] < 2:
+            unsolved = norms[:, 0] > 0
+            if not unsolved.any():
+                return []
+            return [Finding(
+                "not_solved", "cg_iters=0: no CG iteration ran, so the meta-gradient is zero "
+                "in {where} (x = 0 solves nothing); use cg_iters ≥ 1", tasks_of(unsolved))]
         rel = norms[:, -1] / torch.where(norms[:, 0] == 0, 1, norms[:, 0])
         rel = finite_or(rel, 0.0)
         bad = rel > CG_RESIDUAL_WARN
-        if norms.shape[1] < 2 or not bad.any():
+        if not bad.any():
             return []
         return [Finding(
             "cg_unconverged",
@@ -202,8 +210,8 @@ class NeumannSeries:
     """Per-task diagnostics worth a column in a training log (growing: the series diverges)."""
 
     def __post_init__(self) -> None:
-        non_negative_int("terms", self.terms)
-        positive_float("step", self.step)
+        settle(self, "terms", non_negative_int)
+        settle(self, "step", positive_float)
 
     @property
     def matvecs(self) -> int:
@@ -217,13 +225,24 @@ class NeumannSeries:
         return 2.0 * self.matvecs
 
     def check(self, info: NeumannInfo) -> list[Finding]:
-        """Growing terms mean ρ(I − ηA) ≥ 1. Which side of the spectrum is at fault decides
-        the advice: ρ = max(|1 − ημ_max|, |1 − ημ_min|) over eigenvalues μ of A, so growth
-        with η μ_max < 2 can only come from μ_min ≤ 0 (A indefinite: raise λ)."""
+        """A series whose terms grow diverges. For symmetric M = I − ηA the ratio of
+        successive term norms ‖Mʲ⁺¹b‖/‖Mʲb‖ never decreases with j (Cauchy–Schwarz:
+        ‖Mʲ⁺¹b‖² = ⟨Mʲb, Mʲ⁺²b⟩ ≤ ‖Mʲb‖‖Mʲ⁺²b‖) and tends to the spectral radius seen by
+        b, so a last ratio above 1 proves ρ(M) > 1. Only growth beyond rounding counts:
+        terms that are exactly zero (a series that has converged) or whose ratio rounds to 1
+        are no divergence. Which side of the spectrum is at fault decides the advice:
+        ρ = max(|1 − ημ_max|, |1 − ημ_min|) over eigenvalues μ of A, so growth with
+        η μ_max < 2 can only come from μ_min ≤ 0 (A indefinite: raise λ)."""
         norms, step = info.term_norms, self.step
         if norms.shape[1] < 2:
-            return []
-        growing = norms[:, -1] >= norms[:, -2]
+            if not (norms[:, 0] > 0).any():
+                return []
+            return [Finding(
+                "not_solved", "terms=0: the Neumann series was cut after its first term "
+                "(x = step·b), so nothing checks that it converges in {where}; use terms ≥ 1",
+                tasks_of(norms[:, 0] > 0))]
+        rounding = 8 * torch.finfo(norms.dtype).eps
+        growing = (norms[:, -2] > 0) & (norms[:, -1] > norms[:, -2] * (1 + rounding))
         if not growing.any():
             return []
         ratio = norms[:, -1] / torch.where(norms[:, -2] == 0, 1, norms[:, -2])

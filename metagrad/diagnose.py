@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.func import vmap
+from torch.utils import _pytree as torch_pytree
 
 from . import _pytree as pt
 from ._hvp import Loss, hvp
@@ -90,6 +91,7 @@ class Finding:
 KINDS = {
     "non_finite": "a loss or the meta-gradient is NaN or infinite",
     "inner_loop_rise": "the inner loss rose: the inner step size is too large",
+    "not_solved": "zero iterations of something that should approximate a solution",
     "proximal_rate": "the proximal inner loop cannot converge at this inner_lr and lam",
     "indefinite_system": "I + H/λ is not positive definite: the implicit gradient is undefined",
     "cg_unconverged": "CG stopped with a large relative residual",
@@ -120,11 +122,13 @@ def finite_or(x: Tensor, fill: float) -> Tensor:
 
 
 def largest_curvature(loss: Loss, params: Params, train: Any, iters: int = 20,
-                      mode: str = "auto") -> Tensor:
+                      mode: str = "auto", batching: str = "vmap") -> Tensor:
     """Per-task estimate of L = max |eigenvalue| of ∇²L_tr(params) by power iteration.
 
     Used only to explain a problem already detected, so its cost (``iters`` HVPs
-    per task) is not paid on healthy calls. Deterministic start vector.
+    per task) is not paid on healthy calls. Deterministic start vector. With
+    ``batching="loop"`` the tasks are visited one by one, never under ``vmap``
+    (a loss that vmap cannot trace must not fail here).
     """
     gen = torch.Generator().manual_seed(0)
     start = {k: torch.randn(v.shape, generator=gen, dtype=v.dtype).to(v.device)
@@ -139,7 +143,14 @@ def largest_curvature(loss: Loss, params: Params, train: Any, iters: int = 20,
             v = pt.scale(1.0 / torch.where(estimate == 0, 1, estimate), hv)
         return estimate
 
-    return vmap(one)(train)
+    if batching == "loop":
+        count = next(x for x in torch_pytree.tree_leaves(train)
+                     if isinstance(x, torch.Tensor)).shape[0]
+        pick = lambda i: torch_pytree.tree_map(  # noqa: E731
+            lambda x: x[i] if isinstance(x, torch.Tensor) else x, train)
+        return torch.stack([one(pick(i)) for i in range(count)])
+    dims = torch_pytree.tree_map(lambda x: 0 if isinstance(x, torch.Tensor) else None, train)
+    return vmap(one, in_dims=(dims,), randomness="different")(train)
 
 
 def check_finite(diag: dict[str, Tensor]) -> list[Finding]:
@@ -152,6 +163,11 @@ def check_finite(diag: dict[str, Tensor]) -> list[Finding]:
             "non_finite",
             f"non-finite inner-loop loss L_tr(θ⁽{step}⁾) at inner step {step} of task {task} "
             "(affected: {where}): the inner loop diverged", tasks_of(bad)))
+    final = diag.get("final_inner_loss")
+    if final is not None and not torch.isfinite(final).all():
+        found.append(Finding(
+            "non_finite", "non-finite train loss L_tr(φ) after the last inner step in {where}: "
+            "the inner loop diverged", tasks_of(~torch.isfinite(final))))
     for key, what in (("pre_update_loss", "pre-update loss"),
                       ("post_update_loss", "post-update loss"),
                       ("grad_norm", "meta-gradient")):
@@ -162,24 +178,47 @@ def check_finite(diag: dict[str, Tensor]) -> list[Finding]:
     return found
 
 
-def check_inner_loop(diag: dict[str, Tensor], loss: Loss, theta: Params, tasks: Any,
-                     inner_lr: float, lam: float | None, hvp_mode: str) -> list[Finding]:
-    """Non-descent of the inner loop, explained by α(λ + L) ≥ 2 with L by power iteration."""
+def inner_path(diag: dict[str, Tensor]) -> Tensor:
+    """L_tr(θ⁽ᵏ⁾) for k = 0 … K, per task: the logged inner losses and, when the checks ran,
+    L_tr(φ) of the last iterate (shape ``(T, K + 1)``, or ``(T, K)`` without it)."""
     inner = diag["inner_losses"]
-    if inner.numel() == 0:
+    final = diag.get("final_inner_loss")
+    if final is None:
+        return inner
+    return torch.cat([inner, final.reshape(-1, 1).to(inner.dtype)], dim=1)
+
+
+def check_inner_loop(diag: dict[str, Tensor], loss: Loss, theta: Params, tasks: Any,
+                     inner_lr: float, lam: float | None, hvp_mode: str,
+                     batching: str = "vmap") -> list[Finding]:
+    """Non-descent of the inner loop, explained by α(λ + L) ≥ 2 with L by power iteration.
+
+    Every iterate is read, the last one φ included. Plain GD on an L-smooth loss with
+    α < 2/L decreases the loss at every step (descent lemma), so any rise from one iterate
+    to the next is a symptom. Proximal GD with α(λ + L) < 2 decreases L_tr + λ/2‖φ − θ‖²,
+    which starts at L_tr(θ) and bounds L_tr(φ⁽ᵏ⁾) from above, so a rise of L_tr above
+    L_tr(θ) is. Rises below ``RISE_TOL`` (relative) are rounding.
+    """
+    path = inner_path(diag)
+    if path.shape[1] < 2:
         return []
-    first = inner[:, :1]
-    scale = inner.abs().amax(1, keepdim=True)
-    blown = ~torch.isfinite(inner) | (inner > first + RISE_TOL * scale)
+    scale = path.abs().amax(1, keepdim=True)
+    if lam is None:
+        rise = path[:, 1:] > path[:, :-1] + RISE_TOL * scale
+    else:
+        rise = path[:, 1:] > path[:, :1] + RISE_TOL * scale
+    blown = ~torch.isfinite(path[:, 1:]) | rise
     if not blown.any():
         return []
-    L = largest_curvature(loss, pt.detach(theta), tasks.train, mode=hvp_mode).detach()
+    L = largest_curvature(loss, pt.detach(theta), tasks.train, mode=hvp_mode,
+                          batching=batching).detach()
     worst = int(torch.argmax(torch.where(torch.isfinite(L), L, torch.inf)))
     shift = lam or 0.0
     rate = inner_lr * (shift + float(L[worst]))
     what = "proximal gradient descent" if lam is not None else "gradient descent"
     cond = "inner_lr·(lam + L)" if lam is not None else "inner_lr·L"
-    msg = ("the inner loss rose above L_tr(θ) in {where}: "
+    where = "above L_tr(θ)" if lam is not None else "from one inner step to the next"
+    msg = (f"the inner loss rose {where} in {{where}}: "
            f"{what} converges only if {cond} < 2, and here L ≈ {float(L[worst]):.4g} "
            f"(largest Hessian eigenvalue at θ, power iteration) gives {cond} ≈ {rate:.3g}")
     if rate >= 2:

@@ -28,7 +28,7 @@ from .. import _pytree as pt
 from .._hvp import Loss, hvp
 from .._inner import adapt
 from .._pytree import Params
-from .._validate import positive_int
+from .._validate import positive_int, settle
 from ._base import TaskOutput
 
 
@@ -47,10 +47,10 @@ class Unrolled:
         def objective(theta: Params):
             inner = adapt(loss, theta, train, steps, inner_lr)
             post = loss(inner.phi, val)
-            return post, (inner.pre_update_loss, post, inner.inner_losses)
+            return post, (inner.pre_update_loss, post, inner.inner_losses, inner.phi)
 
-        g, (pre, post, inner_losses) = grad(objective, has_aux=True)(theta)
-        return TaskOutput(g, pre, post, {"inner_losses": inner_losses})
+        g, (pre, post, inner_losses, phi) = grad(objective, has_aux=True)(theta)
+        return TaskOutput(g, pre, post, {"inner_losses": inner_losses}, phi)
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Trajectory:
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None:
-            positive_int("checkpoint", self.checkpoint)
+            settle(self, "checkpoint", positive_int)
 
     def recomputed_gradients(self, steps: int) -> int:
         """Inner-loop gradients evaluated a second time during the backward pass: each
@@ -88,7 +88,8 @@ class Trajectory:
                 segment = (run.trajectory or []) + [run.phi]
             for point in reversed(segment):
                 v = pt.axpy(-inner_lr, hvp(loss, point, train, v, hvp_mode), v)
-        return TaskOutput(v, inner.pre_update_loss, post, {"inner_losses": inner.inner_losses})
+        return TaskOutput(v, inner.pre_update_loss, post, {"inner_losses": inner.inner_losses},
+                          inner.phi)
 
 
 BACKWARD_MODES: dict[str, type[Unrolled] | type[Trajectory]] = {

@@ -24,7 +24,7 @@ from .. import _pytree as pt
 from .._hvp import HVP_MODES, Loss, resolve_mode
 from .._pytree import Params
 from .._task import Task
-from .._validate import non_negative_int, positive_float
+from .._validate import non_negative_int, positive_float, settle
 from ..diagnose import DIAGNOSE_MODES, Finding, check_finite, check_inner_loop, emit
 
 BATCHING_MODES = ("vmap", "loop")
@@ -41,6 +41,8 @@ class TaskOutput:
     pre_update_loss: Tensor
     post_update_loss: Tensor
     diagnostics: dict[str, Tensor]
+    phi: Params
+    """The adapted parameters φ, whose train loss the numerical checks read."""
 
 
 @dataclass
@@ -107,8 +109,8 @@ class Method:
     over tasks (``"min"``, ``"max"`` or ``"mean"``) that flags trouble."""
 
     def __post_init__(self) -> None:
-        non_negative_int("steps", self.steps)
-        positive_float("inner_lr", self.inner_lr)
+        settle(self, "steps", non_negative_int)
+        settle(self, "inner_lr", positive_float)
         if self.batching not in BATCHING_MODES:
             raise ValueError(f"batching must be one of {BATCHING_MODES}, got {self.batching!r}")
         if self.hvp not in HVP_MODES:
@@ -161,25 +163,45 @@ class Method:
         """Numerical problems visible in the per-task diagnostics (extended by subclasses)."""
         mode = resolve_mode(self.hvp, next(iter(theta.values())).device)
         return check_finite(diag) + check_inner_loop(
-            diag, loss, theta, tasks, self.inner_lr, self._inner_lam(), mode)
+            diag, loss, theta, tasks, self.inner_lr, self._inner_lam(), mode, self.batching)
 
     def batched(self, loss: Loss) -> Callable[[Params, Any, Any],
                                               tuple[Params, dict[str, Tensor]]]:
         """The pure batched computation ``(θ, train, val) ↦ (mean gᵢ, per-task diagnostics)``.
 
         No validation and no Python-side checks, so it can be traced by ``torch.compile``
-        (see :func:`metagrad.compile`).
+        (see :func:`metagrad.compile`). With the checks on (``diagnose != "off"``) it also
+        returns ``final_inner_loss`` = L_tr(φ) per task: one forward pass, so that the last
+        inner iterate, the only one for K = 1, is checked like the others.
         """
+        checks = self.diagnose != "off"
 
         def one(theta: Params, train: Any, val: Any):
             out = self._per_task(loss, theta, train, val)
             diag = {**out.diagnostics, "pre_update_loss": out.pre_update_loss,
                     "post_update_loss": out.post_update_loss, "grad_norm": pt.norm(out.grad)}
+            if checks:
+                diag["final_inner_loss"] = loss(pt.detach(out.phi), train)
             return out.grad, diag
 
         def run(theta: Params, train: Any, val: Any):
             if self.batching == "vmap":
-                grads, diag = vmap(one, in_dims=(None, 0, 0))(theta, train, val)
+                # Non-tensor leaves of a batch (names, flags) are passed to every task as they
+                # are; random ops (dropout) draw independently per task, as in a loop.
+                dims = (None, _task_dims(train), _task_dims(val))
+                try:
+                    grads, diag = vmap(one, in_dims=dims, randomness="different")(
+                        theta, train, val)
+                except (RuntimeError, ValueError) as err:
+                    if "vmap" not in str(err):
+                        raise
+                    raise RuntimeError(
+                        f"{self.name}: torch.func.vmap could not run the loss over the task "
+                        f"dimension ({str(err).splitlines()[0][:300]}). This happens when the "
+                        "loss calls .item() or .tolist(), branches in Python on a tensor's "
+                        "value, or uses an operation vmap has no batching rule for. Run the "
+                        "tasks one at a time instead with batching='loop' (the same numbers, "
+                        "slower), or rewrite that part with torch.where.") from err
             else:
                 grads, diag = _loop(one, theta, Task(train, val))
             return pt.mean0(grads), diag
@@ -220,6 +242,11 @@ def _plain(value: Any) -> Any:
     return getattr(value, "name", value) if not isinstance(value, (int, float, str)) else value
 
 
+def _task_dims(batch: Any) -> Any:
+    """``vmap``'s ``in_dims`` for one split: 0 for tensors (the task dim), None otherwise."""
+    return torch_pytree.tree_map(lambda x: 0 if isinstance(x, torch.Tensor) else None, batch)
+
+
 def _loop(one, theta: Params, tasks: Task):
     """Fallback: run the per-task function task by task and stack the results."""
     outs = [one(theta, *tasks.task(i)) for i in range(tasks.num_tasks)]
@@ -243,6 +270,9 @@ def _check_params(params: Any) -> Params:
                 f"all params must share one dtype and device; params[{k!r}] is {v.dtype} on "
                 f"{v.device}, others are {dtype} on {device}"
             )
+        if not torch.isfinite(v).all():
+            # Checked like the task data: otherwise the inner loop would be blamed for it.
+            raise ValueError(f"params[{k!r}] contains NaN or infinite values")
     # The meta-gradient is returned as values, so no autograd graph of the caller's is needed.
     return pt.detach(params)
 
@@ -276,18 +306,28 @@ def _check_tasks(tasks: Any, theta: Params) -> None:
 
 
 def _check_loss(loss: Any, theta: Params, tasks: Task) -> None:
-    """One forward pass on the first task: the loss must return a real scalar tensor."""
+    """One forward pass on the first task: the loss must return a real 0-dim tensor and must
+    not write into the parameters. It runs on copies of the parameters and with the random
+    number generators restored afterwards, so that checking never changes the caller's
+    tensors, module buffers or random stream."""
     if not callable(loss):
         raise TypeError(f"loss must be callable as loss(params, batch), got {type(loss).__name__}")
     train, _ = tasks.task(0)
-    with torch.no_grad():
-        value = loss(theta, train)
+    copies = {k: v.clone() for k, v in theta.items()}
+    devices = [v.device for v in theta.values() if v.device.type == "cuda"][:1]
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        value = loss(copies, train)
+    changed = [k for k in theta if not torch.equal(copies[k], theta[k])]
+    if changed:
+        raise ValueError(
+            f"loss(params, batch) wrote into params {changed} in place; a loss must be a pure "
+            "function of the parameters (use out-of-place operations, e.g. w = w + 1)")
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"loss(params, batch) must return a tensor, got {type(value).__name__}")
-    if value.numel() != 1 or value.dim() > 1:
+    if value.dim() != 0:
         raise ValueError(
-            f"loss(params, batch) must return a scalar, got shape {tuple(value.shape)}; "
-            "reduce it, e.g. with .mean()")
+            f"loss(params, batch) must return a 0-dim scalar tensor, got shape "
+            f"{tuple(value.shape)}; reduce it, e.g. with .mean() (or .squeeze() for shape (1,))")
     if not value.is_floating_point():
         raise TypeError(
             f"loss(params, batch) must return a real floating scalar, got {value.dtype}")

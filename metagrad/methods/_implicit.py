@@ -27,7 +27,7 @@ from .._inner import adapt
 from .._pytree import Params
 from .._solvers import ConjugateGradient, NeumannSeries
 from .._task import Task
-from .._validate import positive_float
+from .._validate import positive_float, settle
 from ..diagnose import Finding, check_positive_definite, check_proximal_rate
 from ._base import Method, TaskOutput
 
@@ -40,7 +40,7 @@ class ImplicitMethod(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        positive_float("lam", self.lam)
+        settle(self, "lam", positive_float)
 
     @property
     def solver(self) -> ConjugateGradient | NeumannSeries:
@@ -62,7 +62,7 @@ class ImplicitMethod(Method):
 
         x, info = self.solver.solve(matvec, b)
         return TaskOutput(x, inner.pre_update_loss, post,
-                          {"inner_losses": inner.inner_losses, **info.diagnostics()})
+                          {"inner_losses": inner.inner_losses, **info.diagnostics()}, inner.phi)
 
     def _findings(self, loss: Loss, theta: Params, tasks: Task,
                   diag: dict[str, Tensor]) -> list[Finding]:
@@ -70,6 +70,12 @@ class ImplicitMethod(Method):
         info = solver.info_type.from_diagnostics(diag)
         found = super()._findings(loss, theta, tasks, diag)
         found += check_positive_definite(self.lam, info.min_curvature, solver.description)
+        if self.steps == 0:
+            found.append(Finding(
+                "not_solved", "steps=0: the proximal inner problem was not solved (φ = θ), so "
+                "the result is the implicit-gradient formula at θ, not at the minimiser φ* "
+                "in {where}; use steps ≥ 1 with inner_lr·(lam + L) < 2",
+                tuple(range(tasks.num_tasks))))
         if solver.matvecs > 0 and self.steps > 0:
             # The solver's Rayleigh quotients bound λ_max(H) from below for free.
             found += check_proximal_rate(self.inner_lr, self.lam, info.max_curvature)

@@ -40,4 +40,5 @@ class FOMAML(Method):
     def _per_task(self, loss: Loss, theta: Params, train: Any, val: Any) -> TaskOutput:
         inner = adapt(loss, theta, train, self.steps, self.inner_lr)
         g, post = grad_and_value(loss)(inner.phi, val)
-        return TaskOutput(g, inner.pre_update_loss, post, {"inner_losses": inner.inner_losses})
+        return TaskOutput(g, inner.pre_update_loss, post, {"inner_losses": inner.inner_losses},
+                          inner.phi)

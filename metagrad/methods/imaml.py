@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .._solvers import ConjugateGradient
-from .._validate import non_negative_int
+from .._validate import non_negative_int, settle
 from ._implicit import ImplicitMethod
 
 
@@ -45,7 +45,7 @@ class IMAML(ImplicitMethod):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        non_negative_int("cg_iters", self.cg_iters)
+        settle(self, "cg_iters", non_negative_int)
 
     @property
     def solver(self) -> ConjugateGradient:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .._solvers import NeumannSeries
-from .._validate import non_negative_int, positive_float
+from .._validate import non_negative_int, positive_float, settle
 from ._implicit import ImplicitMethod
 
 
@@ -43,8 +43,8 @@ class Neumann(ImplicitMethod):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        non_negative_int("terms", self.terms)
-        positive_float("step", self.step)
+        settle(self, "terms", non_negative_int)
+        settle(self, "step", positive_float)
 
     @property
     def solver(self) -> NeumannSeries:

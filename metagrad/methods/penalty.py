@@ -11,7 +11,7 @@ from .. import _pytree as pt
 from .._hvp import Loss, hvp
 from .._inner import adapt
 from .._pytree import Params
-from .._validate import non_negative_float
+from .._validate import non_negative_float, settle
 from ._base import Method, TaskOutput
 
 
@@ -47,7 +47,7 @@ class Penalty(Method):
     def __post_init__(self) -> None:
         super().__post_init__()
         # λ = 0 is allowed here: it is FOMAML, a useful limiting case.
-        non_negative_float("lam", self.lam)
+        settle(self, "lam", non_negative_float)
 
     def gradient_equivalents(self) -> float:
         return self.steps + 4
@@ -59,4 +59,4 @@ class Penalty(Method):
         curvature = hvp(loss, inner.phi, train, g_tr, self.hvp)
         g = pt.axpy(2 * self.lam, curvature, g_val)
         diag = {"inner_losses": inner.inner_losses, "penalty": pt.vdot(g_tr, g_tr)}
-        return TaskOutput(g, inner.pre_update_loss, post, diag)
+        return TaskOutput(g, inner.pre_update_loss, post, diag, inner.phi)

@@ -41,4 +41,5 @@ class Reptile(Method):
         inner = adapt(loss, theta, train, self.steps, self.inner_lr)
         post = loss(inner.phi, val)
         g = pt.sub(theta, inner.phi)
-        return TaskOutput(g, inner.pre_update_loss, post, {"inner_losses": inner.inner_losses})
+        return TaskOutput(g, inner.pre_update_loss, post, {"inner_losses": inner.inner_losses},
+                          inner.phi)
