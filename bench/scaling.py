@@ -39,6 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -193,9 +194,6 @@ def main(argv: list[str] | None = None) -> int:
            "rounds": args.rounds, "torch": torch.__version__, "python": platform.python_version(),
            "cpu_count": os.cpu_count(), "load_avg_before": load_before,
            "load_avg_after": load_after, "timestamp": time.strftime("%Y-%m-%d %H:%M")}
-
-    import pandas as pd
-
     df = pd.DataFrame(rows, columns=COLUMNS)
     for key, value in env.items():
         df[key] = value

@@ -146,18 +146,26 @@ class DistributedMethod:
         # exchange: raising here would leave the other ranks waiting in a collective.
         theta: Params | None = None
         local: MetaGradient | None = None
+        buffer: Tensor | None = None
         error: Exception | None = None
-        fingerprint, description, key = 0, {}, ()
+        fingerprint, description, key = 0, {}, ()  # type: tuple[int, dict, tuple]
+        count = found = 0
         try:
             theta = _check_params(params)
             self._check_backend(theta)
             key, fingerprint, description = self._fingerprint(theta)
-            if not _no_tasks(tasks):
+            if _no_tasks(tasks):
+                buffer = next(iter(theta.values())).new_zeros(pt.numel(theta) + 2)
+            else:
                 local = self._local(loss, params, tasks)  # type: ignore[arg-type]
+                diag = local.diagnostics
+                count, found = int(diag["pre_update_loss"].shape[0]), len(local.findings)
+                # What this rank adds to the sums: [T_r · mean g, Σ L_tr(θ), Σ L_val(φ)].
+                buffer = torch.cat([pt.flatten(local.grad) * count,
+                                    diag["pre_update_loss"].sum().reshape(1),
+                                    diag["post_update_loss"].sum().reshape(1)])
         except Exception as err:  # noqa: BLE001  (re-raised below, after the exchange)
-            error = err
-        count = 0 if local is None else int(local.diagnostics["pre_update_loss"].shape[0])
-        found = 0 if local is None else len(local.findings)
+            error, count, found = err, 0, 0
 
         # 1. Status: MAX over [h, −h, failed_r, T_r, findings_r]; slots of other ranks are 0.
         status = torch.zeros(2 + 3 * world, dtype=torch.int64)
@@ -182,7 +190,7 @@ class DistributedMethod:
                 raise error
             raise RuntimeError("; ".join(f"rank {r} failed: {messages[r]}" for r in failed)
                                + f" (mg.distributed, seen from rank {rank})")
-        assert theta is not None
+        assert theta is not None and buffer is not None
         if values[0] != -values[1]:
             raise ValueError(_differences(self._gather(description)))
         self._checked.add(key)
@@ -191,15 +199,7 @@ class DistributedMethod:
             raise ValueError("mg.distributed: no rank has any task (every rank passed "
                              "tasks=None or an empty Task); the mean over tasks is undefined")
 
-        # 2. The gradient: one flat buffer [T_r · mean g, Σ L_tr(θ), Σ L_val(φ)].
-        ref = next(iter(theta.values()))
-        if local is None:
-            buffer = ref.new_zeros(pt.numel(theta) + 2)
-        else:
-            diag = local.diagnostics
-            buffer = torch.cat([pt.flatten(local.grad) * count,
-                                diag["pre_update_loss"].sum().reshape(1),
-                                diag["post_update_loss"].sum().reshape(1)])
+        # 2. The gradient: ONE all-reduce of the flat buffer, in the params' dtype and device.
         buffer = self._all_reduce(buffer, dist.ReduceOp.SUM, "the gradient all-reduce", rank)
         mean = buffer / total
         n = pt.numel(theta)
@@ -356,7 +356,11 @@ def _recording(method: Method | CompiledMethod) -> Method | CompiledMethod:
     """The same method with ``diagnose="record"`` where it would warn or raise (the
     compiled wrapper keeps its caches: ``dataclasses.replace`` passes them on)."""
     if isinstance(method, CompiledMethod):
-        return replace(method, method=_recording(method.method))
+        return replace(method, method=_recording_method(method.method))
+    return _recording_method(method)
+
+
+def _recording_method(method: Method) -> Method:
     return replace(method, diagnose="record") if method.diagnose in ("warn", "error") else method
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 import time
 import warnings
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -127,9 +129,34 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # ----------------------------------------------------------------------------------------
 # worker scenarios: each returns a dict that the test reads back
+def collectives(fn) -> list[tuple]:
+    """The collectives that ``fn()`` issues: (name, dtype, numel) per all-reduce."""
+    import torch.distributed as dist
+
+    seen: list[tuple] = []
+    all_reduce, all_gather_object = dist.all_reduce, dist.all_gather_object
+
+    def counted_all_reduce(tensor, *args, **kwargs):
+        seen.append(("all_reduce", str(tensor.dtype), tensor.numel()))
+        return all_reduce(tensor, *args, **kwargs)
+
+    def counted_all_gather_object(*args, **kwargs):
+        seen.append(("all_gather_object",))
+        return all_gather_object(*args, **kwargs)
+
+    dist.all_reduce, dist.all_gather_object = counted_all_reduce, counted_all_gather_object
+    try:
+        fn()
+    finally:
+        dist.all_reduce, dist.all_gather_object = all_reduce, all_gather_object
+    return seen
+
+
 def scenario_agree(rank: int) -> dict:
     loss, params, tasks = smooth_problem(5)
-    out = {}
+    method = distributed(METHODS["maml"])
+    out = {"collectives-healthy": collectives(
+        lambda: method(loss, params, split(tasks, (3, 2), rank)))}
     for name, method in METHODS.items():
         dmethod = distributed(method)
         for label, sizes in SHARDINGS.items():
@@ -147,8 +174,9 @@ def scenario_agree(rank: int) -> dict:
             warnings.simplefilter("always")
             result = distributed(BAD_METHOD)(loss, params, shard)
         out["bad", bad] = {**summary(result), "warned": [str(w.message) for w in caught]}
-        record = distributed(replace(BAD_METHOD, diagnose="record"))(loss, params, shard)
-        out["bad-record", bad] = summary(record)
+        record = distributed(replace(BAD_METHOD, diagnose="record"))
+        out["bad-record", bad] = summary(record(loss, params, shard))
+        out["collectives-findings", bad] = collectives(partial(record, loss, params, shard))
         try:
             distributed(replace(BAD_METHOD, diagnose="error"))(loss, params, shard)
             out["bad-error", bad] = None
@@ -209,7 +237,7 @@ def scenario_hang(rank: int) -> dict:
     """Rank 1 is alive but never calls; rank 0 gives up after ``timeout``."""
     loss, params, tasks = smooth_problem(4)
     if rank == 1:
-        time.sleep(8)
+        time.sleep(5)
         os._exit(0)
     method = distributed(mg.MAML(steps=3, inner_lr=LR), timeout=2.0)
     return {"hang": _outcome(lambda: method(loss, params, shard_tasks(tasks)))}
@@ -294,6 +322,13 @@ def test_global_mean_equals_single_process_and_findings_are_global(tmp_path):
                 (f.kind, f.tasks, f.message) for f in ref.findings]
             assert r0["warned"] == r1["warned"] == ref_warned
 
+    # One status and ONE gradient all-reduce per healthy call; a gather only for findings.
+    status = ("all_reduce", "torch.int64", 2 + 3 * WORLD)
+    for r in ranks:
+        assert r["collectives-healthy"] == [status, ("all_reduce", "torch.float64", 51 + 2)]
+        assert r["collectives-findings", (3,)] == [status, ("all_reduce", "torch.float64", 5 + 2),
+                                                   ("all_gather_object",)]
+
     # Only task 3 (on rank 1, local index 0) diverges: every rank reports global task 3,
     # with the message the single process gives on the concatenated tasks.
     loss, params, bad_tasks = bad_task_problem((3,))
@@ -348,7 +383,7 @@ def test_timeout_bounds_the_wait_for_a_rank_that_never_calls(tmp_path):
     r0, _ = launch("hang", tmp_path)
     assert r0["hang"]["error"] == "RuntimeError"
     assert "within timeout=0:00:02" in r0["hang"]["message"]
-    assert r0["hang"]["seconds"] < 8  # gave up before rank 1 even woke
+    assert r0["hang"]["seconds"] < 5  # gave up before rank 1 even woke
 
 
 @pytest.mark.skipif(not torch.__version__.startswith(VERIFIED_TORCH),
@@ -381,6 +416,34 @@ def test_bad_arguments_fail_before_any_exchange():
     assert torch.equal(torch.cat([p.train[0] for p in parts]), tasks.train[0])
     assert torch.equal(torch.cat([p.info["amplitude"] for p in parts]), tasks.info["amplitude"])
     assert shard_tasks(tasks, 6, 7).num_tasks == 0
+
+
+def test_example_runs_under_torchrun(tmp_path):
+    """``examples/distributed_maml.py`` under torchrun with 2 gloo processes: both ranks end
+    with the same parameters, those of the same meta-steps run in one process."""
+    script = Path(__file__).resolve().parents[1] / "examples" / "distributed_maml.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", str(WORLD), str(script), "--cpu", "--meta-steps", "3",
+               "--meta-batch", "5", "--save", str(tmp_path / "final.pt")]
+    proc = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=GUARD_S)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sums = sorted(re.findall(r"rank (\d): parameter checksum (\S+) (\S+)", proc.stdout))
+    assert [s[0] for s in sums] == ["0", "1"] and sums[0][1:] == sums[1][1:]
+
+    from metagrad.models import mlp
+
+    model = mlp((1, 40, 40, 1), seed=0)
+    loss = mg.module_loss(model, torch.nn.functional.mse_loss)
+    method = mg.MAML(steps=5, inner_lr=0.01)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for step in range(3):
+        out = method(loss, mg.params_of(model), mg.Sinusoid().sample(5, seed=step))
+        mg.set_grads(model, out.grad)
+        optimizer.step()
+    saved = torch.load(tmp_path / "final.pt")
+    for name, value in model.state_dict().items():  # float32: equal up to rounding
+        assert torch.allclose(saved[name], value, rtol=1e-4, atol=1e-5), name
 
 
 if __name__ == "__main__":
