@@ -217,7 +217,7 @@ class DistributedMethod:
             diagnostics={} if local is None else local.diagnostics,
             method=self.name, findings=findings,
             num_tasks=total, task_offset=offsets[rank], local_tasks=count)
-        emit(findings, self.base.diagnose)
+        _emit(findings, self.base.diagnose)
         return result
 
     # -- helpers -------------------------------------------------------------------------
@@ -362,6 +362,12 @@ def _recording(method: Method | CompiledMethod) -> Method | CompiledMethod:
 
 def _recording_method(method: Method) -> Method:
     return replace(method, diagnose="record") if method.diagnose in ("warn", "error") else method
+
+
+def _emit(findings: list[Finding], mode: str) -> None:
+    # One frame more than the call itself, as in Method.finish: ``emit``'s warnings then
+    # point at the line of the caller that made the distributed call.
+    emit(findings, mode)
 
 
 def _no_tasks(tasks: Any) -> bool:
