@@ -1,5 +1,5 @@
 """Meta-batches across processes: each rank computes its own tasks' meta-gradients in
-full, then one all-reduce combines them.
+full, then one all-reduce of the flattened result combines them.
 
     import torch.distributed as dist
     dist.init_process_group("gloo")            # or "nccl"; processes started by torchrun
@@ -37,6 +37,12 @@ What one call exchanges (all ranks of the group must call in the same order):
 3. only when something is wrong: ``all_gather_object`` of the failure messages, of the
    settings that differ, or of the findings.
 
+The loss function is code and cannot be compared: every rank must pass the same one.
+``out.diagnostics`` holds this rank's own tasks only (see :class:`DistributedMetaGradient`).
+With ``mg.compile(method)`` each rank compiles its local computation for its own shard's
+shapes (uneven shards: one compilation per distinct shard size); the exchange runs
+eagerly, outside the graph.
+
 Errors are collective, never a hang: a local exception (bad input, a loss that raises,
 out of memory) is caught, reported in the status exchange, re-raised on its rank and
 turned into ``RuntimeError: rank r failed: ...`` on the others; different settings or
@@ -47,11 +53,14 @@ are acted on afterwards with the method's own ``diagnose`` mode on every rank: a
 ranks warn, or all raise :class:`metagrad.NumericalError`.
 
 A rank that dies without raising (killed, segfault, lost node) cannot report itself.
-Gloo notices the closed connection and fails the others' exchange at once; otherwise
-the wait is bounded by ``timeout`` (per exchange, see :func:`distributed`) or by the
-process group's own timeout, ``dist.init_process_group(..., timeout=timedelta(...))``
-(by default 10 minutes for NCCL and 30 for the other backends), after which the NCCL
-watchdog aborts the process. After such an error the process group is unusable.
+Gloo notices the closed connection and fails the others' exchange within seconds;
+otherwise the wait is bounded by ``timeout`` (each of the two all-reduces, see
+:func:`distributed`) or by the process group's own timeout,
+``dist.init_process_group(..., timeout=timedelta(minutes=5))`` (by default 10 minutes
+for NCCL and 30 for the other backends), after which the NCCL watchdog aborts the
+process. The gathers of step 3 run only after a status exchange that every rank
+joined, and are bounded by the group's timeout. After such an error the process group
+is unusable: end the job (torchrun's ``--max-restarts`` can restart it).
 """
 
 from __future__ import annotations
