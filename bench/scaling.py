@@ -1,9 +1,9 @@
 """Strong scaling of :func:`metagrad.distributed.distributed`: one meta-batch, 1 … P processes.
 
-    python -m bench.scaling                      # CPU: 1 and 2 gloo processes, 1 thread each
-    python -m bench.scaling --device cuda --procs 1 2 4 8   # NCCL, one process per GPU
+    python -m metagrad_bench.scaling          # CPU: 1 and 2 gloo processes, 1 thread each
+    python -m metagrad_bench.scaling --device cuda --procs 1 2 4 8   # NCCL, a process per GPU
 
-Workload: the 4-block conv net of Finn et al. 2017 (``bench.problems`` "convnet",
+Workload: the 4-block conv net of Finn et al. 2017 (``metagrad.problems`` "convnet",
 d ≈ 28.7k) on synthetic 5-way 1-shot tasks, meta-batch 32, second-order MAML with K
 inner steps (``--steps``, default 5), float32, ``diagnose="off"`` (the timed call is
 the meta-gradient alone). With P processes, rank r computes the tasks of
@@ -46,9 +46,9 @@ import torch.multiprocessing as mp
 
 import metagrad as mg
 from metagrad.distributed import distributed, shard_tasks
+from metagrad.problems import make_problem
 
 from .measure import device_name
-from .problems import make_problem
 
 COLUMNS = ["config", "procs", "tasks_per_proc", "median_ms", "q1_ms", "q3_ms", "speedup",
            "efficiency", "allreduce_ms", "idle_cpu_fraction"]
@@ -139,7 +139,7 @@ def _quartiles(xs: list[float]) -> tuple[float, float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m metagrad_bench.scaling", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2],
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in env.items():
         df[key] = value
     df.to_csv(out / "scaling.csv", index=False)
-    command = "python -m bench.scaling " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m metagrad_bench.scaling " + " ".join(sys.argv[1:] if argv is None else argv)
     md = (
         "# Distributed meta-gradient: strong scaling\n\n"
         f"Device `{args.device}` ({result['device_name']}), backend {env['backend']}, "

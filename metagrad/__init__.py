@@ -18,6 +18,7 @@ from ._solvers import CGInfo, ConjugateGradient, NeumannInfo, NeumannSeries, cg,
 from ._task import Task
 from .compiled import CompiledMethod, compile
 from .diagnose import Finding, MetaGradientWarning, NumericalError
+from .distributed import DistributedMetaGradient, DistributedMethod, distributed, shard_tasks
 from .distributions import GaussianClusters, LinearRegression, Sinusoid
 from .methods import (
     FOMAML,
@@ -41,6 +42,8 @@ __all__ = [
     "CGInfo",
     "CompiledMethod",
     "ConjugateGradient",
+    "DistributedMetaGradient",
+    "DistributedMethod",
     "FOMAML",
     "Finding",
     "GaussianClusters",
@@ -69,9 +72,11 @@ __all__ = [
     "adapt",
     "cg",
     "compile",
+    "distributed",
     "hvp",
     "module_loss",
     "neumann",
     "params_of",
     "set_grads",
+    "shard_tasks",
 ]

@@ -158,11 +158,11 @@ def check_finite(diag: dict[str, Tensor]) -> list[Finding]:
     inner = diag.get("inner_losses")
     if inner is not None and inner.numel() and not torch.isfinite(inner).all():
         bad = ~torch.isfinite(inner)
-        task, step = (int(i) for i in torch.nonzero(bad)[0])
+        step = int(torch.nonzero(bad)[:, 1].min())
         found.append(Finding(
             "non_finite",
-            f"non-finite inner-loop loss L_tr(θ⁽{step}⁾) at inner step {step} of task {task} "
-            "(affected: {where}): the inner loop diverged", tasks_of(bad)))
+            f"non-finite inner-loop loss L_tr(θ⁽{step}⁾) from inner step {step} on in {{where}}: "
+            "the inner loop diverged", tasks_of(bad)))
     final = diag.get("final_inner_loss")
     if final is not None and not torch.isfinite(final).all():
         found.append(Finding(

@@ -153,7 +153,7 @@ def test_nonfinite_loss_names_task_and_step():
             step = k
             break
         w = w - 1.0 * (1e150 * w - c)
-    assert f"at inner step {step} of task 0" in msg
+    assert f"from inner step {step} on in task 0" in msg
 
 
 def test_strict_mode_raises():
