@@ -25,10 +25,12 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import itertools
 import math
 import os
 import platform
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -302,20 +304,73 @@ def row_key(row: dict[str, Any]) -> tuple[str, ...]:
     return tuple(_norm(row.get(k)) for k in KEY)
 
 
+def recover_torn_tail(path: Path) -> int:
+    """Drop a last line that a crash (or a full disk) left without its newline: rows are
+    written whole (:func:`append_row`), so an unterminated tail is the only damage a crash
+    can do. Returns the number of bytes dropped (0 when the file is whole)."""
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return 0
+    keep = data.rfind(b"\n") + 1
+    with path.open("r+b") as f:
+        f.truncate(keep)
+    print(f"metagrad sweep: {path}: dropped an incomplete last row ({len(data) - keep} bytes) "
+          "left by an interrupted run; it will be measured again", file=sys.stderr)
+    return len(data) - keep
+
+
 def done_keys(path: Path) -> set[tuple[str, ...]]:
     if not path.exists():
         return set()
+    recover_torn_tail(path)
     with path.open(newline="") as f:
-        return {row_key(r) for r in csv.DictReader(f)}
+        reader = csv.DictReader(f)
+        keys = set()
+        for row in reader:
+            if None in row or any(v is None for v in row.values()):
+                raise UsageError(f"{path}, line {reader.line_num}: a row with the wrong number "
+                                 "of fields; the file is damaged (remove that row, or use a "
+                                 "new --out)")
+            keys.add(row_key(row))
+    return keys
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists() or path.stat().st_size == 0
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+    """Append one CSV row so that a crash cannot tear it: the whole line (with the header
+    first if the file is new) goes out in one ``write`` on an ``O_APPEND`` descriptor and is
+    fsync-ed; a short write (disk full) is rolled back and reported."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    if not path.exists() or path.stat().st_size == 0:
+        writer.writeheader()
+    writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+    data = buf.getvalue().encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        before = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+        except OSError:
+            os.ftruncate(fd, before)
+            raise
+        if written != len(data):
+            os.ftruncate(fd, before)
+            raise OSError(f"{path}: only {written} of {len(data)} bytes of a row were written "
+                          "(disk full?); the row was rolled back")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_sweep(path: Path) -> pd.DataFrame:
+    """The sweep CSV as a frame; a damaged file is an error that names it."""
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path} cannot be read as a sweep CSV ({err}); remove the damaged "
+                         "rows or use a new --out") from None
 
 
 def sweep(blocks: list[Block], out: Path, *, device: str = "cpu", repeats: int = 5,
@@ -337,7 +392,7 @@ def sweep(blocks: list[Block], out: Path, *, device: str = "cpu", repeats: int =
                          if r[k] is not None)
         bar.set_postfix_str(f"{r['problem']} {r['method']} {label}")
         append_row(csv_path, runner.run(r))
-    return pd.read_csv(csv_path)
+    return read_sweep(csv_path)
 
 
 def make_problem_meta_batch(problem: str) -> int:
@@ -475,12 +530,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a named grid (default cpu-quick when no axis is given)")
     p.add_argument("--methods", nargs="+", default=None, metavar="NAME",
                    help=f"methods/variants: {', '.join(variants.VARIANTS)} (default: the six)")
-    p.add_argument("--problem", choices=PROBLEMS, default="sinusoid")
+    p.add_argument("--problem", choices=PROBLEMS, default=None,
+                   help="workload of an axis grid (default: sinusoid)")
     p.add_argument("--steps", nargs="+", type=int, default=None, help="K values, 0..100")
     p.add_argument("--lam", nargs="+", type=float, default=None, help="λ values (0.001..1000)")
     p.add_argument("--cg-iters", nargs="+", type=int, default=None, help="0..50")
     p.add_argument("--terms", nargs="+", type=int, default=None, help="Neumann J, 0..50")
-    p.add_argument("--inner-lr", type=float, default=0.01)
+    p.add_argument("--inner-lr", type=float, default=None,
+                   help="inner step size of an axis grid (default: 0.01)")
     p.add_argument("--meta-batch", type=int, default=None,
                    help="tasks per meta-batch (default: 25 sinusoid, 8 convnet)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -496,15 +553,26 @@ def blocks_from_args(args: argparse.Namespace) -> list[Block]:
     axes = {"methods": args.methods, "steps": args.steps, "lam": args.lam,
             "cg_iters": args.cg_iters, "terms": args.terms}
     given = any(v is not None for v in axes.values()) or args.meta_batch is not None
-    if args.preset and given:
-        raise UsageError("give either --preset or axes (--methods/--steps/...), not both")
+    grid_only = [flag for flag, value in (("--problem", args.problem),
+                                          ("--inner-lr", args.inner_lr)) if value is not None]
+    if args.preset and (given or grid_only):
+        raise UsageError("give either --preset or a grid (--methods/--steps/--lam/--cg-iters/"
+                         "--terms/--meta-batch/--problem/--inner-lr), not both")
     if not given:
+        if grid_only:  # they would silently do nothing to the default preset
+            raise UsageError(f"{' and '.join(grid_only)} need(s) an axis to sweep "
+                             "(--methods, --steps, --lam, --cg-iters or --terms), or use --preset")
         return presets()[args.preset or "cpu-quick"]
     methods = args.methods or list(METHOD_NAMES)
     for m in methods:
         if m not in variants.VARIANTS:
             choices = ", ".join(variants.VARIANTS)
             raise UsageError(f"--methods: unknown {m!r}; choose from {choices}")
+    for name in ("lam", "cg_iters", "terms"):
+        readers = [m for m in methods if name in variants.variant(m).method_class.setting_names()]
+        if axes[name] is not None and not readers:
+            raise UsageError(f"--{name.replace('_', '-')} is not read by "
+                             f"{', '.join(methods)}")
     steps = args.steps or [5]
     cg_iters, terms = args.cg_iters or [5], args.terms or [5]
     for name, values in (("steps", steps), ("cg-iters", cg_iters), ("terms", terms)):
@@ -516,11 +584,12 @@ def blocks_from_args(args: argparse.Namespace) -> list[Block]:
     bad = [v for v in lam if not LAM_RANGE[0] <= v <= LAM_RANGE[1]]
     if bad:
         raise UsageError(f"--lam must be within {LAM_RANGE[0]}..{LAM_RANGE[1]}, got {bad}")
-    if not (args.inner_lr > 0 and math.isfinite(args.inner_lr)):
-        raise UsageError(f"--inner-lr must be a finite positive number, got {args.inner_lr}")
+    inner_lr = 0.01 if args.inner_lr is None else args.inner_lr
+    if not (inner_lr > 0 and math.isfinite(inner_lr)):
+        raise UsageError(f"--inner-lr must be a finite positive number, got {inner_lr}")
     if args.meta_batch is not None and args.meta_batch < 1:
         raise UsageError(f"--meta-batch must be ≥ 1, got {args.meta_batch}")
-    return [Block(args.problem, methods, steps, lam, cg_iters, terms, args.inner_lr,
+    return [Block(args.problem or "sinusoid", methods, steps, lam, cg_iters, terms, inner_lr,
                   args.meta_batch)]
 
 

@@ -1,25 +1,61 @@
-"""Bridges between ``nn.Module`` and metagrad's functional ``loss(params, batch)``."""
+"""Bridges between ``nn.Module`` and metagrad's functional ``loss(params, batch)``.
+
+Batch normalisation as MAML uses it (Finn et al. 2017, and their reference code):
+in training mode every forward pass normalises with the statistics of the batch it
+sees, i.e. of one task's support or query set ("transductive"), and the running
+statistics are not updated inside a meta-gradient (they would mix tasks, and an
+in-place update of a shared buffer cannot be batched over tasks). ``module_loss``
+does exactly that for every ``BatchNorm`` layer in training mode; in eval mode the
+layers use their running statistics, unchanged. To keep running statistics for
+evaluation, update them outside metagrad: run the model in training mode, under
+``torch.no_grad()``, with the adapted parameters and a task's data
+(``functional_call(model, phi, (x,))``).
+
+Dropout in training mode draws an independent mask per task and per call (the
+batched call runs ``vmap`` with ``randomness="different"``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+@contextmanager
+def batch_statistics(module: nn.Module) -> Iterator[None]:
+    """Within the block, the module's ``BatchNorm`` layers in training mode normalise with
+    batch statistics and leave their running statistics (and ``num_batches_tracked``)
+    untouched; their settings are restored afterwards."""
+    layers = [m for m in module.modules()
+              if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    for layer in layers:
+        layer.track_running_stats = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.track_running_stats = True
 
 
 def module_loss(module: nn.Module, criterion: Callable[[Tensor, Tensor], Tensor]):
     """Turn ``module`` and ``criterion(prediction, target)`` into ``loss(params, batch)``.
 
     ``batch`` is one task's ``(x, y)``; the module runs with ``params`` in place
-    of its own parameters (``torch.func.functional_call``), its buffers as they are.
+    of its own parameters (``torch.func.functional_call``) and its buffers as they
+    are, except that batch normalisation in training mode uses each batch's own
+    statistics without updating the running ones (see the module docstring).
     """
 
     def loss(params: Mapping[str, Tensor], batch: Any) -> Tensor:
         x, y = batch
-        return criterion(functional_call(module, dict(params), (x,)), y)
+        with batch_statistics(module):
+            return criterion(functional_call(module, dict(params), (x,)), y)
 
     return loss
 

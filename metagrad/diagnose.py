@@ -144,13 +144,35 @@ def largest_curvature(loss: Loss, params: Params, train: Any, iters: int = 20,
         return estimate
 
     if batching == "loop":
-        count = next(x for x in torch_pytree.tree_leaves(train)
-                     if isinstance(x, torch.Tensor)).shape[0]
-        pick = lambda i: torch_pytree.tree_map(  # noqa: E731
-            lambda x: x[i] if isinstance(x, torch.Tensor) else x, train)
-        return torch.stack([one(pick(i)) for i in range(count)])
-    dims = torch_pytree.tree_map(lambda x: 0 if isinstance(x, torch.Tensor) else None, train)
-    return vmap(one, in_dims=(dims,), randomness="different")(train)
+        return torch.stack([one(b) for b in _tasks_of(train)])
+    return vmap(one, in_dims=(_dims(train),), randomness="different")(train)
+
+
+def loss_noise(loss: Loss, params: Params, train: Any, batching: str = "vmap",
+               draws: int = 6) -> Tensor:
+    """Per-task standard deviation of L_tr(θ) over repeated evaluations: 0 for a
+    deterministic loss, the spread of its random masks for one with dropout. Run only to
+    judge a suspected problem, with the random number generators restored afterwards."""
+    devices = [v.device for v in params.values() if v.device.type == "cuda"][:1]
+
+    def one(batch: Any) -> Tensor:
+        return torch.stack([loss(params, batch) for _ in range(draws)]).std()
+
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        if batching == "loop":
+            return torch.stack([one(b) for b in _tasks_of(train)])
+        return vmap(one, in_dims=(_dims(train),), randomness="different")(train)
+
+
+def _dims(batch: Any) -> Any:
+    return torch_pytree.tree_map(lambda x: 0 if isinstance(x, torch.Tensor) else None, batch)
+
+
+def _tasks_of(batch: Any) -> list[Any]:
+    """The per-task slices of a batch with a leading task dim (non-tensor leaves shared)."""
+    count = next(x for x in torch_pytree.tree_leaves(batch) if isinstance(x, torch.Tensor)).shape[0]
+    return [torch_pytree.tree_map(lambda x, i=i: x[i] if isinstance(x, torch.Tensor) else x,
+                                  batch) for i in range(count)]
 
 
 def check_finite(diag: dict[str, Tensor]) -> list[Finding]:
@@ -210,6 +232,18 @@ def check_inner_loop(diag: dict[str, Tensor], loss: Loss, theta: Params, tasks: 
     blown = ~torch.isfinite(path[:, 1:]) | rise
     if not blown.any():
         return []
+    noise = loss_noise(loss, pt.detach(theta), tasks.train, batching)
+    if bool((noise > 0).any()):
+        # A random loss (dropout) draws a new mask at every evaluation: only rises beyond
+        # its own noise are symptoms (four standard deviations of a difference of two).
+        slack = 4 * (2 ** 0.5) * noise.reshape(-1, 1).to(path.dtype)
+        if lam is None:
+            rise = path[:, 1:] > path[:, :-1] + RISE_TOL * scale + slack
+        else:
+            rise = path[:, 1:] > path[:, :1] + RISE_TOL * scale + slack
+        blown = ~torch.isfinite(path[:, 1:]) | rise
+        if not blown.any():
+            return []
     L = largest_curvature(loss, pt.detach(theta), tasks.train, mode=hvp_mode,
                           batching=batching).detach()
     worst = int(torch.argmax(torch.where(torch.isfinite(L), L, torch.inf)))

@@ -46,3 +46,10 @@ def test_verify_rejects_bad_input_with_one_line(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "choose from" in err[0]
+
+
+def test_report_refuses_an_unknown_section(tmp_path, capsys):
+    assert main(["report", "--out", str(tmp_path), "--sections", "meta_gradient"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown meta_gradient" in err and "meta_gradients" in err
+    assert not (tmp_path / "report.md").exists()

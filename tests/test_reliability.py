@@ -261,3 +261,278 @@ def test_cli_bad_flag_is_one_line_exit_2():
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "tpu9" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------ the common case: K = 1
+@pytest.mark.parametrize("cls", ALL)
+def test_a_single_inner_step_that_raises_the_loss_is_reported(cls):
+    """Curvatures 1 and 4, α = 3: the one inner step multiplies the error by 1 − 3·4 = −11.
+    L_tr(θ) = 0 at w = 0 and L_tr(φ) = Σ (4.5 hᵢ − 3) cᵢ² > 0 (closed form, computed here),
+    so the loss rises; K = 1 is Finn et al.'s default and must be checked."""
+    h = torch.tensor([1.0, 4.0], dtype=F64)
+    loss, params, tasks = quadratic(h)
+    c = tasks.train[0][:, 0]
+    rises = ((4.5 * h - 3) * c * c).sum(1)
+    assert (rises > 0).all()
+    lam = {"lam": 1e-3} if cls in (mg.IMAML, mg.Neumann, mg.Penalty) else {}
+    method = cls(steps=1, inner_lr=3.0, diagnose="error", **lam)
+    with pytest.raises(mg.NumericalError, match="inner loss rose|cannot converge") as err:
+        method(loss, params, tasks)
+    if "inner loss rose" in str(err.value):  # GD: the advice is α < 2/L = 0.5
+        assert float(re.search(r"use inner_lr < ([\d.]+)", str(err.value)).group(1)) <= 0.5 + 1e-3
+    # The same step size that keeps every iterate descending is silent (α·L = 0.4 < 2).
+    healthy = cls(steps=1, inner_lr=0.1, diagnose="record", **lam)(loss, params, tasks)
+    assert not [f for f in healthy.findings if f.kind in ("inner_loop_rise", "non_finite")]
+
+
+def test_every_inner_step_must_descend_not_only_stay_below_the_start():
+    """Curvatures 1 and 4.2 at α = 0.5: the first coordinate (large c) converges with factor
+    0.5, the second (small c) oscillates with factor −1.1 and grows. The loss, computed here
+    in closed form, first falls a lot and then rises from step to step while staying below
+    L_tr(θ): the old check (each iterate against L_tr(θ) only) missed it."""
+    h = torch.tensor([1.0, 4.2], dtype=F64)
+    c = torch.tensor([3.0, 0.5], dtype=F64).expand(2, 1, 2).clone()
+
+    def loss(params, batch):
+        (c,) = batch
+        w = params["w"]
+        return 0.5 * (h * w * w).sum() - (c[0] * w).sum()
+
+    params, tasks = {"w": torch.zeros(2, dtype=F64)}, mg.Task(train=(c,), val=(c,))
+    values, w = [], torch.zeros(2, dtype=F64)
+    for _ in range(9):
+        values.append(float(0.5 * (h * w * w).sum() - (c[0, 0] * w).sum()))
+        w = w - 0.5 * (h * w - c[0, 0])
+    assert values[8] > values[7] and max(values[1:]) < values[0]
+    out = mg.FOMAML(steps=8, inner_lr=0.5, diagnose="record")(loss, params, tasks)
+    assert "inner_loop_rise" in {f.kind for f in out.findings}
+
+
+# ------------------------------------------------------------------ nothing solved is said
+def test_zero_cg_iterations_are_reported_and_give_zero():
+    loss, params, tasks = quadratic([1.0, 2.0])
+    out = mg.IMAML(steps=2, inner_lr=0.1, lam=1.0, cg_iters=0, diagnose="record")(
+        loss, params, tasks)
+    assert torch.equal(out.grad["w"], torch.zeros(2, dtype=F64))  # x₀ = 0, nothing else
+    assert [f.kind for f in out.findings] == ["not_solved"]
+    assert "cg_iters=0" in out.warnings[0]
+
+
+def test_zero_neumann_terms_and_zero_proximal_steps_are_reported():
+    loss, params, tasks = quadratic([1.0, 2.0])
+    out = mg.Neumann(steps=2, inner_lr=0.1, lam=4.0, terms=0, diagnose="record")(
+        loss, params, tasks)
+    assert "terms=0" in " ".join(out.warnings)
+    out = mg.IMAML(steps=0, inner_lr=0.1, lam=4.0, cg_iters=2, diagnose="record")(
+        loss, params, tasks)
+    assert [f.kind for f in out.findings] == ["not_solved"] and "steps=0" in out.warnings[0]
+
+
+# ------------------------------------------------------------------ no false alarms
+def test_a_neumann_series_that_converged_exactly_is_no_divergence():
+    """H = 0 (a linear loss): every term after the first is exactly zero, the series is
+    exact after one term, x = b; the old check read 0 ≥ 0 as growth."""
+    loss, params, tasks = quadratic([0.0, 0.0])
+    out = mg.Neumann(steps=1, inner_lr=0.1, lam=1.0, terms=4, diagnose="record")(
+        loss, params, tasks)
+    assert out.findings == []
+    b = -tasks.val[0][:, 0].mean(0)  # ∇L_val = −c (H = 0), the same at every φ
+    assert torch.equal(out.grad["w"], b)
+
+
+def test_a_neumann_ratio_that_rounds_to_one_is_no_divergence():
+    """H/λ = 1 − 2⁻⁵²: the terms (−H/λ)ʲ b shrink by a ratio that is 1 to rounding (the
+    series converges, slowly); growth of 1.5 per term is reported."""
+    lam = 1.0
+    loss, params, tasks = quadratic([lam * (1 - 2.0 ** -52)] * 2)
+    out = mg.Neumann(steps=0, inner_lr=0.1, lam=lam, terms=6, diagnose="record")(
+        loss, params, tasks)
+    assert "neumann_divergence" not in {f.kind for f in out.findings}
+    loss, params, tasks = quadratic([1.5 * lam] * 2)
+    out = mg.Neumann(steps=0, inner_lr=0.1, lam=lam, terms=6, diagnose="record")(
+        loss, params, tasks)
+    assert "neumann_divergence" in {f.kind for f in out.findings}
+
+
+def test_float16_meta_gradient_with_finite_entries_is_not_called_non_finite():
+    """Entries of size ~100 in 10 coordinates: the squared norm 1e5 overflows float16 (max
+    65504) although every entry is finite; the norm is accumulated in float32."""
+    d = 10
+    c = torch.full((2, 1, d), 100.0, dtype=torch.float16)
+
+    def loss(params, batch):
+        (c,) = batch
+        return -(c[0] * params["w"]).sum()
+
+    params = {"w": torch.zeros(d, dtype=torch.float16)}
+    out = mg.FOMAML(steps=1, inner_lr=1e-3, diagnose="record")(
+        loss, params, mg.Task(train=(c,), val=(c,)))
+    assert torch.isfinite(out.grad["w"]).all() and out.findings == []
+    expected = float(torch.linalg.vector_norm(out.grad["w"].double()))
+    assert math.isclose(float(out.diagnostics["grad_norm"][0]), expected, rel_tol=1e-3)
+
+
+# ------------------------------------------------------------------ bad parameters
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_parameters_are_refused_like_task_data(bad):
+    loss, params, tasks = quadratic([1.0, 2.0])
+    params["w"][1] = bad
+    with pytest.raises(ValueError, match=r"params\['w'\] contains NaN or infinite values"):
+        mg.MAML(steps=1, inner_lr=0.1)(loss, params, tasks)
+
+
+def test_a_loss_that_writes_into_params_is_refused_and_changes_nothing():
+    loss, params, tasks = quadratic([1.0, 2.0])
+    original = params["w"].clone()
+
+    def writing(p, batch):
+        p["w"].add_(1.0)
+        return loss(p, batch)
+
+    with pytest.raises(ValueError, match=r"wrote into params \['w'\] in place"):
+        mg.MAML(steps=1, inner_lr=0.1)(writing, params, tasks)
+    assert torch.equal(params["w"], original)
+
+
+def test_a_loss_of_shape_one_is_refused_before_any_work():
+    loss, params, tasks = quadratic([1.0, 2.0])
+    with pytest.raises(ValueError, match=r"0-dim scalar tensor, got shape \(1,\)"):
+        mg.MAML(steps=1, inner_lr=0.1)(lambda p, b: loss(p, b).reshape(1), params, tasks)
+
+
+def test_numpy_scalars_are_settings_like_python_numbers():
+    np = pytest.importorskip("numpy")
+    a = mg.IMAML(steps=np.int64(3), inner_lr=np.float32(0.5), lam=np.float64(2.0),
+                 cg_iters=np.int32(4))
+    b = mg.IMAML(steps=3, inner_lr=float(np.float32(0.5)), lam=2.0, cg_iters=4)
+    assert a == b and type(a.steps) is int and type(a.inner_lr) is float
+    with pytest.raises(ValueError, match="steps must be a non-negative integer"):
+        mg.MAML(steps=np.bool_(True))
+    with pytest.raises(ValueError, match="steps must be a non-negative integer"):
+        mg.MAML(steps=np.float64(2.0))
+
+
+# ------------------------------------------------------------------ losses vmap cannot trace
+def test_an_untraceable_loss_says_to_use_the_loop():
+    loss, params, tasks = quadratic([1.0, 2.0])
+
+    def with_item(p, batch):
+        value = loss(p, batch)
+        return value * 2 if float(value.item()) > 1e9 else value
+
+    with pytest.raises(RuntimeError, match="batching='loop'"):
+        mg.FOMAML(steps=1, inner_lr=0.1)(with_item, params, tasks)
+    looped = mg.FOMAML(steps=1, inner_lr=0.1, batching="loop")(with_item, params, tasks)
+    plain = mg.FOMAML(steps=1, inner_lr=0.1)(loss, params, tasks)
+    assert torch.equal(looped.grad["w"], plain.grad["w"])
+
+
+def test_the_loop_path_never_vmaps(monkeypatch):
+    """With batching='loop' even the diagnosis of a rising loss (power iteration, noise
+    estimate) runs task by task: a loss vmap cannot trace must not fail there."""
+    import metagrad.diagnose as diagnose
+    import metagrad.methods._base as base
+
+    def no_vmap(*args, **kwargs):
+        raise AssertionError("vmap called on the loop path")
+
+    monkeypatch.setattr(diagnose, "vmap", no_vmap)
+    monkeypatch.setattr(base, "vmap", no_vmap)
+    loss, params, tasks = quadratic([1.0, 4.0])
+    out = mg.MAML(steps=1, inner_lr=3.0, batching="loop", diagnose="record")(loss, params, tasks)
+    assert "inner_loop_rise" in {f.kind for f in out.findings}
+
+
+def test_non_tensor_leaves_in_a_batch_are_passed_to_every_task():
+    loss, params, tasks = quadratic([1.0, 2.0])
+    tagged = mg.Task(train=(tasks.train[0], "support"), val=(tasks.val[0], "query"))
+
+    def tagged_loss(p, batch):
+        c, tag = batch
+        assert tag in ("support", "query")
+        return loss(p, (c,))
+
+    a = mg.MAML(steps=2, inner_lr=0.1)(tagged_loss, params, tagged)
+    b = mg.MAML(steps=2, inner_lr=0.1)(loss, params, tasks)
+    assert torch.equal(a.grad["w"], b.grad["w"])
+
+
+# ------------------------------------------------------------------ models people use
+def _bn_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.BatchNorm1d(5), torch.nn.Tanh(),
+                               torch.nn.Linear(5, 1)).double()
+
+
+def _bn_tasks(T=3, n=6):
+    g = torch.Generator().manual_seed(1)
+    x = lambda: torch.randn(T, n, 3, dtype=F64, generator=g)  # noqa: E731
+    y = lambda: torch.randn(T, n, 1, dtype=F64, generator=g)  # noqa: E731
+    return mg.Task(train=(x(), y()), val=(x(), y()))
+
+
+def test_batch_norm_uses_each_tasks_batch_statistics_and_leaves_buffers_alone():
+    """Against a hand-written per-task MAML (plain autograd) whose batch norm normalises
+    with the batch's own mean and biased variance (Ioffe & Szegedy 2015), K = 2."""
+    model = _bn_net()
+    tasks = _bn_tasks()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    out = mg.MAML(steps=2, inner_lr=0.1)(mg.module_loss(model, torch.nn.functional.mse_loss),
+                                         mg.params_of(model), tasks)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert model[1].track_running_stats and model.training
+
+    def net(p, x):
+        h = x @ p[0].T + p[1]
+        mean, var = h.mean(0), h.var(0, unbiased=False)
+        h = (h - mean) / torch.sqrt(var + model[1].eps) * p[2] + p[3]
+        return torch.tanh(h) @ p[4].T + p[5]
+
+    theta = [v.detach().clone().requires_grad_(True) for v in mg.params_of(model).values()]
+    total = [torch.zeros_like(t) for t in theta]
+    for i in range(tasks.num_tasks):
+        (x, y), (xv, yv) = tasks.task(i)
+        phi = theta
+        for _ in range(2):
+            g = torch.autograd.grad(((net(phi, x) - y) ** 2).mean(), phi, create_graph=True)
+            phi = [p - 0.1 * gi for p, gi in zip(phi, g)]
+        gi = torch.autograd.grad(((net(phi, xv) - yv) ** 2).mean(), theta)
+        total = [a + b / tasks.num_tasks for a, b in zip(total, gi)]
+    for (name, got), want in zip(out.grad.items(), total):
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-12), name
+
+
+def test_batch_norm_in_eval_mode_uses_the_running_statistics():
+    model = _bn_net()
+    model[1].running_mean.fill_(0.3)
+    model[1].running_var.fill_(2.0)
+    model.eval()
+    tasks = _bn_tasks()
+    loss = mg.module_loss(model, torch.nn.functional.mse_loss)
+    (x, y), _ = tasks.task(0)
+    h = x @ model[0].weight.T + model[0].bias
+    h = (h - 0.3) / math.sqrt(2.0 + model[1].eps) * model[1].weight + model[1].bias
+    expected = ((torch.tanh(h) @ model[3].weight.T + model[3].bias - y) ** 2).mean()
+    assert torch.allclose(loss(mg.params_of(model), (x, y)), expected, rtol=1e-12)
+    mg.MAML(steps=1, inner_lr=0.1)(loss, mg.params_of(model), tasks)
+    assert float(model[1].running_mean[0]) == 0.3
+
+
+def test_dropout_draws_an_independent_mask_per_task():
+    """Two identical tasks: with one mask shared across tasks their meta-gradients would
+    be equal; per-task randomness makes them differ. Without dropout (eval) they are equal."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Dropout(0.5),
+                                torch.nn.Linear(16, 1)).double()
+    one = _bn_tasks(T=1)
+    same = mg.Task(train=tuple(t.expand(2, *t.shape[1:]) for t in one.train),
+                   val=tuple(t.expand(2, *t.shape[1:]) for t in one.val))
+    loss = mg.module_loss(model, torch.nn.functional.mse_loss)
+    for batching in ("vmap", "loop"):
+        out = mg.MAML(steps=1, inner_lr=0.1, batching=batching, diagnose="record")(
+            loss, mg.params_of(model), same)
+        norms = out.diagnostics["grad_norm"]
+        assert not torch.equal(norms[0], norms[1]), batching
+    model.eval()
+    out = mg.MAML(steps=1, inner_lr=0.1)(loss, mg.params_of(model), same)
+    assert torch.equal(out.diagnostics["grad_norm"][0], out.diagnostics["grad_norm"][1])

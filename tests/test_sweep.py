@@ -103,3 +103,54 @@ def test_cli_rejects_bad_input(argv, tmp_path, capsys):
     assert main(argv + ["--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "metagrad sweep: error:" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_torn_last_row_is_dropped_and_measured_again(tmp_path, capsys):
+    """A crash (or a full disk) mid-append leaves a row without its newline; resuming must
+    neither fail in the CSV parser nor keep the torn row."""
+    sweep(TINY, tmp_path, repeats=1, progress=False)
+    path = tmp_path / "sweep.csv"
+    whole = path.read_bytes()
+    lines = whole.splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # torn tail
+    sweep(TINY, tmp_path, repeats=1, progress=False)
+    assert "dropped an incomplete last row" in capsys.readouterr().err
+    header, rows = _rows(path)
+    assert header == COLUMNS and sorted(r["method"] for r in rows) == ["fomaml", "imaml", "maml"]
+    assert path.read_bytes().endswith(b"\n")
+
+
+def test_a_damaged_middle_row_is_an_error_that_names_the_file(tmp_path):
+    sweep(TINY, tmp_path, repeats=1, progress=False)
+    path = tmp_path / "sweep.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2]) + "maml,sinusoid\n" + "".join(lines[2:]))
+    assert main(["sweep", "--methods", "maml", "--steps", "1", "--meta-batch", "2",
+                 "--repeats", "1", "--out", str(tmp_path), "--no-figures"]) == 2
+
+
+def test_a_row_write_that_fails_is_rolled_back(tmp_path, monkeypatch):
+    from metagrad_bench import sweep as sweep_module
+
+    path = tmp_path / "sweep.csv"
+    sweep_module.append_row(path, {"method": "maml"})
+    before = path.read_bytes()
+    monkeypatch.setattr(sweep_module.os, "write", lambda fd, data: len(data) // 2)
+    with pytest.raises(OSError, match="rolled back"):
+        sweep_module.append_row(path, {"method": "fomaml"})
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("argv", [
+    ["sweep", "--problem", "convnet"],              # no axis: it would run the default preset
+    ["sweep", "--preset", "cpu-quick", "--inner-lr", "-1"],
+    ["sweep", "--inner-lr", "0.05"],
+    ["sweep", "--methods", "maml", "--lam", "5"],   # MAML reads no λ
+    ["sweep", "--methods", "fomaml", "--cg-iters", "3"],
+    ["sweep", "--steps", "1", "--inner-lr", "-1"],
+])
+def test_flags_that_would_do_nothing_are_refused(argv, tmp_path, capsys):
+    assert main(argv + ["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "metagrad sweep: error:" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "sweep.csv").exists()
