@@ -9,7 +9,8 @@ Each problem is a loss, parameters θ and a meta-batch of tasks (a
                        ``named_parameters`` gives them): a gradient that never reaches one
                        tensor, a 0-dim parameter mishandled (wrong shape, zero gradient),
                        tensors of different shapes flattened in the wrong order.
-                       Loss: mean((s·tanh(xW + b) − y)²), W 4×3, b 3, s scalar; d = 16.
+                       Loss: mean((s·tanh(xW + b) − y)²), W 4×3, b 3, s scalar; d = 16;
+                       y from a teacher near θ plus noise (nonconvex, moderately).
                        Run with T = 3 tasks (an odd count: a sum instead of the mean is 3×
                        off) and T = 1 (the single-task path).
 ``softmax``            softmax regression (W 5×4, b 4; d = 24, cross-entropy, 8 shots):
@@ -31,6 +32,10 @@ L₀ the largest |eigenvalue| of the unscaled train-loss Hessian at θ over the 
   identity, and the proximal loop α(λ + ‖H‖) ≤ 1 converges;
 * s = λ·min(2, (2/η − 1)/2) for Neumann (capped the same way): the series converges with
   spectral radius about 1/2 (η = 1), so J − 1, J and J + 1 terms differ clearly.
+
+For the implicit methods c is also capped so that c·N₀ ≤ λ/2, N₀ the size of the most
+negative Hessian eigenvalue at θ: I + H/λ stays positive definite (eigenvalues above
+about 1/2), where CG and the series are well defined.
 
 A factory target (one that takes the settings) is also run at other step counts on
 ``scalar+matrix``: K = 0, 1 and several inner steps.
@@ -75,13 +80,23 @@ def _scalar_matrix(tasks: int, g: torch.Generator):
               "layer.bias": 0.2 * torch.randn(3, generator=g, dtype=torch.float64),
               "scale": torch.tensor(1.3, dtype=torch.float64)}
 
+    # Targets from a teacher near θ, so that the residuals, and with them the indefinite
+    # part of the Hessian, stay moderate: the implicit methods' I + H/λ is then positive
+    # definite without the Gauss-Newton part being small.
+    teacher = {k: v + 0.3 * torch.randn(v.shape, generator=g, dtype=torch.float64)
+               for k, v in params.items()}
+
+    def predict(p, x):
+        return p["scale"] * torch.tanh(x @ p["layer.weight"] + p["layer.bias"])
+
     def batch():
-        return (torch.randn(tasks, 6, 4, generator=g, dtype=torch.float64),
-                0.7 * torch.randn(tasks, 6, 3, generator=g, dtype=torch.float64))
+        x = torch.randn(tasks, 6, 4, generator=g, dtype=torch.float64)
+        return x, predict(teacher, x) + 0.2 * torch.randn(tasks, 6, 3, generator=g,
+                                                           dtype=torch.float64)
 
     def loss(p, b):
         x, y = b
-        return ((p["scale"] * torch.tanh(x @ p["layer.weight"] + p["layer.bias"]) - y) ** 2).mean()
+        return ((predict(p, x) - y) ** 2).mean()
 
     return params, Task(train=batch(), val=batch()), loss
 
@@ -146,7 +161,7 @@ def curvature_target(method: str, settings: dict[str, Any]) -> float:
     return 0.5 / lr
 
 
-_L0: dict[tuple[str, int], float] = {}
+_SPECTRUM: dict[tuple[str, int], tuple[float, float]] = {}
 _PROBLEMS: dict[tuple, tuple[Problem, Problem]] = {}
 
 
@@ -155,15 +170,27 @@ def _base(label: str, tasks: int):
     return builder(tasks, torch.Generator().manual_seed(seed))
 
 
-def _spectral_radius(label: str, tasks: int) -> float:
-    """L₀ = max over tasks of the largest |eigenvalue| of the unscaled ∇²L_tr(θ)."""
-    if (label, tasks) not in _L0:
+def _spectrum(label: str, tasks: int) -> tuple[float, float]:
+    """(L₀, N₀): the largest |eigenvalue| and the most negative eigenvalue's size (0 if
+    none) of the unscaled ∇²L_tr(θ), each the worst over the tasks."""
+    if (label, tasks) not in _SPECTRUM:
         params, task, loss = _base(label, tasks)
         f, theta = oracle.flat_loss(loss, params), oracle.flatten(params)
-        _L0[label, tasks] = max(
-            float(torch.linalg.eigvalsh(dense.hessian(f, theta, task.task(i)[0])).abs().max())
-            for i in range(tasks))
-    return _L0[label, tasks]
+        eig = [torch.linalg.eigvalsh(dense.hessian(f, theta, task.task(i)[0]))
+               for i in range(tasks)]
+        _SPECTRUM[label, tasks] = (max(float(e.abs().max()) for e in eig),
+                                   max(max(-float(e.min()), 0.0) for e in eig))
+    return _SPECTRUM[label, tasks]
+
+
+def scale_for(label: str, tasks: int, method: str, settings: dict[str, Any]) -> float:
+    """c = s/L₀; for the implicit methods also c·N₀ ≤ λ/2, so that I + H/λ keeps its
+    eigenvalues above about 1/2 (positive definite: CG and the series are well defined)."""
+    radius, negative = _spectrum(label, tasks)
+    c = curvature_target(method, settings) / radius
+    if method in ("imaml", "neumann") and negative > 0:
+        c = min(c, 0.5 * settings["lam"] / negative)
+    return c
 
 
 def problems(label: str, tasks: int, method: str, settings: dict[str, Any],
@@ -172,7 +199,7 @@ def problems(label: str, tasks: int, method: str, settings: dict[str, Any],
     oracle. In float64 they are the same problem; with ``float32`` the target gets float32
     data and parameters, and the twin holds the same numbers promoted exactly to float64,
     so that the error measured is the target's float32 arithmetic alone."""
-    c = curvature_target(method, settings) / _spectral_radius(label, tasks)
+    c = scale_for(label, tasks, method, settings)
     key = (label, tasks, c, float32)
     if key not in _PROBLEMS:
         params, task, loss = _base(label, tasks)
