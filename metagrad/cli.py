@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "meta-train on sinusoid regression: curves, held-out evaluation, resume"),
     "sweep": ("metagrad_bench.sweep",
               "time, memory and accuracy of the methods across steps, lam, cg_iters, terms"),
+    "audit": ("metagrad.testing.command", "check any meta-gradient code against the oracle"),
 }
 """name → (module providing ``add_parser``, one-line help)."""
 

@@ -18,9 +18,11 @@ Modules:
   whose gradients they are.
 * :mod:`metagrad_reference.finite_diff`: central differences (with Richardson extrapolation).
 * :mod:`metagrad_reference.closed_form`: closed forms for the linear-regression family.
+* :mod:`metagrad_reference.variants`: the usual wrong meta-gradients (first order, stale-residual
+  CG, a non-alternating Neumann series, …), for diagnosing a failing implementation.
 """
 
-from . import closed_form, dense, finite_diff, methods, targets
+from . import closed_form, dense, finite_diff, methods, targets, variants
 from .dense import gradient, hessian
 from .finite_diff import central_difference, directional_difference
 from .flat import flat_loss, flatten, unflatten
@@ -54,4 +56,5 @@ __all__ = [
     "penalty_objective",
     "targets",
     "unflatten",
+    "variants",
 ]

@@ -1,0 +1,164 @@
+"""``metagrad audit``: check a meta-gradient implementation against the oracle.
+
+    metagrad audit TARGET --method M [--steps K] [--inner-lr A] [--lam L] [--cg-iters M]
+                   [--terms J] [--step ETA] [--variant NAME] [--float32] [--out DIR]
+
+TARGET is ``package.module:name``, a callable importable from the current directory or
+the environment: a target ``target(loss, params, tasks) -> dict[str, Tensor]`` or a
+factory ``factory(**settings) -> target`` (a factory is also run at other inner step
+counts), told apart by signature as in :func:`metagrad.testing.check_meta_gradient`; or
+``peer:NAME`` for a peer library (higher, learn2learn, torchopt, betty), whose adapter
+``metagrad_bench.peers.<NAME>_`` maps metagrad's method names to factories
+(``AUDIT_TARGETS``) and has library-native alternatives (``AUDIT_VARIANTS``, chosen with
+``--variant``). Settings the method reads and the command line does not give take the
+method's defaults (``mg.METHODS[M].default_settings()``). Prints the table and the
+diagnosis, writes ``audit.md``, ``audit.csv`` and ``audit.json`` into ``--out``; exit
+status 0 when every case passes, 1 when one fails, 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .._app import UsageError
+from ..methods import METHOD_NAMES, SETTINGS, method_class
+
+PEERS = ("higher", "learn2learn", "torchopt", "betty")
+
+FLAGS = {"steps": ("--steps", int), "inner_lr": ("--inner-lr", float), "lam": ("--lam", float),
+         "cg_iters": ("--cg-iters", int), "terms": ("--terms", int), "step": ("--step", float)}
+"""setting → (flag, type); one flag per name of ``metagrad.SETTINGS``."""
+assert tuple(FLAGS) == SETTINGS
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "audit",
+        help="check a meta-gradient implementation (yours or a peer library's) against the "
+             "oracle; exit 1 on failure",
+        description="Run TARGET on a battery of small float64 problems and compare its mean "
+                    "meta-gradient with the dense oracle (relative error ≤ 1e-9) and finite "
+                    "differences (≤ 1e-7); a failure is diagnosed against the usual wrong "
+                    "variants (first order, sum over tasks, off-by-one CG, stale-residual CG, "
+                    "…).")
+    p.add_argument("target", metavar="TARGET",
+                   help="package.module:callable (a target or a factory taking the settings), "
+                        f"or peer:NAME with NAME in {', '.join(PEERS)}")
+    p.add_argument("--method", required=True, choices=METHOD_NAMES, metavar="METHOD",
+                   help=f"the method TARGET claims to compute: {', '.join(METHOD_NAMES)}")
+    for name, (flag, kind) in FLAGS.items():
+        p.add_argument(flag, dest=name, type=kind, default=None,
+                       help=f"{name} (default: the method's own)")
+    p.add_argument("--variant", default=None,
+                   help="peer:NAME only: a library-native alternative from the adapter's "
+                        "AUDIT_VARIANTS (e.g. 'imaml normal_cg' for torchopt)")
+    p.add_argument("--float32", action="store_true",
+                   help="give the target float32 problems; tolerances from float32's epsilon")
+    p.add_argument("--out", default="audit", help="folder for audit.md, audit.csv and "
+                                                   "audit.json (default: audit/)")
+    p.set_defaults(func=run)
+
+
+def settings_from(method: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The method's settings: the flags given, its class defaults for the others; a flag
+    the method does not read is a :class:`UsageError`."""
+    names = method_class(method).setting_names()
+    extra = [FLAGS[k][0] for k, v in given.items() if v is not None and k not in names]
+    if extra:
+        raise UsageError(f"{method} does not read {', '.join(extra)}; it reads "
+                         f"{', '.join(FLAGS[n][0] for n in names)}")
+    defaults = method_class(method).default_settings()
+    return {n: given[n] if given.get(n) is not None else defaults[n] for n in names}
+
+
+def _peer_module(name: str):
+    if name not in PEERS:
+        raise UsageError(f"unknown peer {name!r}; choose from {', '.join(PEERS)}")
+    module = importlib.import_module(f"metagrad_bench.peers.{name}_")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if hasattr(module, "_import"):
+                module._import()
+            else:
+                importlib.import_module(name)
+    except Exception as err:  # noqa: BLE001 - any import failure: not installed here
+        raise UsageError(f"{name} does not import here ({type(err).__name__}: {err}); "
+                         "install the peers with: bash scripts/install_peers.sh") from None
+    return module
+
+
+def resolve(spec: str, method: str, variant: str | None = None) -> tuple[Any, str]:
+    """``(target or factory, label)`` for TARGET ``spec``; a :class:`UsageError` naming
+    what is wrong (format, import, a method the library does not offer)."""
+    if spec.startswith("peer:"):
+        name = spec.split(":", 1)[1]
+        module = _peer_module(name)
+        if variant is not None:
+            if variant not in module.AUDIT_VARIANTS and f"{method} {variant}" in \
+                    module.AUDIT_VARIANTS:
+                variant = f"{method} {variant}"  # `--method imaml --variant normal_cg`
+            if variant not in module.AUDIT_VARIANTS:
+                raise UsageError(f"{name} has no variant {variant!r}; it has "
+                                 f"{', '.join(map(repr, module.AUDIT_VARIANTS)) or 'none'}")
+            return module.AUDIT_VARIANTS[variant], f"peer:{name} ({variant})"
+        if method not in module.AUDIT_TARGETS:
+            raise UsageError(f"{name} offers no {method}; it offers "
+                             f"{', '.join(module.AUDIT_TARGETS)}")
+        return module.AUDIT_TARGETS[method], f"peer:{name}"
+    if variant is not None:
+        raise UsageError("--variant applies to peer:NAME targets only")
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"TARGET must be package.module:callable or peer:NAME, got {spec!r}")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`: the current directory's modules import
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as err:  # noqa: BLE001
+        raise UsageError(f"cannot import {module_name!r} ({type(err).__name__}: {err})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"{module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UsageError(f"{spec} is a {type(obj).__name__}, not a callable")
+    return obj, spec
+
+
+def audit(spec: str, method: str, settings: dict[str, Any], *, variant: str | None = None,
+          float32: bool = False):
+    """The audit ``metagrad audit`` runs (also used by ``metagrad_bench.audit_peers``)."""
+    from .check import check_meta_gradient
+
+    target, label = resolve(spec, method, variant)
+    quiet = warnings.catch_warnings() if spec.startswith("peer:") else contextlib.nullcontext()
+    with quiet:
+        if spec.startswith("peer:"):
+            warnings.simplefilter("ignore")  # the libraries' deprecation notices
+        try:
+            result = check_meta_gradient(target, method, float32=float32, **settings)
+        except TypeError as err:  # a factory that does not take these settings
+            raise UsageError(f"{label} as {method}: {err}") from None
+    result.target = label
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from(args.method, {k: getattr(args, k) for k in FLAGS})
+    result = audit(args.target, args.method, settings, variant=args.variant,
+                   float32=args.float32)
+    print(result.report())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [result.to_markdown(out / "audit.md"), result.to_csv(out / "audit.csv"),
+               result.to_json(out / "audit.json")]
+    print(f"\n{'PASSED' if result.passed else 'FAILED'}; wrote "
+          + ", ".join(str(p) for p in written))
+    return 0 if result.passed else 1

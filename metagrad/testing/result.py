@@ -1,0 +1,194 @@
+"""The audit's result: one row per battery case, as a markdown table, CSV and JSON.
+
+Written with the standard library only (``csv``, ``json``), so that ``import
+metagrad.testing`` stays light enough for another project's test suite.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("pass", "FAIL", "not run")
+
+
+@dataclass
+class CaseResult:
+    """One battery case: the target's errors against the dense float64 reference and
+    (where the method's quantity is a gradient) central finite differences, the
+    tolerances, the verdict and, when it failed, the diagnosis."""
+
+    case: str
+    """e.g. ``"scalar+matrix, T=3, K=2"``."""
+    problem: str
+    tasks: int
+    dim: int
+    settings: dict[str, Any]
+    status: str
+    """``"pass"``, ``"FAIL"``, or ``"not run"`` (a factory that refused these settings)."""
+    err_reference: float | None = None
+    err_fd: float | None = None
+    tol_reference: float | None = None
+    tol_fd: float | None = None
+    diagnosis: str = ""
+    """Full sentence for a failure (or why the case did not run); empty for a pass."""
+    closest: str | None = None
+    """Key of the closest known mistake (e.g. ``"first_order"``), for a failure."""
+    closest_title: str | None = None
+    """What the closest mistake's value is, in words (e.g. ``"FOMAML's ∇L_val(φ)"``)."""
+    closest_error: float | None = None
+    match: bool = False
+    """The result equals the closest mistake to rounding."""
+    also: list[str] = field(default_factory=list)
+    """Other mistakes the result equals as well (they coincide on this case)."""
+    separations: dict[str, float] = field(default_factory=dict)
+    """How far each known mistake is from the correct value on this case."""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+    @property
+    def short_diagnosis(self) -> str:
+        if self.status == "pass":
+            return ""
+        if self.status == "not run":
+            return "the factory refused these settings"
+        if self.closest is not None and self.closest_error is not None:
+            sign = "=" if self.match else "closest:"
+            return f"{sign} {self.closest} ({self.closest_error:.0e})"
+        return self.diagnosis.split(": ", 1)[-1][:90]
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.1e}"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+@dataclass
+class AuditResult:
+    """What :func:`metagrad.testing.check_meta_gradient` and :func:`gradcheck` return."""
+
+    method: str
+    settings: dict[str, Any]
+    target: str
+    """What was audited (the callable's name, or ``peer:torchopt``)."""
+    float32: bool
+    cases: list[CaseResult]
+    notes: list[str] = field(default_factory=list)
+    """Remarks on the battery (bug classes it could not separate at these settings)."""
+
+    @property
+    def passed(self) -> bool:
+        """True when every case that ran passed (and at least one ran)."""
+        ran = [c for c in self.cases if c.status != "not run"]
+        return bool(ran) and all(c.passed for c in ran)
+
+    @property
+    def failures(self) -> list[CaseResult]:
+        return [c for c in self.cases if c.status == "FAIL"]
+
+    @property
+    def worst_error(self) -> float | None:
+        errors = [e for c in self.cases for e in (c.err_reference, c.err_fd) if e is not None]
+        return max(errors) if errors else None
+
+    @property
+    def diagnosis(self) -> str:
+        """One paragraph: the verdict, the common mistake if every failure is the same one,
+        and each failing case's diagnosis."""
+        failures = self.failures
+        ran = sum(c.status != "not run" for c in self.cases)
+        refused = [f"- not run: {c.diagnosis}" for c in self.cases if c.status == "not run"]
+        if not failures:
+            verdict = (f"{self.method}: all {ran} cases that ran pass" if ran
+                       else f"{self.method}: no case ran")
+            return "\n".join([verdict, *refused])
+        lines = [f"{self.method}: {len(failures)} of {ran} cases FAIL."]
+        keys = {c.closest for c in failures if c.match}
+        if len(keys) == 1 and all(c.match for c in failures):
+            first = failures[0]
+            why = first.diagnosis.split(" — ", 1)[-1].split("; it also equals")[0]
+            lines.append(f"In every failing case your result equals {first.closest_title}: "
+                         f"{why}.")
+        lines += [f"- {c.diagnosis}" for c in failures]
+        return "\n".join(lines + refused)
+
+    def header(self) -> str:
+        settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                             for k, v in self.settings.items())
+        mode = "float32" if self.float32 else "float64"
+        return f"{self.target} as {self.method} ({settings}; {mode})"
+
+    def table(self) -> str:
+        """Markdown: one row per case, errors, verdict and the short diagnosis."""
+        head = ["case", "d", "vs reference", "vs finite diff", "tolerance", "result",
+                "diagnosis"]
+        rows = [head, ["---"] * len(head)]
+        for c in self.cases:
+            tol = _fmt(c.tol_reference) + (f" / {_fmt(c.tol_fd)}" if c.tol_fd is not None
+                                           else "")
+            rows.append([c.case, str(c.dim), _fmt(c.err_reference), _fmt(c.err_fd), tol,
+                         c.status, c.short_diagnosis])
+        return "\n".join("| " + " | ".join(_cell(x) for x in row) + " |" for row in rows)
+
+    def report(self) -> str:
+        """The header, the table, the diagnosis and the notes: what a failure prints."""
+        parts = [self.header(), "", self.table(), "", self.diagnosis]
+        if self.notes:
+            parts += ["", *[f"Note: {n}" for n in self.notes]]
+        return "\n".join(parts)
+
+    def __str__(self) -> str:
+        return self.report()
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Flat dicts, one per case (the CSV's rows)."""
+        out = []
+        for c in self.cases:
+            row = {"target": self.target, "method": self.method,
+                   "float32": self.float32, "case": c.case, "problem": c.problem,
+                   "tasks": c.tasks, "dim": c.dim,
+                   **{f"setting_{k}": v for k, v in c.settings.items()},
+                   "err_reference": c.err_reference, "err_fd": c.err_fd,
+                   "tol_reference": c.tol_reference, "tol_fd": c.tol_fd,
+                   "status": c.status, "closest": c.closest,
+                   "closest_error": c.closest_error, "match": c.match,
+                   "diagnosis": c.diagnosis}
+            out.append(row)
+        return out
+
+    def to_csv(self, path: str | Path) -> Path:
+        path = Path(path)
+        rows = self.rows()
+        names: list[str] = []
+        for row in rows:
+            names += [k for k in row if k not in names]
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=names)
+            writer.writeheader()
+            writer.writerows(rows)
+        return path
+
+    def to_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        data = {"target": self.target, "method": self.method, "settings": self.settings,
+                "float32": self.float32, "passed": self.passed, "diagnosis": self.diagnosis,
+                "notes": self.notes, "cases": [asdict(c) for c in self.cases]}
+        path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        return path
+
+    def to_markdown(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(f"# Audit: {self.header()}\n\n{self.table()}\n\n{self.diagnosis}\n"
+                        + "".join(f"\nNote: {n}\n" for n in self.notes))
+        return path
