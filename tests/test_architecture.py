@@ -18,8 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("pandas", "matplotlib", "seaborn", "tqdm", "scipy")
-APPLICATIONS = ("metagrad.train", "metagrad.report", "metagrad.verify", "metagrad.cli",
-                "metagrad._app", "metagrad.plotting", "metagrad_bench")
+APPLICATIONS = ("metagrad.train", "metagrad.report", "metagrad.verify", "metagrad.testing",
+                "metagrad.cli", "metagrad._app", "metagrad.plotting", "metagrad_bench")
 
 
 def _run(code: str, **kw) -> str:
@@ -73,7 +73,7 @@ def test_library_never_imports_the_applications():
     """The library (every module of metagrad/ outside the application packages) imports no
     application and no benchmark code, statically, lazily or not: no cycle can form."""
     library = [p for p in (ROOT / "metagrad").rglob("*.py")
-               if not any(part in ("train", "report", "verify") for part in p.parts)
+               if not any(part in ("train", "report", "verify", "testing") for part in p.parts)
                and p.name not in ("cli.py", "_app.py", "plotting.py", "__main__.py")]
     assert len(library) >= 15
     for path in library:
@@ -144,3 +144,18 @@ def test_installed_wheel_works_beside_a_decoy_reference(tmp_path):
                           text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "cases passed" in done.stdout
+
+
+def test_every_package_is_installed():
+    """A package folder left out of pyproject's list would be missing from the wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    names = {"metagrad": "metagrad", "reference": "metagrad_reference", "bench": "metagrad_bench"}
+    found = set()
+    for top, installed in names.items():
+        for init in (ROOT / top).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / top).parts
+            found.add(".".join((installed, *parts)))
+    assert found == listed, (found ^ listed)
