@@ -30,12 +30,11 @@ import metagrad_reference as reference
 import pytest
 import torch
 from helpers import DEFAULTS, get, rel_error
-from metagrad_reference import dense
 
 import metagrad as mg
-from metagrad.methods import METHOD_NAMES, is_implicit
+from metagrad.methods import METHOD_NAMES
+from metagrad.testing.tolerance import U32, float32_tolerance
 
-U32 = torch.finfo(torch.float32).eps / 2
 PROBLEMS = ("linreg", "softmax", "mlp_softplus", "sinusoid_small")
 
 
@@ -47,21 +46,6 @@ def _settings(method: str, problem: str) -> dict:
             "imaml": dict(steps=5, inner_lr=lr, lam=lam, cg_iters=5),
             "neumann": dict(steps=5, inner_lr=lr, lam=2 * lam, terms=5, step=0.5),
             "penalty": dict(steps=3, inner_lr=lr, lam=0.1)}[method]
-
-
-def _amplification(method: str, s: dict, f, theta, tasks) -> float:
-    if not is_implicit(method):
-        return 1.0
-    worst = 1.0
-    for tr, _ in tasks:
-        phi = dense.proximal_gd(f, theta, tr, s["steps"], s["inner_lr"], s["lam"])[-1]
-        a = 1 + torch.linalg.eigvalsh(dense.hessian(f, phi, tr)) / s["lam"]
-        if method == "imaml":
-            worst = max(worst, float(a.abs().max() / a.abs().min()))
-        else:
-            rho = float((1 - s["step"] * a).abs().max())
-            worst = max(worst, s["step"] * sum(rho ** j for j in range(s["terms"] + 1)))
-    return worst
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -84,8 +68,7 @@ def test_float32_within_epsilon_derived_tolerance(method: str, problem: str):
     batch = max(x.shape[1] for x in (p32.tasks.train[0], p32.tasks.val[0]))
     widest = max(max(v.shape) for v in p32.params.values())
     n = max(p32.dim, batch, widest)
-    amplification = _amplification(method, s, f, theta, task_list)
-    tol = amplification * m.gradient_equivalents() * math.sqrt(n) * U32
+    tol = float32_tolerance(method, s, f, theta, task_list, n)
     assert tol < 1e-4, "tolerance too loose to mean anything"
     assert rel_error(reference.flatten(out.grad), ref.grad) <= tol
     # losses: one forward pass after the inner loop (G = gradient passes before it)
