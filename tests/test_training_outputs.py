@@ -312,6 +312,7 @@ EFFECTS = {
     "--heldout-tasks": (["9"], lambda p: p["configs"][0].heldout_tasks == 9),
     "--threads": (["2"], lambda p: p["configs"][0].threads == 2),
     "--compile": ([], lambda p: p["configs"][0].compile is True),
+    "--check-every": (["4"], lambda p: p["configs"][0].check_every == 4),
     "--preset": (["finn2017"], lambda p: p["configs"][0].init == "finn2017"
                  and p["configs"][0].meta_steps == 70_000),
 }

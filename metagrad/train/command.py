@@ -63,7 +63,7 @@ REGIME_CHOICES = {"k1": ("k1",), "solved": ("solved",), "both": ("k1", "solved")
 # Flags whose value is a TrainConfig field of the same name (None: not given).
 CONFIG_FLAGS = ("meta_steps", "steps", "inner_lr", "eval_lr", *METHOD_SETTINGS, "meta_batch",
                 "meta_lr", "device", "snapshot_every", "heldout_tasks", "threads", "compile",
-                "probe_at")
+                "check_every", "probe_at")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -134,6 +134,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"held-out test tasks (default {d.heldout_tasks})")
     p.add_argument("--threads", type=int, default=None,
                    help=f"CPU threads for torch (default {d.threads}: faster for these tiny ops)")
+    p.add_argument("--check-every", type=int, default=None, metavar="N",
+                   help="run the methods' numerical checks on every N-th meta-step (default "
+                        "1; 10 in --preset study: an inner loop that rises costs a power "
+                        "iteration per checked step)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="compute the meta-gradient through metagrad.compile (default: off; "
                         "on in the presets)")
@@ -152,7 +156,7 @@ def _preset(name: str | None, meta_steps: int | None) -> dict[str, Any]:
     if name == "study":
         steps = meta_steps or TrainConfig().meta_steps
         return {"method": "all", "seeds": [0, 1, 2, 3, 4], "tune": True, "regime": "both",
-                "matched_cost": True, "compile": True,
+                "matched_cost": True, "compile": True, "check_every": 10,
                 "probe_at": sorted({0, steps // 4, steps // 2, steps})}
     return {}
 

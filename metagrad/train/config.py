@@ -115,6 +115,12 @@ class TrainConfig:
     ``probe_tasks`` fixed tasks drawn from ``probe_seed``); see :mod:`metagrad.train.probe`."""
     probe_tasks: int = 5
     probe_seed: int = 102
+    check_every: int = 1
+    """Run the method's numerical checks (``metagrad.diagnose``) on every N-th meta-step
+    (1: every step). A check costs little while all is well, but once an inner loop rises
+    it explains why with a power iteration (20 Hessian-vector products per task), which
+    dominates a compiled meta-step; the log's ``warnings`` and ``findings`` columns count
+    the checked steps only (non-finite numbers are caught on every step regardless)."""
     compile: bool = False
     """Run the meta-gradient through ``metagrad.compile`` (one ``torch.compile`` graph;
     the same numbers up to float rounding, several times faster here after a one-off
@@ -127,7 +133,7 @@ class TrainConfig:
     # Settings that may change between a run and its resumption. (A different ``threads``
     # count or compiled vs eager changes float rounding, so bit-identical resumes need the
     # same.)
-    RESUMABLE_CHANGES = ("meta_steps", "snapshot_every", "threads", "compile")
+    RESUMABLE_CHANGES = ("meta_steps", "snapshot_every", "threads", "compile", "check_every")
 
     def resolved(self) -> TrainConfig:
         """Validate, and fill the method's settings (settings it does not read stay None;
@@ -157,7 +163,8 @@ class TrainConfig:
 
     def _validate(self) -> None:
         for name in ("meta_steps", "meta_batch", "shots", "query", "heldout_tasks",
-                     "heldout_query", "threads", "validation_tasks", "probe_tasks"):
+                     "heldout_query", "threads", "validation_tasks", "probe_tasks",
+                     "check_every"):
             positive_int(name, getattr(self, name))
         for name in ("steps", "snapshot_every", "seed", "heldout_seed", "validation_seed",
                      "probe_seed"):

@@ -37,6 +37,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .. import _pytree as pt
 from .._files import atomic_write_bytes
 from .._module import module_loss, params_of, set_grads
 from ..compiled import compile as compile_method
@@ -194,7 +195,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
     # The method's numerical checks still run; their findings are counted in the log and
     # shown once per kind below, instead of once per meta-step.
     method = replace(make_method(cfg), diagnose="record")
-    call = _meta_gradient(cfg, method)
+    call = _meta_gradient(cfg, replace(method, diagnose="off"))
     assert cfg.meta_lr is not None  # filled by TrainConfig.resolved()
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.meta_lr)
@@ -264,6 +265,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
             t0 = time.perf_counter()
             tasks = family.sample(cfg.meta_batch, generator=gen, device=cfg.device)
             out_mg = call(loss, params_of(model), tasks)
+            if meta_step % cfg.check_every == 0:
+                # The method's own checks on this step's numbers (no recomputation).
+                out_mg = method.finish(loss, pt.detach(params_of(model)), tasks, out_mg.grad,
+                                       out_mg.diagnostics)
             found = out_mg.findings
             pre, post = float(out_mg.pre_update_loss), float(out_mg.post_update_loss)
             grad_finite = all(bool(torch.isfinite(g).all()) for g in out_mg.grad.values())
@@ -335,6 +340,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
         "final_pre_update_loss": _tail_mean(log["pre_update_loss"]),
         "final_post_update_loss": _tail_mean(log["post_update_loss"]),
         "warning_steps": sum(1 for w in log["warnings"] if w),
+        "checked_steps": sum(1 for s in log["meta_step"] if s % cfg.check_every == 0),
         "finding_steps": kinds,
         "first_warnings": list(first_findings.values()),
         "compile_seconds": sum(call.compile_seconds.values()) if cfg.compile else 0.0,

@@ -32,7 +32,10 @@ def status(summary: dict[str, Any]) -> str:
     if not n:
         return "ok"
     detail = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
-    return f"ok, numerical warnings at {n} steps" + (f" ({detail})" if detail else "")
+    checked = summary.get("checked_steps")
+    of = f" of {checked} checked" if checked is not None and checked != summary.get(
+        "meta_steps") else ""
+    return f"ok, numerical warnings at {n}{of} steps" + (f" ({detail})" if detail else "")
 
 
 __all__ = ["status"]

@@ -209,7 +209,12 @@ class Study:
     tune: bool = False
     given: dict[str, Any] = field(default_factory=dict)
     tuning_seed: int = TUNING_SEED
-    baseline_eval_lrs: tuple[float, ...] = BASELINE_EVAL_LRS
+    baseline_eval_lrs: tuple[float, ...] = ()
+    """The baseline's fine-tuning step sizes; empty: ``base.baseline_eval_lrs`` if set
+    (e.g. by the finn2017 preset), else :data:`BASELINE_EVAL_LRS`."""
+
+    def eval_lrs(self) -> tuple[float, ...]:
+        return tuple(self.baseline_eval_lrs or self.base.baseline_eval_lrs or BASELINE_EVAL_LRS)
 
     def variants(self) -> list[Variant]:
         return variants(self.methods, self.regimes, self.tune, self.given)
@@ -218,7 +223,7 @@ class Study:
         return {"base": self.base.as_dict(), "methods": list(self.methods),
                 "seeds": list(self.seeds), "regimes": list(self.regimes), "tune": self.tune,
                 "given": self.given, "tuning_seed": self.tuning_seed,
-                "baseline_eval_lrs": list(self.baseline_eval_lrs),
+                "baseline_eval_lrs": list(self.eval_lrs()),
                 "grids": {v.name: {k: list(vals) for k, vals in v.grid.items()}
                           for v in self.variants()},
                 "curvature": list(CURVATURE), "tol": TOL, "matched_cost": MATCHED_COST}
@@ -297,7 +302,7 @@ def run(study: Study, out: Path, *, resume: bool = False, progress: bool = True
         record["settings"][v.name] = settings
     outdir.write_json(out / "study.json", record)
 
-    base = replace(study.base, baseline_eval_lrs=study.baseline_eval_lrs)
+    base = replace(study.base, baseline_eval_lrs=study.eval_lrs())
     baselines = {seed: _baseline(base, seed, out / "baselines" / f"seed{seed}", resume,
                                  progress) for seed in study.seeds}
     # Variant by variant (each configuration is compiled once), seed by seed.
