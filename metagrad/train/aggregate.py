@@ -51,7 +51,9 @@ def load_runs(out: Path, record: dict[str, Any]) -> pd.DataFrame:
                    "median_step_ms": 1e3 * s["median_step_time_s"],
                    "train_time_s": s["train_time_s"], "compile_s": s["compile_seconds"],
                    "status": status(s), "warning_steps": s["warning_steps"],
-                   "proximal_rate_steps": s["finding_steps"].get("proximal_rate", 0)}
+                   "checked_steps": s.get("checked_steps", s["meta_steps"]),
+                   "proximal_rate_steps": s["finding_steps"].get("proximal_rate", 0),
+                   "own_post_update": s["final_post_update_loss"]}
             for k, v in enumerate(held["mse_by_steps"]):
                 row[f"mse_{k}"] = math.nan if v is None else v
                 row[f"task_ci_{k}"] = held["ci95_by_steps"][k]
@@ -86,7 +88,16 @@ def comparison(runs: pd.DataFrame, regimes: dict[str, str]) -> pd.DataFrame:
             row[f"mse_{k}"] = iv.mean
             row[f"mse_{k}_ci"] = iv.half_width
             row[f"task_ci_{k}"] = float(r[f"task_ci_{k}"].mean())
+        if "own_post_update" in r and r["own_post_update"].notna().all():
+            iv = seed_interval(r["own_post_update"].tolist())
+            row["own_post_update"], row["own_post_update_ci"] = iv.mean, iv.half_width
+        else:
+            row["own_post_update"] = row["own_post_update_ci"] = math.nan
         row["gradient_equivalents"] = float(r["gradient_equivalents"].iloc[0])
+        compile_s = r["compile_s"].fillna(0.0) if "compile_s" in r else 0.0
+        row["train_time_s"] = float((r["train_time_s"] - compile_s).mean())
+        row["proximal_rate_steps"] = int(r["proximal_rate_steps"].sum()) \
+            if "proximal_rate_steps" in r and r["proximal_rate_steps"].notna().all() else 0
         row["median_step_ms"] = float(r["median_step_ms"].median()) \
             if "median_step_ms" in r and r["median_step_ms"].notna().any() else math.nan
         statuses = sorted(set(r["status"]))
@@ -137,7 +148,7 @@ def load_logs(out: Path, record: dict[str, Any]) -> dict[str, dict[int, pd.DataF
     for name in record["settings"]:
         for seed in record["spec"]["seeds"]:
             folder = out / "runs" / name / f"seed{seed}"
-            if (folder / FILES["summary"]).is_file():
+            if (folder / FILES["summary"]).is_file() and (folder / FILES["log"]).is_file():
                 logs.setdefault(name, {})[seed] = read_log(folder / FILES["log"])
     return logs
 
@@ -183,9 +194,18 @@ def markdown(comp: pd.DataFrame, diffs: pd.DataFrame, tuning: pd.DataFrame,
             _pm(m, h) for m, h in zip(comp[f"mse_{k}"], comp[f"mse_{k}_ci"], strict=True)]
             for k in KS},
         "task CI (1 step)": comp["task_ci_1"].map(lambda v: f"± {v:.3f}"),
+        "own adaptation": [_pm(m, h) for m, h in zip(comp["own_post_update"],
+                                                     comp["own_post_update_ci"], strict=True)],
+        "train s": comp["train_time_s"].map(lambda v: f"{v:.0f}"),
         "seeds": comp["seeds"], "status": comp["status"]})
     lines += ["## Test MSE (mean over seeds ± 95 % t interval)", "",
-              table.to_markdown(index=False), ""]
+              "GE/step: gradient-equivalents per task per meta-step "
+              "(`method.gradient_equivalents()`); step ms: median wall time of a meta-step "
+              "(compiled where the runs were, shared machine: provisional); own adaptation: "
+              "post-update loss on the training tasks after the variant's own inner loop "
+              "(mean of the last 100 meta-steps; for the solved regime many small proximal "
+              "steps, not the plain GD of the test columns); train s: training time per "
+              "run without the one-off compilation.", "", table.to_markdown(index=False), ""]
     if not diffs.empty:
         lines += ["## Which differences the intervals resolve", "",
                   "Paired by seed: the interval is the t interval of the per-seed differences "
@@ -210,14 +230,16 @@ def markdown(comp: pd.DataFrame, diffs: pd.DataFrame, tuning: pd.DataFrame,
                 lines += [f"Every variant against {ref}:", "",
                           pd.DataFrame(versus).to_markdown(index=False, floatfmt=".4f"), ""]
             res = d[d["resolved"]]
-            lines += [f"{len(res)} of {len(d)} pairs resolved at k = {k}; unresolved: "
-                      + (", ".join(f"{r.a} vs {r.b}" for r in d[~d['resolved']].itertuples())
-                         or "none") + ".", ""]
+            lines += [f"{len(res)} of {len(d)} pairs resolved at k = {k} (all pairs: "
+                      "`differences.csv`).", ""]
     if not tuning.empty:
         lines += ["## Tuning (validation tasks, seed "
                   f"{base['validation_seed']}; training seed {spec['tuning_seed']})", "",
                   "Chosen by the validation MSE after one adaptation step; grids in "
-                  "`study.json`.", "", tuning.to_markdown(index=False, floatfmt=".4g"), ""]
+                  "`study.json`.", "",
+                  tuning[[c for c in ("variant", "point", "validation_mse_1",
+                                      "validation_mse_10", "status", "chosen")
+                          if c in tuning]].to_markdown(index=False, floatfmt=".4g"), ""]
     if not probes.empty:
         cols = ["err_maml", "cos_maml", "err_implicit", "cos_implicit", "implicit_defined",
                 "prox_residual", "curvature"]

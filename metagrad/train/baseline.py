@@ -97,8 +97,7 @@ def evaluate_tuned(loss, params, cfg: TrainConfig) -> tuple[dict[str, Any], pd.D
     for shots in map(str, cfg.eval_shots):
         # The validation tasks have the training support size; its choice serves every size.
         curve_len = len(tests[lrs[0]][0][shots]["mse_by_steps"])
-        chosen = [min(lrs, key=lambda lr, k=k: validation[lr]["mse_by_steps"][k])
-                  if validation else lrs[0] for k in range(curve_len)]
+        chosen = [_best(lrs, validation, k) for k in range(curve_len)]
         base = dict(tests[lrs[0]][0][shots])
         for key in ("mse_by_steps", "ci95_by_steps"):
             base[key] = [tests[chosen[k]][0][shots][key][k] for k in range(curve_len)]
@@ -117,3 +116,11 @@ def evaluate_tuned(loss, params, cfg: TrainConfig) -> tuple[dict[str, Any], pd.D
     evaluation = dict(by_shots[str(cfg.shots)])
     evaluation["heldout_shots"] = by_shots
     return evaluation, pd.concat(frames, ignore_index=True)
+
+
+def _best(lrs: tuple[float, ...], validation: dict[float, dict[str, Any]], k: int) -> float:
+    """The step size with the lowest validation MSE after k steps (the only one if there
+    is nothing to choose)."""
+    if not validation:
+        return lrs[0]
+    return min(lrs, key=lambda lr: validation[lr]["mse_by_steps"][k])

@@ -51,7 +51,7 @@ PRESET: dict[str, Any] = dict(
 )
 """``metagrad train --preset finn2017``: :class:`~metagrad.train.TrainConfig` settings."""
 
-PUBLISHED = {
+PUBLISHED: dict[str, dict[str, Any]] = {
     # Finn, Abbeel & Levine 2017, Appendix C.1, Table 2: MAML trained with K = 10 and one
     # inner step, tested with K = 5 on the 600 reference test tasks (docs/finn2017.md §3).
     "maml": {"shots": 5, "post_update_mse": {"1": 0.67, "5": 0.38, "10": 0.35}},

@@ -278,10 +278,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
                 opt.step()
             synchronize(cfg.device)
             now = time.perf_counter()
-            row = {"meta_step": meta_step, "pre_update_loss": pre, "post_update_loss": post,
-                   "step_time_s": now - t0, "wall_time_s": elapsed_before + now - segment_start,
-                   "warnings": len(found),
-                   "findings": "+".join(sorted({f.kind for f in found}))}
+            row: dict[str, Any] = {
+                "meta_step": meta_step, "pre_update_loss": pre, "post_update_loss": post,
+                "step_time_s": now - t0, "wall_time_s": elapsed_before + now - segment_start,
+                "warnings": len(found), "findings": "+".join(sorted({f.kind for f in found}))}
             for col, reduce in reductions.items():
                 row[col] = float(reduce(out_mg.diagnostics[col]))
             for c in columns:
@@ -361,6 +361,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
     summary["baseline"] = baseline.evaluation
     outdir.write_json(paths["summary"], summary)
     per_task.to_csv(paths["per_task"], index=False)
+    assert cfg.eval_lr is not None  # filled by TrainConfig.resolved()
     preds = prediction_frame(model, loss, params, _config.heldout_tasks(cfg), cfg.eval_lr)
     preds.to_csv(paths["predictions"], index=False)
     result.summary, result.predictions, result.baseline = summary, preds, baseline
