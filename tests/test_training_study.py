@@ -79,6 +79,21 @@ def test_task_interval_is_finn_et_al_s():
     assert d["post_update_ci95"]["1"] == pytest.approx(2 * 1.96 * np.std(x) / np.sqrt(600))
 
 
+def test_diverged_tasks_are_counted_and_set_apart():
+    # Four tasks, MSE before and after 1 and 2 steps; task 2 diverges (×100 its start),
+    # task 3 goes non-finite at step 2. Medians and means of the rest by hand.
+    per_task = torch.tensor([[1.0, 0.5, 0.4],
+                             [2.0, 1.0, 0.6],
+                             [1.0, 100.0, 1e6],
+                             [4.0, 2.0, math.inf]], dtype=torch.float64)
+    d = evaluation_dict(per_task, per_task[:, 0], tasks=4, query=5, seed=0, source="t",
+                        shots=5, eval_lr=0.01, eval_steps=(1, 2))
+    assert d["diverged_tasks_by_steps"] == [0, 1, 2]
+    assert d["median_by_steps"][1] == 1.0  # torch's median: the lower of the middle two
+    assert d["mean_without_diverged_by_steps"][1] == pytest.approx((0.5 + 1.0 + 2.0) / 3)
+    assert d["mean_without_diverged_by_steps"][2] == pytest.approx((0.4 + 0.6) / 2)
+
+
 # --------------------------------------------------------------------------------------------
 # a tiny study end to end: tables against the per-run files
 
@@ -402,3 +417,19 @@ def test_report_section_falls_back_to_eager_without_torch_compile(tmp_path, monk
     text = train_section.training_section(ReportContext(out=tmp_path, device="cpu", seed=0,
                                                         quick=True))
     assert "eager (torch.compile is not available here" in text and "| fomaml" in text
+
+
+def test_baseline_step_size_is_chosen_on_validation_tasks_only(tmp_path, monkeypatch):
+    # The baseline's fine-tuning step size is chosen per number of steps on the validation
+    # tasks: the choice cannot change with the test set, and it is the step size whose
+    # validation MSE (recomputed here from the stored curves) is lowest.
+    from metagrad.train import train_baseline
+    cfg = TrainConfig(**{**TINY, "meta_steps": 5}, baseline_eval_lrs=(0.003, 0.03, 0.3))
+    a = train_baseline(cfg).evaluation
+    b = train_baseline(replace(cfg, heldout_seed=4242)).evaluation
+    assert a["eval_lr_by_steps"] == b["eval_lr_by_steps"]
+    assert a["validation_mse_by_lr"] == b["validation_mse_by_lr"]
+    assert a["mse_by_steps"] != b["mse_by_steps"]  # the test numbers did change
+    for k, lr in a["eval_lr_by_steps"].items():
+        curves = {float(x): c[int(k)] for x, c in a["validation_mse_by_lr"].items()}
+        assert lr == min(curves, key=curves.get)

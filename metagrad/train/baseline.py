@@ -99,7 +99,8 @@ def evaluate_tuned(loss, params, cfg: TrainConfig) -> tuple[dict[str, Any], pd.D
         curve_len = len(tests[lrs[0]][0][shots]["mse_by_steps"])
         chosen = [_best(lrs, validation, k) for k in range(curve_len)]
         base = dict(tests[lrs[0]][0][shots])
-        for key in ("mse_by_steps", "ci95_by_steps"):
+        for key in ("mse_by_steps", "ci95_by_steps", "median_by_steps",
+                    "diverged_tasks_by_steps", "mean_without_diverged_by_steps"):
             base[key] = [tests[chosen[k]][0][shots][key][k] for k in range(curve_len)]
         base["pre_update_mse"] = base["mse_by_steps"][0]
         base["post_update_mse"] = {str(k): base["mse_by_steps"][k] for k in cfg.eval_steps}

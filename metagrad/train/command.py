@@ -76,8 +76,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=PRESETS, default=None,
                    help="finn2017: the protocol of Finn et al. 2017 (70 000 meta-steps, their "
                         "initialisation and test tasks; docs/finn2017.md); study: --method all "
-                        "--seeds 0 1 2 3 4 --tune --regime both --matched-cost with probes, "
-                        "compiled. Flags given override the preset's values")
+                        "--seeds 0 1 2 3 4 --tune --regime both --matched-cost with probes at "
+                        "meta-steps 0, 1/4, 1/2 and the end, checks every 10 steps, IMAML "
+                        "and Neumann compiled. Flags given override the preset's values")
     p.add_argument("--method", default=None, choices=[*METHOD_NAMES, "all"],
                    help="method to train, or all six (default: maml)")
     seeds = p.add_mutually_exclusive_group()
@@ -365,7 +366,7 @@ def _one_seed(plan: dict[str, Any], out: Path, args: argparse.Namespace) -> int:
     if plan["preset"] == "finn2017" and results:
         from .finn2017_report import write_report
         figures["finn2017"] = write_report(out, [r.summary for r in results.values()
-                                                 if r.summary is not None])
+                                                 if r.summary is not None], [out])
     print("wrote " + ", ".join(str(p) for p in [out / "comparison.csv", *figures.values()]))
     not_finite = [str(m) for m, st in zip(frame["method"], frame["status"], strict=True)
                   if "not finite" in str(st)]
@@ -393,10 +394,9 @@ def _study(plan: dict[str, Any], out: Path, args: argparse.Namespace) -> int:
     write_study_tables(out, record)
     if plan["preset"] == "finn2017":
         from .finn2017_report import write_report
-        summaries = [outdir.read_json(out / "runs" / "maml" / f"seed{s}" / FILES["summary"])
-                     for s in plan["seeds"]
-                     if (out / "runs" / "maml" / f"seed{s}" / FILES["summary"]).is_file()]
-        write_report(out, summaries)
+        folders = [out / "runs" / "maml" / f"seed{s}" for s in plan["seeds"]
+                   if (out / "runs" / "maml" / f"seed{s}" / FILES["summary"]).is_file()]
+        write_report(out, [outdir.read_json(f / FILES["summary"]) for f in folders], folders)
     print((out / "study.md").read_text())
     return 1 if record["diverged"] else 0
 

@@ -61,6 +61,7 @@ def evaluation_dict(per_task: torch.Tensor, support: torch.Tensor, *, tasks: int
     columns = per_task.double().T.tolist()  # one list of task values per number of steps
     curve = [sum(c) / len(c) for c in columns]
     ci = [task_interval(c).half_width for c in columns]
+    diverged = divergent_tasks(per_task)
     return {
         "tasks": tasks,
         "shots": shots,
@@ -75,7 +76,26 @@ def evaluation_dict(per_task: torch.Tensor, support: torch.Tensor, *, tasks: int
         "mse_by_steps": curve,
         "ci95_by_steps": ci,
         "interval": "1.96·std/√n over tasks (std with ddof = 0), as Finn et al.'s code",
+        "median_by_steps": per_task.double().median(0).values.tolist(),
+        "diverged_tasks_by_steps": diverged.sum(0).tolist(),
+        "mean_without_diverged_by_steps": [
+            float(per_task.double()[~diverged[:, k], k].mean()) for k in
+            range(per_task.shape[1])],
+        "diverged": f"tasks whose MSE after k steps is above {DIVERGED}x their MSE before "
+                    "adaptation or not finite (plain GD with this step size diverged on them)",
     }
+
+
+DIVERGED = 10.0
+"""A task's adaptation counts as diverged when its MSE after k steps exceeds this many times
+its MSE before adaptation (or is not finite)."""
+
+
+def divergent_tasks(per_task: torch.Tensor) -> torch.Tensor:
+    """Boolean (T, K + 1): the task's MSE after k steps is not finite or above
+    :data:`DIVERGED` × its MSE at θ (k = 0)."""
+    x = per_task.double()
+    return ~torch.isfinite(x) | (x > DIVERGED * x[:, :1])
 
 
 def per_task_frame(per_task: torch.Tensor, support: torch.Tensor, shots: int,

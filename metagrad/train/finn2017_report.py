@@ -10,49 +10,89 @@ is one (K = 5; no interval was published).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from .. import plotting
 from . import plots
+from .evaluation import DIVERGED, divergent_tasks
 from .finn2017 import PUBLISHED
 from .stats import seed_interval
 
 REPORTED_STEPS = ("1", "5", "10")
 
 
-def table(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
+def _with_robust(evaluation: dict[str, Any], per_task: pd.DataFrame | None) -> dict[str, Any]:
+    """``evaluation`` with its median, diverged-task count and mean over the other tasks
+    per number of steps, recomputed from the per-task table where the summary predates
+    them."""
+    if "median_by_steps" in evaluation or per_task is None:
+        return evaluation
+    cols = [c for c in per_task.columns if c.startswith("mse_")]
+    x = torch.tensor(per_task[cols].to_numpy())
+    diverged = divergent_tasks(x)
+    return {**evaluation, "median_by_steps": x.median(0).values.tolist(),
+            "diverged_tasks_by_steps": diverged.sum(0).tolist(),
+            "mean_without_diverged_by_steps": [float(x[~diverged[:, k], k].mean())
+                                               for k in range(x.shape[1])]}
+
+
+def table(summaries: Sequence[dict[str, Any]],
+          folders: Sequence[Path | None] | None = None) -> pd.DataFrame:
     """One row per (model, K, k): mean over seeds, t interval across seeds, mean of the
-    per-run task intervals, and the published value."""
+    per-run task intervals, the published value; and, because plain GD with a fixed step
+    can diverge on a few tasks and then decide the mean, the median over tasks, the number
+    of diverged tasks (summed over seeds) and the mean over the other tasks."""
     rows = []
+    folders = list(folders) if folders is not None else [None] * len(summaries)
     shots = sorted(summaries[0]["heldout_shots"], key=int)
     for model in ("maml", "baseline"):
         for K in shots:
-            evals = [(s["heldout_shots"] if model == "maml" else
-                      s["baseline"]["heldout_shots"])[K] for s in summaries]
+            evals = []
+            for s, folder in zip(summaries, folders, strict=True):
+                e = (s["heldout_shots"] if model == "maml" else
+                     s["baseline"]["heldout_shots"])[K]
+                per_task = None
+                if model == "maml" and folder is not None and (
+                        folder / "heldout_per_task.csv").is_file():
+                    f = pd.read_csv(folder / "heldout_per_task.csv")
+                    per_task = f[f["shots"] == int(K)]
+                evals.append(_with_robust(e, per_task))
             for k in ("0", *REPORTED_STEPS):
                 values = [e["mse_by_steps"][int(k)] for e in evals]
                 cis = [e["ci95_by_steps"][int(k)] for e in evals]
                 iv = seed_interval(values)
                 published = PUBLISHED[model]["post_update_mse"].get(k) \
                     if int(K) == PUBLISHED[model]["shots"] else None
+                robust = all("median_by_steps" in e for e in evals)
                 rows.append({
                     "model": model, "shots": int(K), "steps": int(k), "mse": iv.mean,
                     "seed_ci95": iv.half_width, "task_ci95": sum(cis) / len(cis),
                     "seeds": len(values),
+                    "median": sum(e["median_by_steps"][int(k)] for e in evals) / len(evals)
+                    if robust else math.nan,
+                    "diverged_tasks": sum(e["diverged_tasks_by_steps"][int(k)] for e in evals)
+                    if robust else math.nan,
+                    "mean_without_diverged": sum(e["mean_without_diverged_by_steps"][int(k)]
+                                                 for e in evals) / len(evals)
+                    if robust else math.nan,
                     "eval_lr": evals[0]["inner_lr"] if model == "maml" else
                     evals[0]["eval_lr_by_steps"][k],
                     "published": published})
     return pd.DataFrame(rows)
 
 
-def write_report(out: Path, summaries: Sequence[dict[str, Any]]) -> Path:
-    """Write ``finn2017.md``, ``finn2017.csv`` and ``finn2017.png`` into ``out``; returns
-    the figure's path."""
-    frame = table(summaries)
+def write_report(out: Path, summaries: Sequence[dict[str, Any]],
+                 folders: Sequence[Path | None] | None = None) -> Path:
+    """Write ``finn2017.md``, ``finn2017.csv`` and ``finn2017.png`` into ``out`` from the
+    runs' summaries (and their per-task tables in ``folders``, where given); returns the
+    figure's path."""
+    frame = table(summaries, folders)
     frame.to_csv(out / "finn2017.csv", index=False)
     first = summaries[0]
     cfg = first["config"]
@@ -83,8 +123,20 @@ def write_report(out: Path, summaries: Sequence[dict[str, Any]]) -> Path:
     show["seed CI"] = show["seed_ci95"].map(lambda v: "" if v != v else f"± {v:.3f}")
     show["published"] = show["published"].map(lambda v: "" if v is None or v != v
                                               else f"{v:.2f}")
-    lines += [show[["model", "shots", "steps", "ours", "seed CI", "eval_lr", "published"]]
-              .rename(columns={"ours": "test MSE ± task CI"}).to_markdown(index=False), ""]
+    for col in ("median", "mean_without_diverged"):
+        show[col] = show[col].map(lambda v: "" if v != v else f"{v:.3f}")
+    show["diverged_tasks"] = show["diverged_tasks"].map(lambda v: "" if v != v else
+                                                        f"{int(v)} of {cfg['heldout_tasks'] * n}")
+    lines += [show[["model", "shots", "steps", "ours", "seed CI", "median", "diverged_tasks",
+                    "mean_without_diverged", "eval_lr", "published"]]
+              .rename(columns={"ours": "test MSE ± task CI",
+                               "diverged_tasks": "diverged tasks",
+                               "mean_without_diverged": "mean of the others"})
+              .to_markdown(index=False), "",
+              f"A task counts as diverged when its MSE after k steps exceeds {DIVERGED:g}x its "
+              "MSE before adaptation (plain GD with a fixed step diverges where the support "
+              "loss's curvature L exceeds 2/inner_lr); the median and the mean of the other "
+              "tasks are averaged over seeds.", ""]
     (out / "finn2017.md").write_text("\n".join(lines) + "\n")
     return _figure(frame, summaries, out / "finn2017.png")
 
