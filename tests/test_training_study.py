@@ -80,7 +80,7 @@ def test_task_interval_is_finn_et_al_s():
 
 
 def test_diverged_tasks_are_counted_and_set_apart():
-    # Four tasks, MSE before and after 1 and 2 steps; task 2 diverges (×100 its start),
+    # Four tasks, MSE before and after 1 and 2 steps; task 2 ends above its start (×100),
     # task 3 goes non-finite at step 2. Medians and means of the rest by hand.
     per_task = torch.tensor([[1.0, 0.5, 0.4],
                              [2.0, 1.0, 0.6],
@@ -130,6 +130,16 @@ def test_study_tables_are_the_per_seed_numbers_with_t_intervals(tmp_path):
     base = [outdir.read_json(out / "baselines" / f"seed{s}" / "summary.json")
             ["evaluation"]["post_update_mse"]["1"] for s in (0, 1, 2)]
     assert comp.loc["baseline", "mse_1"] == pytest.approx(np.mean(base), rel=1e-12)
+    # the median over test tasks (mean over seeds) and the blown-up tasks, from the per-task
+    # tables: numpy's median of an even count averages the middle two, torch's takes the
+    # lower one, so compare with the lower middle value
+    medians, blown = [], 0
+    for s in (0, 1, 2):
+        f = pd.read_csv(out / "runs" / "maml" / f"seed{s}" / "heldout_per_task.csv")
+        medians.append(np.sort(f.mse_1.to_numpy())[(len(f) - 1) // 2])
+        blown += int((f.mse_10 > 10 * f.mse_0).sum())
+    assert comp.loc["maml", "median_1"] == pytest.approx(np.mean(medians), rel=1e-12)
+    assert comp.loc["maml", "diverged_10"] == blown
     text = (out / "study.md").read_text()
     assert "t₀.₉₇₅,2 = 4.303" in text and "Which differences the intervals resolve" in text
     for fig in ("comparison.png", "heldout_mse.png", "learning_curves.png"):

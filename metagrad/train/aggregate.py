@@ -56,7 +56,9 @@ def load_runs(out: Path, record: dict[str, Any]) -> pd.DataFrame:
                    "own_post_update": s["final_post_update_loss"]}
             for k, v in enumerate(held["mse_by_steps"]):
                 row[f"mse_{k}"] = math.nan if v is None else v
-                row[f"task_ci_{k}"] = held["ci95_by_steps"][k]
+                ci = held["ci95_by_steps"][k]
+                row[f"task_ci_{k}"] = math.nan if ci is None else ci
+            row.update(_robust(held, path.parent / FILES["per_task"], s["config"]["shots"]))
             rows.append(row)
         for seed in spec["seeds"]:
             path = out / "baselines" / f"seed{seed}" / "summary.json"
@@ -70,9 +72,34 @@ def load_runs(out: Path, record: dict[str, Any]) -> pd.DataFrame:
                    "status": "ok"}
             for k, v in enumerate(ev["mse_by_steps"]):
                 row[f"mse_{k}"] = math.nan if v is None else v
-                row[f"task_ci_{k}"] = ev["ci95_by_steps"][k]
+                ci = ev["ci95_by_steps"][k]
+                row[f"task_ci_{k}"] = math.nan if ci is None else ci
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _robust(evaluation: dict[str, Any], per_task: Path, shots: int) -> dict[str, float]:
+    """Median over tasks and number of diverged tasks (see
+    :func:`metagrad.train.evaluation.divergent_tasks`) per k of :data:`KS`, from the
+    summary or, for summaries written before they were recorded, the per-task table."""
+    if "median_by_steps" in evaluation:
+        med, div = evaluation["median_by_steps"], evaluation["diverged_tasks_by_steps"]
+    elif per_task.is_file():
+        import torch
+
+        from .evaluation import divergent_tasks, task_median
+
+        f = pd.read_csv(per_task)
+        f = f[f["shots"] == shots]
+        x = torch.tensor(f[[c for c in f.columns if c.startswith("mse_")]].to_numpy())
+        med, div = task_median(x), divergent_tasks(x).sum(0).tolist()
+    else:
+        return {}
+    out: dict[str, float] = {}
+    for k in KS:
+        out[f"median_{k}"] = med[int(k)]
+        out[f"diverged_{k}"] = div[int(k)]
+    return out
 
 
 def comparison(runs: pd.DataFrame, regimes: dict[str, str]) -> pd.DataFrame:
@@ -88,6 +115,10 @@ def comparison(runs: pd.DataFrame, regimes: dict[str, str]) -> pd.DataFrame:
             row[f"mse_{k}"] = iv.mean
             row[f"mse_{k}_ci"] = iv.half_width
             row[f"task_ci_{k}"] = float(r[f"task_ci_{k}"].mean())
+            if k != "0":
+                have = f"median_{k}" in r and r[f"median_{k}"].notna().all()
+                row[f"median_{k}"] = float(r[f"median_{k}"].mean()) if have else math.nan
+                row[f"diverged_{k}"] = int(r[f"diverged_{k}"].sum()) if have else -1
         if "own_post_update" in r and r["own_post_update"].notna().all():
             iv = seed_interval(r["own_post_update"].tolist())
             row["own_post_update"], row["own_post_update_ci"] = iv.mean, iv.half_width
@@ -194,6 +225,9 @@ def markdown(comp: pd.DataFrame, diffs: pd.DataFrame, tuning: pd.DataFrame,
             _pm(m, h) for m, h in zip(comp[f"mse_{k}"], comp[f"mse_{k}_ci"], strict=True)]
             for k in KS},
         "task CI (1 step)": comp["task_ci_1"].map(lambda v: f"± {v:.3f}"),
+        **{f"median, diverged ({k} step{'s' if k != '1' else ''})": [
+            "" if d < 0 else f"{m:.3f}, {d}" for m, d in
+            zip(comp[f"median_{k}"], comp[f"diverged_{k}"], strict=True)] for k in KS},
         "own adaptation": [_pm(m, h) for m, h in zip(comp["own_post_update"],
                                                      comp["own_post_update_ci"], strict=True)],
         "train s": comp["train_time_s"].map(lambda v: f"{v:.0f}"),
@@ -205,7 +239,11 @@ def markdown(comp: pd.DataFrame, diffs: pd.DataFrame, tuning: pd.DataFrame,
               "post-update loss on the training tasks after the variant's own inner loop "
               "(mean of the last 100 meta-steps; for the solved regime many small proximal "
               "steps, not the plain GD of the test columns); train s: training time per "
-              "run without the one-off compilation.", "", table.to_markdown(index=False), ""]
+              "run without the one-off compilation; median, diverged: the median over test "
+              "tasks (mean over seeds) and the number of test tasks, summed over seeds, whose "
+              "MSE after k steps is above 10x their MSE before adaptation or not finite "
+              "(plain GD blew up on them; a few of them decide the mean).", "",
+              table.to_markdown(index=False), ""]
     if not diffs.empty:
         lines += ["## Which differences the intervals resolve", "",
                   "Paired by seed: the interval is the t interval of the per-seed differences "

@@ -20,7 +20,7 @@ import torch
 
 from .. import plotting
 from . import plots
-from .evaluation import DIVERGED, divergent_tasks
+from .evaluation import DIVERGED, divergent_tasks, task_median
 from .finn2017 import PUBLISHED
 from .stats import seed_interval
 
@@ -36,22 +36,20 @@ def _with_robust(evaluation: dict[str, Any], per_task: pd.DataFrame | None) -> d
     cols = [c for c in per_task.columns if c.startswith("mse_")]
     x = torch.tensor(per_task[cols].to_numpy())
     diverged = divergent_tasks(x)
-    return {**evaluation, "median_by_steps": x.median(0).values.tolist(),
+    return {**evaluation, "median_by_steps": task_median(x),
             "diverged_tasks_by_steps": diverged.sum(0).tolist(),
             "mean_without_diverged_by_steps": [float(x[~diverged[:, k], k].mean())
                                                for k in range(x.shape[1])]}
 
 
-def table(summaries: Sequence[dict[str, Any]],
-          folders: Sequence[Path | None] | None = None) -> pd.DataFrame:
-    """One row per (model, K, k): mean over seeds, t interval across seeds, mean of the
-    per-run task intervals, the published value; and, because plain GD with a fixed step
-    can diverge on a few tasks and then decide the mean, the median over tasks, the number
-    of diverged tasks (summed over seeds) and the mean over the other tasks."""
-    rows = []
+def _evaluations(summaries: Sequence[dict[str, Any]], folders: Sequence[Path | None] | None
+                 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """model (``maml``, ``baseline``) → support size → one evaluation dict per run, with
+    the robust statistics (see :func:`_with_robust`)."""
     folders = list(folders) if folders is not None else [None] * len(summaries)
     shots = sorted(summaries[0]["heldout_shots"], key=int)
-    for model in ("maml", "baseline"):
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {"maml": {}, "baseline": {}}
+    for model in out:
         for K in shots:
             evals = []
             for s, folder in zip(summaries, folders, strict=True):
@@ -63,24 +61,50 @@ def table(summaries: Sequence[dict[str, Any]],
                     f = pd.read_csv(folder / "heldout_per_task.csv")
                     per_task = f[f["shots"] == int(K)]
                 evals.append(_with_robust(e, per_task))
+            out[model][K] = evals
+    return out
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}" if abs(v) >= 1000 else f"{v:.3f}"
+
+
+def _num(v: Any) -> float:
+    return math.nan if v is None else float(v)
+
+
+def _mean(values: Sequence[Any]) -> float:
+    return sum(_num(v) for v in values) / len(values)
+
+
+def table(summaries: Sequence[dict[str, Any]],
+          folders: Sequence[Path | None] | None = None) -> pd.DataFrame:
+    """One row per (model, K, k): mean over seeds, t interval across seeds, mean of the
+    per-run task intervals, the published value; and, because plain GD with a fixed step
+    can diverge on a few tasks and then decide the mean, the median over tasks, the number
+    of diverged tasks (summed over seeds) and the mean over the other tasks."""
+    rows = []
+    for model, by_shots in _evaluations(summaries, folders).items():
+        for K, evals in by_shots.items():
             for k in ("0", *REPORTED_STEPS):
-                values = [e["mse_by_steps"][int(k)] for e in evals]
-                cis = [e["ci95_by_steps"][int(k)] for e in evals]
-                iv = seed_interval(values)
+                i = int(k)
+                iv = seed_interval([e["mse_by_steps"][i] for e in evals])
                 published = PUBLISHED[model]["post_update_mse"].get(k) \
                     if int(K) == PUBLISHED[model]["shots"] else None
                 robust = all("median_by_steps" in e for e in evals)
                 rows.append({
-                    "model": model, "shots": int(K), "steps": int(k), "mse": iv.mean,
-                    "seed_ci95": iv.half_width, "task_ci95": sum(cis) / len(cis),
-                    "seeds": len(values),
-                    "median": sum(e["median_by_steps"][int(k)] for e in evals) / len(evals)
+                    "model": model, "shots": int(K), "steps": i, "mse": iv.mean,
+                    "seed_ci95": iv.half_width,
+                    "task_ci95": _mean([e["ci95_by_steps"][i] for e in evals]),
+                    "seeds": len(evals),
+                    "runs_not_finite": sum(1 for e in evals
+                                           if not math.isfinite(_num(e["mse_by_steps"][i]))),
+                    "median": _mean([e["median_by_steps"][i] for e in evals])
                     if robust else math.nan,
-                    "diverged_tasks": sum(e["diverged_tasks_by_steps"][int(k)] for e in evals)
+                    "diverged_tasks": sum(e["diverged_tasks_by_steps"][i] for e in evals)
                     if robust else math.nan,
-                    "mean_without_diverged": sum(e["mean_without_diverged_by_steps"][int(k)]
-                                                 for e in evals) / len(evals)
-                    if robust else math.nan,
+                    "mean_without_diverged": _mean([e["mean_without_diverged_by_steps"][i]
+                                                    for e in evals]) if robust else math.nan,
                     "eval_lr": evals[0]["inner_lr"] if model == "maml" else
                     evals[0]["eval_lr_by_steps"][k],
                     "published": published})
@@ -118,9 +142,10 @@ def write_report(out: Path, summaries: Sequence[dict[str, Any]],
         "over seeds (none for one seed). Finn et al. published no interval.", "",
     ]
     show = frame[frame["steps"] > 0].copy()
-    show["ours"] = [f"{m:.3f} ± {t:.3f}" for m, t in zip(show["mse"], show["task_ci95"],
-                                                        strict=True)]
-    show["seed CI"] = show["seed_ci95"].map(lambda v: "" if v != v else f"± {v:.3f}")
+    show["ours"] = [f"not finite in {bad} of {n} runs" if bad else
+                    f"{_fmt(m)} ± {_fmt(t)}" for m, t, bad in
+                    zip(show["mse"], show["task_ci95"], show["runs_not_finite"], strict=True)]
+    show["seed CI"] = show["seed_ci95"].map(lambda v: "" if v != v else f"± {_fmt(v)}")
     show["published"] = show["published"].map(lambda v: "" if v is None or v != v
                                               else f"{v:.2f}")
     for col in ("median", "mean_without_diverged"):
@@ -133,39 +158,47 @@ def write_report(out: Path, summaries: Sequence[dict[str, Any]],
                                "diverged_tasks": "diverged tasks",
                                "mean_without_diverged": "mean of the others"})
               .to_markdown(index=False), "",
-              f"A task counts as diverged when its MSE after k steps exceeds {DIVERGED:g}x its "
-              "MSE before adaptation (plain GD with a fixed step diverges where the support "
-              "loss's curvature L exceeds 2/inner_lr); the median and the mean of the other "
-              "tasks are averaged over seeds.", ""]
+              f"*Diverged tasks*: tasks whose MSE after k steps is above {DIVERGED:g}x their "
+              "MSE before adaptation, or not finite: plain GD with a fixed step blows up on a "
+              "task "
+              "where its support loss's curvature exceeds 2/inner_lr, and a few such tasks "
+              "decide the mean (the protocol's statistic). The median and the mean of the "
+              "other tasks (conditional on the outcome: a diagnostic, not a replacement for "
+              "the mean) are averaged over seeds.", ""]
     (out / "finn2017.md").write_text("\n".join(lines) + "\n")
-    return _figure(frame, summaries, out / "finn2017.png")
+    return _figure(_evaluations(summaries, folders), out / "finn2017.png")
 
 
-def _figure(frame: pd.DataFrame, summaries: Sequence[dict[str, Any]], path: Path) -> Path:
+def _figure(evaluations: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> Path:
+    """Test MSE against adaptation steps per support size: the mean over tasks (solid, with
+    the task interval; missing where a run's mean is not finite), the median over tasks
+    (dashed) and the published points."""
     plotting.setup()
-    shots = sorted(summaries[0]["heldout_shots"], key=int)
+    shots = list(evaluations["maml"])
     fig, axes = plotting.plt.subplots(1, len(shots), figsize=(4.6 * len(shots), 4.0),
                                       sharey=True, squeeze=False)
     for ax, K in zip(axes[0], shots, strict=True):
-        for model in ("maml", plots.BASELINE):
-            curves = [(s["heldout_shots"] if model == "maml" else
-                       s["baseline"]["heldout_shots"])[K] for s in summaries]
+        for model in ("maml", "baseline"):
+            curves = evaluations[model][K]
             ks = list(range(len(curves[0]["mse_by_steps"])))
-            mean = [sum(c["mse_by_steps"][k] for c in curves) / len(curves) for k in ks]
-            ci = [sum(c["ci95_by_steps"][k] for c in curves) / len(curves) for k in ks]
+            mean = [_mean([c["mse_by_steps"][k] for c in curves]) for k in ks]
+            ci = [_mean([c["ci95_by_steps"][k] for c in curves]) for k in ks]
             color = plotting.palette()["maml"] if model == "maml" else plots.BASELINE_COLOR
             label = "MAML" if model == "maml" else "joint-training baseline"
-            ax.plot(ks, mean, color=color, marker="o", ms=3, label=f"{label} (ours)")
+            ax.plot(ks, mean, color=color, marker="o", ms=3, label=f"{label}: mean")
             ax.fill_between(ks, [m - c for m, c in zip(mean, ci, strict=True)],
                             [m + c for m, c in zip(mean, ci, strict=True)], color=color,
                             alpha=0.2, lw=0)
-            pub = PUBLISHED["maml" if model == "maml" else "baseline"]
+            if all("median_by_steps" in c for c in curves):
+                median = [_mean([c["median_by_steps"][k] for c in curves]) for k in ks]
+                ax.plot(ks, median, color=color, ls="--", lw=1, label=f"{label}: median")
+            pub = PUBLISHED[model]
             if int(K) == pub["shots"]:
                 xs = [int(k) for k in pub["post_update_mse"]]
                 ax.scatter(xs, list(pub["post_update_mse"].values()), color=color, marker="x",
                            s=70, zorder=4, label=f"{label}, Finn et al. Table 2")
         ax.set_yscale("log")
-        ax.set_title(f"K = {K} test shots (600 tasks, ± 1.96·std/√n)")
+        ax.set_title(f"K = {K} test shots (± 1.96·std/√n over tasks)")
         ax.set_xlabel("adaptation steps")
     axes[0][0].set_ylabel("test MSE")
     axes[0][0].legend(fontsize="x-small")

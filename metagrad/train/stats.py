@@ -104,16 +104,18 @@ class Interval:
         return f"{self.mean:.4g} ± {self.half_width:.2g}"
 
 
-def _finite(values: Sequence[float]) -> list[float]:
-    values = [float(v) for v in values]
-    if not values:
+def _floats(values: Sequence[float | None]) -> list[float]:
+    """The values as floats; None (a non-finite number read back from JSON) is NaN, so
+    that an interval over it is NaN rather than a number that hides the failure."""
+    out = [math.nan if v is None else float(v) for v in values]
+    if not out:
         raise ValueError("an interval needs at least one value")
-    return values
+    return out
 
 
-def seed_interval(values: Sequence[float], level: float = 0.95) -> Interval:
+def seed_interval(values: Sequence[float | None], level: float = 0.95) -> Interval:
     """Mean ± t_{(1+level)/2, n−1} · s/√n over per-seed numbers (s with ddof = 1)."""
-    v = _finite(values)
+    v = _floats(values)
     n = len(v)
     mean = sum(v) / n
     if n < 2:
@@ -122,17 +124,17 @@ def seed_interval(values: Sequence[float], level: float = 0.95) -> Interval:
     return Interval(mean, t_quantile((1 + level) / 2, n - 1) * s / math.sqrt(n), n, "t")
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float],
+def paired_difference(a: Sequence[float | None], b: Sequence[float | None],
                       level: float = 0.95) -> Interval:
     """The t interval of the per-seed differences aₛ − bₛ (same seeds, same order)."""
     if len(a) != len(b):
         raise ValueError(f"paired values need the same seeds: {len(a)} vs {len(b)} numbers")
-    return seed_interval([x - y for x, y in zip(a, b, strict=True)], level)
+    return seed_interval([x - y for x, y in zip(_floats(a), _floats(b), strict=True)], level)
 
 
-def task_interval(values: Sequence[float]) -> Interval:
+def task_interval(values: Sequence[float | None]) -> Interval:
     """Finn et al.'s interval over held-out tasks: mean ± 1.96 · std(ddof=0)/√n."""
-    v = _finite(values)
+    v = _floats(values)
     n = len(v)
     mean = sum(v) / n
     std = math.sqrt(sum((x - mean) ** 2 for x in v) / n)
