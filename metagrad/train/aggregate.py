@@ -49,9 +49,12 @@ def load_runs(out: Path, record: dict[str, Any]) -> pd.DataFrame:
                    "settings": _settings_text(settings),
                    "gradient_equivalents": s["gradient_equivalents"],
                    "median_step_ms": 1e3 * s["median_step_time_s"],
-                   "train_time_s": s["train_time_s"], "compile_s": s["compile_seconds"],
+                   "train_time_s": s["train_time_s"],
+                   "train_s_after_first_step": _after_first_step(s, path.parent),
                    "status": status(s), "warning_steps": s["warning_steps"],
                    "checked_steps": s.get("checked_steps", s["meta_steps"]),
+                   "finding_kinds": "+".join(sorted(s["finding_steps"])),
+                   "not_finite": "" if status(s).startswith("ok") else status(s),
                    "proximal_rate_steps": s["finding_steps"].get("proximal_rate", 0),
                    "own_post_update": s["final_post_update_loss"]}
             for k, v in enumerate(held["mse_by_steps"]):
@@ -78,6 +81,29 @@ def load_runs(out: Path, record: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _after_first_step(summary: dict[str, Any], folder: Path) -> float:
+    """Training time without the first meta-step, which includes any compilation (read
+    from the summary, or from the log for summaries written before it was recorded)."""
+    first = summary.get("first_step_time_s")
+    if first is None and (folder / FILES["log"]).is_file():
+        first = float(read_log(folder / FILES["log"])["step_time_s"].iloc[0])
+    return math.nan if first is None else summary["train_time_s"] - first
+
+
+def _status(r: pd.DataFrame, diverged: dict[str, int]) -> str:
+    """One status for a variant over its seeds: training divergences, non-finite test
+    numbers (per seed), and the numerical findings as a range over seeds."""
+    parts = [f"seed {s}: diverged in training at meta-step {m}" for s, m in diverged.items()]
+    parts += [f"seed {s}: {t}" for s, t in zip(r["seed"], r["not_finite"], strict=True) if t]
+    if "warning_steps" in r and r["warning_steps"].notna().any() and r["warning_steps"].max():
+        lo, hi = int(r["warning_steps"].min()), int(r["warning_steps"].max())
+        kinds = sorted({k for v in r["finding_kinds"] for k in str(v).split("+") if k})
+        checked = int(r["checked_steps"].iloc[0])
+        parts.append(f"numerical warnings at {lo if lo == hi else f'{lo}-{hi}'} of {checked} "
+                     f"checked steps per seed ({', '.join(kinds)})")
+    return "; ".join(parts) or "ok"
+
+
 def _robust(evaluation: dict[str, Any], per_task: Path, shots: int) -> dict[str, float]:
     """Median over tasks and number of diverged tasks (see
     :func:`metagrad.train.evaluation.divergent_tasks`) per k of :data:`KS`, from the
@@ -102,9 +128,12 @@ def _robust(evaluation: dict[str, Any], per_task: Path, shots: int) -> dict[str,
     return out
 
 
-def comparison(runs: pd.DataFrame, regimes: dict[str, str]) -> pd.DataFrame:
+def comparison(runs: pd.DataFrame, regimes: dict[str, str],
+               diverged: dict[str, dict[str, int]] | None = None) -> pd.DataFrame:
     """Per variant: mean over seeds ± t interval of the test MSE before adaptation and
-    after each k of :data:`KS`; Finn et al.'s interval over tasks (mean over seeds)."""
+    after each k of :data:`KS`; Finn et al.'s interval over tasks (mean over seeds).
+    ``diverged``: variant → seed → meta-step, for runs that diverged in training."""
+    diverged = diverged or {}
     rows = []
     for name in dict.fromkeys(runs["variant"]):
         r = runs[runs["variant"] == name]
@@ -125,15 +154,15 @@ def comparison(runs: pd.DataFrame, regimes: dict[str, str]) -> pd.DataFrame:
         else:
             row["own_post_update"] = row["own_post_update_ci"] = math.nan
         row["gradient_equivalents"] = float(r["gradient_equivalents"].iloc[0])
-        compile_s = r["compile_s"].fillna(0.0) if "compile_s" in r else 0.0
-        row["train_time_s"] = float((r["train_time_s"] - compile_s).mean())
+        after = r["train_s_after_first_step"] if "train_s_after_first_step" in r else None
+        row["train_time_s"] = float(after.mean()) if after is not None and \
+            after.notna().all() else float(r["train_time_s"].mean())
         row["proximal_rate_steps"] = int(r["proximal_rate_steps"].sum()) \
             if "proximal_rate_steps" in r and r["proximal_rate_steps"].notna().all() else 0
         row["median_step_ms"] = float(r["median_step_ms"].median()) \
             if "median_step_ms" in r and r["median_step_ms"].notna().any() else math.nan
-        statuses = sorted(set(r["status"]))
-        row["status"] = statuses[0] if len(statuses) == 1 else "; ".join(
-            f"seed {s}: {t}" for s, t in zip(r["seed"], r["status"], strict=True) if t != "ok")
+        row["status"] = _status(r, diverged.get(name, {})) if "not_finite" in r and \
+            r["not_finite"].notna().all() else "; ".join(sorted(set(r["status"])))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -239,8 +268,9 @@ def markdown(comp: pd.DataFrame, diffs: pd.DataFrame, tuning: pd.DataFrame,
               "post-update loss on the training tasks after the variant's own inner loop "
               "(mean of the last 100 meta-steps; for the solved regime many small proximal "
               "steps, not the plain GD of the test columns); train s: training time per "
-              "run without the one-off compilation; median, diverged: the median over test "
-              "tasks (mean over seeds) and the number of test tasks, summed over seeds, whose "
+              "run without its first meta-step (which includes compiling); median, diverged: "
+              "the median over test tasks (mean over seeds) and the number of test tasks, "
+              "summed over seeds, whose "
               "MSE after k steps is above 10x their MSE before adaptation or not finite "
               "(plain GD blew up on them; a few of them decide the mean).", "",
               table.to_markdown(index=False), ""]

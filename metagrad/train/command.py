@@ -411,7 +411,7 @@ def write_study_tables(out: Path, record: dict[str, Any]) -> dict[str, Path]:
     regimes = {v.name: v.regime for v in study.variants(
         record["spec"]["methods"], record["spec"]["regimes"], record["spec"]["tune"])}
     regimes[aggregate.BASELINE] = "joint training"
-    comp = aggregate.comparison(runs, regimes)
+    comp = aggregate.comparison(runs, regimes, record.get("diverged"))
     diffs = aggregate.differences(runs)
     probes = aggregate.load_probes(out, record)
     tuning = aggregate.load_tuning(out)

@@ -196,6 +196,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
     # shown once per kind below, instead of once per meta-step.
     method = replace(make_method(cfg), diagnose="record")
     call = _meta_gradient(cfg, replace(method, diagnose="off"))
+    # A compiled method is shared by the runs of a process: count only this run's compiling.
+    compiled_before = sum(call.compile_seconds.values()) if cfg.compile else 0.0
     assert cfg.meta_lr is not None  # filled by TrainConfig.resolved()
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.meta_lr)
@@ -343,7 +345,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
         "checked_steps": sum(1 for s in log["meta_step"] if s % cfg.check_every == 0),
         "finding_steps": kinds,
         "first_warnings": list(first_findings.values()),
-        "compile_seconds": sum(call.compile_seconds.values()) if cfg.compile else 0.0,
+        "compile_seconds": sum(call.compile_seconds.values()) - compiled_before
+        if cfg.compile else 0.0,
+        "first_step_time_s": float(log["step_time_s"][0]) if log["step_time_s"] else math.nan,
         "torch": torch.__version__,
     }
     if evaluate_on == "validation":
