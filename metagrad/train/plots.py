@@ -128,23 +128,35 @@ def _variant_style(name: str) -> tuple[Any, str]:
     return colors.get(method, BASELINE_COLOR), REGIME_STYLE.get(regime or "k1", "-")
 
 
-def _band(rows: list[list[float]]) -> tuple[list[float], list[float]]:
-    """Mean and t half-width across seeds (rows) at every position (columns)."""
+def _band(rows: list[list[float]], log: bool = False
+          ) -> tuple[list[float], list[float], list[float]]:
+    """Mean with the t interval across seeds (rows) at every position (columns), from the
+    seeds that have a finite number there; with ``log``, of log10 of the values (a
+    geometric mean and a band that stays positive, for numbers spanning decades)."""
+    import math
+
     from .stats import seed_interval
 
-    cols = list(zip(*rows, strict=True))
-    ivs = [seed_interval(c) for c in cols]
-    return [iv.mean for iv in ivs], [0.0 if iv.half_width != iv.half_width else iv.half_width
-                                     for iv in ivs]
+    mean, low, high = [], [], []
+    for col in zip(*rows, strict=True):
+        vals = [v for v in col if v == v and abs(v) != float("inf") and (v > 0 or not log)]
+        if not vals:
+            mean.append(math.nan), low.append(math.nan), high.append(math.nan)
+            continue
+        iv = seed_interval([math.log10(v) for v in vals] if log else vals)
+        half = 0.0 if iv.half_width != iv.half_width else iv.half_width
+        m, lo, hi = iv.mean, iv.mean - half, iv.mean + half
+        if log:
+            m, lo, hi = 10 ** m, 10 ** lo, 10 ** hi
+        mean.append(m), low.append(lo), high.append(hi)
+    return mean, low, high
 
 
-def _plot_band(ax, x, rows, name: str, label: str | None = None) -> None:
-    mean, half = _band(rows)
+def _plot_band(ax, x, rows, name: str, label: str | None = None, log: bool = False) -> None:
+    mean, low, high = _band(rows, log)
     color, ls = _variant_style(name)
     ax.plot(x, mean, color=color, ls=ls, lw=1.6, label=label or name)
-    ax.fill_between(x, [m - h for m, h in zip(mean, half, strict=True)],
-                    [m + h for m, h in zip(mean, half, strict=True)], color=color, alpha=0.15,
-                    lw=0)
+    ax.fill_between(x, low, high, color=color, alpha=0.15, lw=0)
 
 
 def plot_study_curves(logs: Mapping[str, Mapping[int, pd.DataFrame]], path: Path) -> Path:
@@ -210,7 +222,8 @@ def plot_accuracy(probes: pd.DataFrame, logs: Mapping[str, Mapping[int, pd.DataF
                   path: Path) -> Path:
     """Meta-gradient accuracy during meta-training next to the loss: relative error and
     cosine against exact MAML (same K, inner_lr), relative error against the exact implicit
-    gradient (IMAML, Neumann), and the post-update loss, each mean over seeds ± t band."""
+    gradient (IMAML, Neumann), and the post-update loss, each over the seeds with a finite
+    number ± t band (errors: geometric mean, the t band of log10)."""
     plotting.setup()
     fig, axes = plotting.plt.subplots(1, 4, figsize=(19, 4.2))
     panels = (("err_maml", "error vs exact MAML (same K, inner_lr)", True),
@@ -220,13 +233,14 @@ def plot_accuracy(probes: pd.DataFrame, logs: Mapping[str, Mapping[int, pd.DataF
         for name in dict.fromkeys(probes["variant"]):
             p = probes[probes["variant"] == name]
             table = p.pivot(index="seed", columns="meta_step", values=col)
-            table = table.dropna(axis=1, how="any")
+            table = table.dropna(axis=1, how="all")
             if table.empty:
                 continue
-            _plot_band(ax, list(table.columns), table.values.tolist(), name)
+            _plot_band(ax, list(table.columns), table.values.tolist(), name, log=log)
         if log:
             ax.set_yscale("log")
-        ax.set_title(title)
+            title += " (geometric mean)"
+        ax.set_title(title, fontsize="medium")
         ax.set_xlabel("meta-step")
     for name, runs in logs.items():
         series = [smooth(log["post_update_loss"]).tolist() for log in runs.values()]
