@@ -401,7 +401,6 @@ def test_cli_refuses_corrupted_snapshot(finished_run, capsys):
 def test_report_section(tmp_path, monkeypatch):
     monkeypatch.setattr(train_section, "QUICK_META_STEPS", 2)
     monkeypatch.setattr(train_section, "QUICK_HELDOUT_TASKS", 3)
-    monkeypatch.setattr(train_section, "COMPILE", False)  # compiled runs: test_training_study
     monkeypatch.setattr(train_section, "METHOD_NAMES", ["maml", "reptile"])  # all six: CLI test
     text = train_section.training_section(ReportContext(out=tmp_path, device="cpu", seed=0,
                                                     quick=True))

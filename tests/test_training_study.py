@@ -406,28 +406,6 @@ def test_compiled_training_follows_the_eager_run(tmp_path):
                                rtol=1e-5)
 
 
-def test_report_section_falls_back_to_eager_without_torch_compile(tmp_path, monkeypatch):
-    from metagrad.report.command import ReportContext
-    from metagrad.train import loop
-    from metagrad.train import section as train_section
-
-    class Untraceable:
-        compile_seconds: dict = {}
-
-        def __init__(self, method):
-            pass
-
-        def __call__(self, *args):
-            raise RuntimeError("torch.compile could not trace maml's batched meta-gradient")
-
-    monkeypatch.setattr(loop, "compile_method", Untraceable)
-    monkeypatch.setattr(train_section, "QUICK_META_STEPS", 2)
-    monkeypatch.setattr(train_section, "QUICK_HELDOUT_TASKS", 3)
-    monkeypatch.setattr(train_section, "METHOD_NAMES", ["fomaml"])
-    text = train_section.training_section(ReportContext(out=tmp_path, device="cpu", seed=0,
-                                                        quick=True))
-    assert "eager (torch.compile is not available here" in text and "| fomaml" in text
-
 
 def test_baseline_step_size_is_chosen_on_validation_tasks_only(tmp_path, monkeypatch):
     # The baseline's fine-tuning step size is chosen per number of steps on the validation
