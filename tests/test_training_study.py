@@ -251,6 +251,13 @@ def test_variants_of_a_full_study():
                      "imaml-matched", "neumann-matched", "penalty-matched"]
     v = study.variants(["imaml"], ("solved",), False)[0]
     assert v.settings({})["lam"] == 300.0 and v.settings({})["steps"] == 14
+    # compiled where it pays: the implicit methods always, the others from 20 000 steps on
+    maml = study.variants(["maml"], ("k1",), False)[0]
+    short = TrainConfig(compile=True)
+    assert study.config_for(short, v, v.settings({}), 0).compile
+    assert not study.config_for(short, maml, {}, 0).compile
+    assert study.config_for(replace(short, meta_steps=70_000), maml, {}, 0).compile
+    assert not study.config_for(TrainConfig(), v, v.settings({}), 0).compile
 
 
 # --------------------------------------------------------------------------------------------
