@@ -82,7 +82,7 @@ def evaluation_dict(per_task: torch.Tensor, support: torch.Tensor, *, tasks: int
             float(per_task.double()[~diverged[:, k], k].mean()) for k in
             range(per_task.shape[1])],
         "diverged": f"tasks whose MSE after k steps is above {DIVERGED:g}x their MSE before "
-                    "adaptation or not finite: plain GD with a fixed step blows up where the "
+                    "adaptation or not finite: plain GD with a fixed step can blow up where the "
                     "support loss's curvature exceeds 2/eval_lr; the mean of the others is "
                     "conditional on that outcome, a diagnostic only",
     }

@@ -159,9 +159,8 @@ def write_report(out: Path, summaries: Sequence[dict[str, Any]],
                                "mean_without_diverged": "mean of the others"})
               .to_markdown(index=False), "",
               f"*Diverged tasks*: tasks whose MSE after k steps is above {DIVERGED:g}x their "
-              "MSE before adaptation, or not finite: plain GD with a fixed step blows up on a "
-              "task "
-              "where its support loss's curvature exceeds 2/inner_lr, and a few such tasks "
+              "MSE before adaptation, or not finite: plain GD with a fixed step can blow up on a "
+              "task where its support loss's curvature exceeds 2/inner_lr, and a few such tasks "
               "decide the mean (the protocol's statistic). The median and the mean of the "
               "other tasks (conditional on the outcome: a diagnostic, not a replacement for "
               "the mean) are averaged over seeds.", ""]
