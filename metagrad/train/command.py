@@ -230,8 +230,7 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
                              + ", ".join(v.name for v in chosen if set(v.grid) & set(clash))
                              + f"; do not also give --{clash[0].replace('_', '-')}")
     cfg_fields = {f.name for f in fields(TrainConfig)}
-    common = {k: v for k, v in opts.items() if k in cfg_fields and k not in METHOD_SETTINGS
-              and k not in ("meta_lr",)}
+    common = {k: v for k, v in opts.items() if k in cfg_fields and k not in METHOD_SETTINGS}
     if "probe_at" in common:
         common["probe_at"] = tuple(common["probe_at"])
     for key in ("hidden", "eval_steps", "eval_shots", "baseline_eval_lrs"):
@@ -247,13 +246,8 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
             "preset": args.preset}
 
 
-def configs_from_args(args: argparse.Namespace) -> list[TrainConfig]:
-    """The run configurations of a one-seed run (one per chosen method)."""
-    plan = resolve(args)
-    return _configs(plan)
-
-
 def _configs(plan: dict[str, Any]) -> list[TrainConfig]:
+    """The run configurations of a one-seed run (one per chosen method)."""
     configs = []
     for name in plan["methods"]:
         reads = (*method_class(name).setting_names(), "meta_lr")
