@@ -1,5 +1,6 @@
 """The joint-training baseline of Finn et al. 2017 §5.1 ("pretrained"): one network,
-no adaptation during training, fine-tuned at test time like the meta-trained ones."""
+no adaptation during training, fine-tuned at test time by plain GD like the meta-trained
+ones, with a fine-tuning step size chosen on validation tasks."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from tqdm.auto import tqdm
 
 from .._module import module_loss, params_of
 from ..timing import synchronize
-from .config import ADAM_META_LR, TrainConfig, heldout_tasks, make_model, task_family
-from .evaluation import adaptation_curve, evaluation_dict, prediction_frame
+from . import config as _config
+from .config import ADAM_META_LR, TrainConfig, make_model, task_family
+from .evaluation import evaluate, prediction_frame
 
 
 @contextmanager
@@ -36,11 +38,13 @@ class BaselineResult:
     evaluation: dict[str, Any]
     predictions: pd.DataFrame
     train_time_s: float
+    per_task: pd.DataFrame | None = None
 
 
 def train_baseline(cfg: TrainConfig, progress: bool = False) -> BaselineResult:
     """The same network and task stream (same seed), trained by Adam (lr 1e-3) for
-    ``meta_steps`` steps on the pooled MSE of each batch's train + val points, i.e. on
+    ``baseline_steps`` steps on the MSE of each batch's points (``baseline_data``: support
+    and query pooled, or the support points only as Finn et al.'s code), i.e. on
     E_tasks[L(θ)] with no adaptation; evaluated like the methods.
     """
     cfg = cfg.resolved()
@@ -54,10 +58,14 @@ def _train_baseline(cfg: TrainConfig, progress: bool) -> BaselineResult:
     gen = torch.Generator().manual_seed(cfg.seed)
     family = task_family(cfg)
     started = time.perf_counter()
-    for _ in tqdm(range(cfg.meta_steps), desc="baseline", disable=not progress, leave=False):
+    for _ in tqdm(range(cfg.baseline_adam_steps), desc="baseline", disable=not progress,
+                  leave=False):
         tasks = family.sample(cfg.meta_batch, generator=gen, device=cfg.device)
-        x = torch.cat([tasks.train[0], tasks.val[0]], dim=1).reshape(-1, 1)
-        y = torch.cat([tasks.train[1], tasks.val[1]], dim=1).reshape(-1, 1)
+        if cfg.baseline_data == "support":
+            x, y = tasks.train[0].reshape(-1, 1), tasks.train[1].reshape(-1, 1)
+        else:
+            x = torch.cat([tasks.train[0], tasks.val[0]], dim=1).reshape(-1, 1)
+            y = torch.cat([tasks.train[1], tasks.val[1]], dim=1).reshape(-1, 1)
         opt.zero_grad(set_to_none=True)
         F.mse_loss(model(x), y).backward()
         opt.step()
@@ -65,10 +73,55 @@ def _train_baseline(cfg: TrainConfig, progress: bool) -> BaselineResult:
     elapsed = time.perf_counter() - started
     loss = module_loss(model, F.mse_loss)
     params = {k: v.detach().clone() for k, v in params_of(model).items()}
-    held = heldout_tasks(cfg)
-    curve = adaptation_curve(loss, params, held, cfg.inner_lr, max(max(cfg.eval_steps), 10))
-    evaluation = evaluation_dict(curve, cfg)
-    evaluation["train_time_s"] = elapsed
-    evaluation["meta_lr"] = ADAM_META_LR
-    preds = prediction_frame(model, loss, params, held, cfg.inner_lr)
-    return BaselineResult(params, evaluation, preds, elapsed)
+    evaluation, per_task = evaluate_tuned(loss, params, cfg)
+    evaluation.update(train_time_s=elapsed, meta_lr=ADAM_META_LR,
+                      adam_steps=cfg.baseline_adam_steps, data=cfg.baseline_data)
+    best_lr = evaluation["eval_lr_by_steps"][str(max(cfg.eval_steps))]
+    preds = prediction_frame(model, loss, params, _config.heldout_tasks(cfg), best_lr)
+    return BaselineResult(params, evaluation, preds, elapsed, per_task)
+
+
+def evaluate_tuned(loss, params, cfg: TrainConfig) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Test evaluation with the fine-tuning step size chosen, for each number of steps k
+    and each support size, among ``cfg.baseline_eval_lrs`` by the mean MSE on the
+    validation tasks (never on the test tasks). Returns the evaluation dict of the
+    training support size (its ``heldout_shots`` holds every support size) and the
+    per-task table of the chosen step sizes."""
+    lrs = cfg.baseline_eval_lrs
+    # With one step size there is nothing to choose: the validation tasks are not needed.
+    validation = {lr: evaluate(loss, params, cfg, "validation", lr)[0][str(cfg.shots)]
+                  for lr in lrs} if len(lrs) > 1 else {}
+    tests = {lr: evaluate(loss, params, cfg, "test", lr) for lr in lrs}
+    by_shots: dict[str, dict[str, Any]] = {}
+    frames = []
+    for shots in map(str, cfg.eval_shots):
+        # The validation tasks have the training support size; its choice serves every size.
+        curve_len = len(tests[lrs[0]][0][shots]["mse_by_steps"])
+        chosen = [_best(lrs, validation, k) for k in range(curve_len)]
+        base = dict(tests[lrs[0]][0][shots])
+        for key in ("mse_by_steps", "ci95_by_steps", "median_by_steps",
+                    "diverged_tasks_by_steps", "mean_without_diverged_by_steps"):
+            base[key] = [tests[chosen[k]][0][shots][key][k] for k in range(curve_len)]
+        base["pre_update_mse"] = base["mse_by_steps"][0]
+        base["post_update_mse"] = {str(k): base["mse_by_steps"][k] for k in cfg.eval_steps}
+        base["post_update_ci95"] = {str(k): base["ci95_by_steps"][k] for k in cfg.eval_steps}
+        base["inner_lr"] = None
+        base["eval_lr_by_steps"] = {str(k): chosen[k] for k in range(curve_len)}
+        base["eval_lr_grid"] = list(lrs)
+        base["validation_mse_by_lr"] = {repr(lr): validation[lr]["mse_by_steps"]
+                                        for lr in validation}
+        by_shots[shots] = base
+        for lr in sorted(set(chosen)):
+            frame = tests[lr][1]
+            frames.append(frame[frame["shots"] == int(shots)])
+    evaluation = dict(by_shots[str(cfg.shots)])
+    evaluation["heldout_shots"] = by_shots
+    return evaluation, pd.concat(frames, ignore_index=True)
+
+
+def _best(lrs: tuple[float, ...], validation: dict[float, dict[str, Any]], k: int) -> float:
+    """The step size with the lowest validation MSE after k steps (the only one if there
+    is nothing to choose)."""
+    if not validation:
+        return lrs[0]
+    return min(lrs, key=lambda lr: validation[lr]["mse_by_steps"][k])

@@ -3,12 +3,24 @@
     metagrad train --method all --out runs/train         # 2000 meta-steps per method
     metagrad train --method maml --meta-steps 500 --snapshot-every 50
     metagrad train --method maml --meta-steps 500 --resume  # continue a killed run exactly
+    metagrad train --method all --seeds 0 1 2 3 4 --tune --regime both --matched-cost
+    metagrad train --preset study --out study/          # the same, with probes, compiled
+    metagrad train --preset finn2017 --out finn2017/    # Finn et al. 2017's protocol
 
-One folder per run (``--out``; with ``--method all`` one subfolder per method)
-holding ``train_log.csv``, ``snapshot.pt``, ``summary.json`` and
-``predictions.csv``; the top folder also gets ``comparison.csv`` and the
-figures ``learning_curves.png``, ``heldout_mse.png`` and ``predictions.png``.
-The loop itself is :func:`metagrad.train.train`.
+Three layouts of ``--out``:
+
+* one method, one seed: the run's own files (``train_log.csv``, ``snapshot.pt``,
+  ``summary.json``, ``heldout_per_task.csv``, ``predictions.csv``) plus
+  ``comparison.csv`` and the figures;
+* ``--method all``, one seed: one subfolder per method, and ``comparison.csv`` and the
+  figures ``learning_curves.png``, ``heldout_mse.png``, ``predictions.png`` on top;
+* a study (``--seeds``, ``--tune``, ``--regime``, ``--matched-cost`` or
+  ``--preset study``): see :mod:`metagrad.train.study`; tables with intervals across
+  seeds, which differences they resolve, tuning, and accuracy along training.
+
+The folder is locked while a run writes into it, and one layout is never written over
+another without ``--overwrite`` (:mod:`metagrad.train.outdir`). Every flag either acts on
+the chosen method(s) or is refused.
 """
 
 from __future__ import annotations
@@ -17,23 +29,41 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from .._app import UsageError, check_device, markdown_table
-from ..methods import METHOD_NAMES, method_class
-from . import plots
+from ..methods import METHOD_NAMES, is_implicit, method_class
+from . import outdir, plots
 from .baseline import train_baseline
 from .config import METHOD_SETTINGS, SETTING_DEFAULTS, TrainConfig
 from .loop import FILES, TrainingDiverged, TrainResult, train
+from .status import status
 
 FIGURES = {
     "curves": "learning_curves.png",
     "heldout": "heldout_mse.png",
     "predictions": "predictions.png",
 }
+STUDY_FIGURES = {
+    "curves": "learning_curves.png",
+    "heldout": "heldout_mse.png",
+    "comparison": "comparison.png",
+    "accuracy": "accuracy_along_training.png",
+    "tuning": "tuning.png",
+}
+TABLES = ("comparison.csv", "differences.csv", "probes.csv", "runs.csv", "tuning.csv",
+          "study.json", "study.md", "finn2017.md", "finn2017.csv", "finn2017.png")
+PRESETS = ("finn2017", "study")
+REGIME_CHOICES = {"k1": ("k1",), "solved": ("solved",), "both": ("k1", "solved")}
+
+# Flags whose value is a TrainConfig field of the same name (None: not given).
+CONFIG_FLAGS = ("meta_steps", "steps", "inner_lr", "eval_lr", *METHOD_SETTINGS, "meta_batch",
+                "meta_lr", "device", "snapshot_every", "heldout_tasks", "threads", "compile",
+                "check_every", "probe_at")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,16 +71,45 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="meta-train on sinusoid regression: curves, held-out evaluation, resume",
         description="Meta-train on sinusoid regression (Finn et al. 2017) and evaluate on "
-                    "held-out tasks against a joint-training baseline.")
-    p.add_argument("--method", default="maml", choices=[*METHOD_NAMES, "all"],
-                   help="method to train, or all six one after another (default: maml)")
-    p.add_argument("--meta-steps", type=int, default=d.meta_steps,
+                    "held-out tasks against a joint-training baseline; with several seeds, "
+                    "tuning and regimes, a comparison with intervals.")
+    p.add_argument("--preset", choices=PRESETS, default=None,
+                   help="finn2017: the protocol of Finn et al. 2017 (70 000 meta-steps, their "
+                        "initialisation and test tasks; docs/finn2017.md); study: --method all "
+                        "--seeds 0 1 2 3 4 --tune --regime both --matched-cost with probes at "
+                        "meta-steps 0, 1/4, 1/2 and the end, checks every 10 steps, IMAML "
+                        "and Neumann compiled. Flags given override the preset's values")
+    p.add_argument("--method", default=None, choices=[*METHOD_NAMES, "all"],
+                   help="method to train, or all six (default: maml)")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=None,
+                       help="initialisation and task stream (default 0)")
+    seeds.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                       help="run every chosen method once per seed; tables give the mean and "
+                            "95%% t intervals across seeds")
+    p.add_argument("--tune", action="store_true", default=None,
+                   help="choose each method's own settings on a grid, on validation tasks "
+                        "(never the test tasks), before the seeds run")
+    p.add_argument("--regime", choices=list(REGIME_CHOICES), default=None,
+                   help="k1: one inner step as Finn et al. (default); solved: IMAML and "
+                        "Neumann with the proximal problem solved (steps, inner_lr and "
+                        "solver iterations derived from lam); both")
+    p.add_argument("--matched-cost", action="store_true", default=None,
+                   help="also run every method at MAML K=1's cost per meta-step "
+                        "(4 gradient-equivalents per task)")
+    p.add_argument("--probe-at", type=int, nargs="+", default=None, metavar="META_STEP",
+                   help="meta-steps at which the meta-gradient is compared with exact MAML "
+                        "and the exact implicit gradient (float64 oracle, probe.csv)")
+    p.add_argument("--meta-steps", type=int, default=None,
                    help=f"outer steps (default {d.meta_steps})")
-    p.add_argument("--steps", type=int, default=d.steps,
+    p.add_argument("--steps", type=int, default=None,
                    help=f"inner GD steps K during meta-training (default {d.steps}, as Finn "
                         "et al. for sinusoids)")
-    p.add_argument("--inner-lr", type=float, default=d.inner_lr,
+    p.add_argument("--inner-lr", type=float, default=None,
                    help=f"inner step size α (default {d.inner_lr})")
+    p.add_argument("--eval-lr", type=float, default=None,
+                   help="step size of the plain GD adaptation at evaluation "
+                        "(default: --inner-lr)")
     for name in METHOD_SETTINGS:
         readers = [m for m in METHOD_NAMES if name in method_class(m).setting_names()]
         defaults = ", ".join(
@@ -58,49 +117,151 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             for m in readers)
         p.add_argument(f"--{name.replace('_', '-')}", type=float if name in ("lam", "step")
                        else int, default=None, help=f"{name} (default: {defaults})")
-    p.add_argument("--meta-batch", type=int, default=d.meta_batch,
+    p.add_argument("--meta-batch", type=int, default=None,
                    help=f"tasks per meta-step (default {d.meta_batch})")
     p.add_argument("--meta-lr", type=float, default=None,
                    help="outer rate: Adam lr (default 1e-3); for reptile its ε (default 1.0)")
-    p.add_argument("--seed", type=int, default=d.seed, help="initialisation and task stream")
-    p.add_argument("--device", default=d.device, help="cpu or cuda (default: cpu)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     p.add_argument("--out", default="train_out", help="output folder (default: train_out/)")
-    p.add_argument("--snapshot-every", type=int, default=d.snapshot_every,
+    p.add_argument("--snapshot-every", type=int, default=None,
                    help=f"write a resumable snapshot every N meta-steps, 0: only at the end "
                         f"(default {d.snapshot_every})")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its snapshot (same settings)")
+                   help="continue the run (or study) in --out from its snapshots (same "
+                        "settings)")
     p.add_argument("--overwrite", action="store_true",
-                   help="start again even if --out already holds a run")
-    p.add_argument("--heldout-tasks", type=int, default=d.heldout_tasks,
-                   help=f"held-out evaluation tasks (default {d.heldout_tasks})")
-    p.add_argument("--threads", type=int, default=d.threads,
+                   help="start again even if --out already holds results (removes them)")
+    p.add_argument("--heldout-tasks", type=int, default=None,
+                   help=f"held-out test tasks (default {d.heldout_tasks})")
+    p.add_argument("--threads", type=int, default=None,
                    help=f"CPU threads for torch (default {d.threads}: faster for these tiny ops)")
+    p.add_argument("--check-every", type=int, default=None, metavar="N",
+                   help="run the methods' numerical checks on every N-th meta-step (default "
+                        "1; 10 in --preset study: an inner loop that rises costs a power "
+                        "iteration per checked step)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="compute the meta-gradient through metagrad.compile (default: off; "
+                        "on in the presets)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
-def configs_from_args(args: argparse.Namespace) -> list[TrainConfig]:
-    names = list(METHOD_NAMES) if args.method == "all" else [args.method]
-    given = {name: getattr(args, name) for name in METHOD_SETTINGS
-             if getattr(args, name) is not None}
-    for name in given:  # a flag no chosen method reads would silently do nothing
-        if not any(name in method_class(m).setting_names() for m in names):
-            raise UsageError(f"--{name.replace('_', '-')} is not read by {args.method}")
+# --------------------------------------------------------------------------------------------
+# resolving the flags: presets, defaults, and refusing flags that would do nothing
+
+
+def _preset(name: str | None, meta_steps: int | None) -> dict[str, Any]:
+    if name == "finn2017":
+        from .finn2017 import PRESET
+        return dict(PRESET)
+    if name == "study":
+        steps = meta_steps or TrainConfig().meta_steps
+        return {"method": "all", "seeds": [0, 1, 2, 3, 4], "tune": True, "regime": "both",
+                "matched_cost": True, "compile": True, "check_every": 10,
+                "probe_at": sorted({0, steps // 4, steps // 2, steps})}
+    return {}
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in (*CONFIG_FLAGS, "method", "seeds", "seed",
+                                                    "tune", "regime", "matched_cost")
+            if getattr(args, name, None) is not None}
+
+
+def resolve(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's plan from the flags: ``kind`` (single, all, study), ``methods``, ``seeds``,
+    ``base`` (a TrainConfig of the common settings), ``given`` (method settings given
+    explicitly) and the study's options; refuses flags that would do nothing."""
+    given = _given(args)
+    preset = _preset(args.preset, given.get("meta_steps"))
+    if args.preset == "finn2017" and given.get("method", "maml") != "maml":
+        raise UsageError(f"--preset finn2017 is MAML's protocol; --method {given['method']} "
+                         "would not be the protocol (use --method maml or no --method)")
+    if "seed" in given and "seeds" in preset:
+        preset.pop("seeds")
+    opts = {**preset, **given}
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in --out and --overwrite starts it "
+                         "again; give one of them")
+    method = opts.pop("method", "maml")
+    methods = list(METHOD_NAMES) if method == "all" else [method]
+    seeds = opts.pop("seeds", None)
+    if seeds is not None and len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds lists a seed twice: {seeds}")
+    tune = bool(opts.pop("tune", False))
+    regimes = REGIME_CHOICES[opts.pop("regime", "k1")]
+    matched = bool(opts.pop("matched_cost", False))
+    seed = opts.pop("seed", 0)
+    study = seeds is not None or tune or regimes != ("k1",) or matched
+    kind = "study" if study else ("all" if method == "all" else "single")
+
+    method_given = {k: opts[k] for k in (*METHOD_SETTINGS, "steps", "inner_lr", "meta_lr")
+                    if k in given}
+    if "solved" in regimes and not any(is_implicit(m) for m in methods):
+        raise UsageError(f"--regime {args.regime}: the solved regime is for the implicit "
+                         f"methods (imaml, neumann); {method} has no proximal problem")
+    k1_methods = methods if "k1" in regimes else []
+    solved_derives = ("steps", "inner_lr", "cg_iters", "terms", "step")
+    for name in METHOD_SETTINGS:  # a method setting no chosen method (in a regime) reads
+        if name not in given:
+            continue
+        readers = [m for m in methods if name in method_class(m).setting_names()
+                   and (m in k1_methods or name not in solved_derives or matched)]
+        if not readers:
+            why = " in the solved regime (derived from lam there)" \
+                if "solved" in regimes and any(name in method_class(m).setting_names()
+                                              for m in methods) else ""
+            raise UsageError(f"--{name.replace('_', '-')} is not read by {method}{why}")
+    if not k1_methods and not matched:
+        for name in ("steps", "inner_lr"):
+            if name in given:
+                raise UsageError(f"--{name.replace('_', '-')} does nothing in the solved "
+                                 "regime (derived from lam there)")
+    if tune:
+        from .study import variants
+        chosen = variants(methods, regimes, True)
+        tunable = {k for v in chosen for k in v.grid}
+        if not tunable:
+            raise UsageError(f"--tune: {method} has nothing to tune (its protocol settings "
+                             "are fixed); run without --tune")
+        clash = sorted(k for k in method_given if any(k in v.grid for v in chosen))
+        if clash:
+            raise UsageError(f"--tune chooses {', '.join(clash)} for "
+                             + ", ".join(v.name for v in chosen if set(v.grid) & set(clash))
+                             + f"; do not also give --{clash[0].replace('_', '-')}")
+    cfg_fields = {f.name for f in fields(TrainConfig)}
+    common = {k: v for k, v in opts.items() if k in cfg_fields and k not in METHOD_SETTINGS}
+    if "probe_at" in common:
+        common["probe_at"] = tuple(common["probe_at"])
+    for key in ("hidden", "eval_steps", "eval_shots", "baseline_eval_lrs"):
+        if key in common:
+            common[key] = tuple(common[key])
+    base = TrainConfig(method=methods[0], seed=seed, **common)
+    try:
+        base.resolved()
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from None
+    return {"kind": kind, "methods": methods, "seeds": seeds or [seed], "base": base,
+            "given": method_given, "tune": tune, "regimes": regimes, "matched": matched,
+            "preset": args.preset}
+
+
+def _configs(plan: dict[str, Any]) -> list[TrainConfig]:
+    """The run configurations of a one-seed run (one per chosen method)."""
     configs = []
-    for name in names:
-        reads = method_class(name).setting_names()
-        cfg = TrainConfig(
-            method=name, meta_steps=args.meta_steps, steps=args.steps, inner_lr=args.inner_lr,
-            **{k: v for k, v in given.items() if k in reads},
-            meta_batch=args.meta_batch, meta_lr=args.meta_lr, seed=args.seed,
-            device=args.device, snapshot_every=args.snapshot_every,
-            heldout_tasks=args.heldout_tasks, threads=args.threads)
+    for name in plan["methods"]:
+        reads = (*method_class(name).setting_names(), "meta_lr")
+        own = {k: v for k, v in plan["given"].items() if k in reads}
+        cfg = replace(plan["base"], method=name, **own)
         try:
             configs.append(cfg.resolved())
         except (ValueError, TypeError) as err:
             raise UsageError(f"{name}: {err}") from None
     return configs
+
+
+# --------------------------------------------------------------------------------------------
+# one seed: one method or all six
 
 
 def train_many(configs: Sequence[TrainConfig], out: Path, *, resume: bool = False,
@@ -151,18 +312,13 @@ def comparison_frame(results: dict[str, TrainResult],
         rows.append({"method": name, **_mse_columns(s["heldout"]),
                      "train_time_s": s["train_time_s"],
                      "step_ms": 1e3 * s["mean_step_time_s"],
-                     "status": _status(s)})
+                     "status": status(s)})
     if baseline is not None:
         rows.append({"method": "baseline (joint training)", **_mse_columns(baseline),
                      "train_time_s": baseline["train_time_s"],
                      "step_ms": 1e3 * baseline["train_time_s"] / max(1, _meta_steps(results)),
-                     "status": "ok"})
+                     "status": status({"heldout": baseline})})
     return pd.DataFrame(rows)
-
-
-def _status(summary: dict) -> str:
-    n = summary.get("warning_steps", 0)
-    return "ok" if not n else f"ok, numerical warnings at {n} steps"
 
 
 def _meta_steps(results: dict[str, TrainResult]) -> int:
@@ -193,18 +349,136 @@ def write_figures(results: dict[str, TrainResult], out: Path, prefix: str = "") 
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    check_device(args.device)
-    configs = configs_from_args(args)
-    out = Path(args.out)
-    started = time.perf_counter()
+def _one_seed(plan: dict[str, Any], out: Path, args: argparse.Namespace) -> int:
+    configs = _configs(plan)
     results, failed = train_many(configs, out, resume=args.resume, overwrite=args.overwrite,
-                                 progress=not args.quiet, subfolders=args.method == "all")
-    out.mkdir(parents=True, exist_ok=True)
+                                 progress=not args.quiet, subfolders=plan["kind"] == "all")
     frame = comparison_frame(results, failed)
     frame.to_csv(out / "comparison.csv", index=False)
     figures = write_figures(results, out)
     print(markdown_table(frame))
-    print(f"total {time.perf_counter() - started:.1f} s; wrote {out / 'comparison.csv'}"
-          + "".join(f", {p}" for p in figures.values()))
-    return 1 if failed else 0
+    if plan["preset"] == "finn2017" and results:
+        from .finn2017_report import write_report
+        figures["finn2017"] = write_report(out, [r.summary for r in results.values()
+                                                 if r.summary is not None], [out])
+    print("wrote " + ", ".join(str(p) for p in [out / "comparison.csv", *figures.values()]))
+    not_finite = [str(m) for m, st in zip(frame["method"], frame["status"], strict=True)
+                  if "not finite" in str(st)]
+    if not_finite:
+        print(f"metagrad train: error: held-out MSE not finite for {', '.join(not_finite)} "
+              "(see the status column)", file=sys.stderr)
+    return 1 if failed or not_finite else 0
+
+
+# --------------------------------------------------------------------------------------------
+# a study
+
+
+def _study(plan: dict[str, Any], out: Path, args: argparse.Namespace) -> int:
+    from . import study
+
+    if (out / "study.json").is_file() and not (args.resume or args.overwrite):
+        raise UsageError(f"--out {str(out)!r} already holds a study; pass --resume to continue "
+                         "it, --overwrite to start again, or choose another --out")
+    spec = study.Study(base=plan["base"], methods=tuple(plan["methods"]),
+                       seeds=tuple(plan["seeds"]), regimes=tuple(
+                           plan["regimes"]) + (("matched",) if plan["matched"] else ()),
+                       tune=plan["tune"], given=plan["given"])
+    record = study.run(spec, out, resume=args.resume, progress=not args.quiet)
+    write_study_tables(out, record)
+    if plan["preset"] == "finn2017":
+        from .finn2017_report import write_report
+        folders = [out / "runs" / "maml" / f"seed{s}" for s in plan["seeds"]
+                   if (out / "runs" / "maml" / f"seed{s}" / FILES["summary"]).is_file()]
+        write_report(out, [outdir.read_json(f / FILES["summary"]) for f in folders], folders)
+    print((out / "study.md").read_text())
+    return 1 if record["diverged"] else 0
+
+
+def write_study_tables(out: Path, record: dict[str, Any]) -> dict[str, Path]:
+    """Tables (``comparison.csv``, ``differences.csv``, ``runs.csv``, ``probes.csv``,
+    ``study.md``) and figures of the study in ``out``, from the runs on disk."""
+    from . import aggregate, study
+
+    seeds = record["spec"]["seeds"]
+    runs = aggregate.load_runs(out, record)
+    regimes = {v.name: v.regime for v in study.variants(
+        record["spec"]["methods"], record["spec"]["regimes"], record["spec"]["tune"])}
+    regimes[aggregate.BASELINE] = "joint training"
+    comp = aggregate.comparison(runs, regimes, record.get("diverged"))
+    diffs = aggregate.differences(runs)
+    probes = aggregate.load_probes(out, record)
+    tuning = aggregate.load_tuning(out)
+    logs = aggregate.load_logs(out, record)
+    runs.to_csv(out / "runs.csv", index=False)
+    comp.to_csv(out / "comparison.csv", index=False)
+    diffs.to_csv(out / "differences.csv", index=False)
+    if not probes.empty:
+        probes.to_csv(out / "probes.csv", index=False)
+    (out / "study.md").write_text(aggregate.markdown(comp, diffs, tuning, probes, record,
+                                                     seeds))
+    figures = {"comparison": plots.plot_study_comparison(
+        comp, out / STUDY_FIGURES["comparison"], aggregate.KS),
+        "heldout": plots.plot_study_heldout(runs, out / STUDY_FIGURES["heldout"])}
+    if logs:
+        figures["curves"] = plots.plot_study_curves(logs, out / STUDY_FIGURES["curves"])
+    if not probes.empty:
+        figures["accuracy"] = plots.plot_accuracy(probes, logs, out / STUDY_FIGURES["accuracy"])
+    if not tuning.empty:
+        figures["tuning"] = plots.plot_tuning(tuning, out / STUDY_FIGURES["tuning"])
+    return figures
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.device is not None:
+        check_device(args.device)
+    plan = resolve(args)
+    out = outdir.prepare(args.out)
+    started = time.perf_counter()
+    with outdir.hold(out):
+        what = {"single": f"this {plan['methods'][0]} run", "all": "this --method all run",
+                "study": "this study"}[plan["kind"]]
+        if args.overwrite:
+            clear(out)
+        outdir.check_kind(out, plan["kind"], overwrite=args.overwrite, what=what)
+        try:
+            code = (_study if plan["kind"] == "study" else _one_seed)(plan, out, args)
+        except OSError as err:
+            print(f"metagrad train: error: writing the results failed: "
+                  f"{outdir.describe_os_error(err)}; the snapshots written before are intact: "
+                  "free the space (or fix the folder) and rerun with --resume",
+                  file=sys.stderr)
+            return 1
+        except RuntimeError as err:
+            if "torch.compile" not in str(err):
+                raise
+            print(f"metagrad train: error: {str(err).splitlines()[0]} (run without --compile)",
+                  file=sys.stderr)
+            return 1
+    print(f"total {time.perf_counter() - started:.1f} s")
+    return code
+
+
+def clear(out: Path) -> None:
+    """Remove what ``metagrad train`` wrote into ``out`` (its own file names only, at the
+    top and in its own subfolders), so that ``--overwrite`` starts from a clean folder."""
+    ours = {*FILES.values(), *TABLES, *FIGURES.values(), *STUDY_FIGURES.values(),
+            outdir.MARKER}
+    for name in ours:
+        path = out / name
+        if path.is_file():
+            path.unlink()
+    for sub in (*METHOD_NAMES, "runs", "baselines", "tuning"):
+        folder = out / sub
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if path.is_file() and (path.name in ours or path.name == outdir.LOCK):
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        if not any(folder.iterdir()):
+            folder.rmdir()

@@ -54,6 +54,9 @@ SETTING_DEFAULTS: dict[str, dict[str, Any]] = {
 it (see the module docstring); every other setting takes the class default."""
 METHOD_SETTINGS = tuple(s for s in SETTINGS if s not in ("steps", "inner_lr"))
 """Settings that only some methods read; a run keeps them None for the others."""
+HELDOUT_SOURCES = ("torch", "numpy-legacy")
+INITS = ("torch", "finn2017")
+BASELINE_DATA = ("pooled", "support")
 
 
 @dataclass(frozen=True)
@@ -80,14 +83,57 @@ class TrainConfig:
     heldout_query: int = 100
     heldout_seed: int = 2017
     eval_steps: tuple[int, ...] = (1, 5, 10)
+    eval_lr: float | None = None
+    """Step size of the plain GD adaptation at evaluation; None: ``inner_lr``. Set apart
+    where a method's inner loop is not plain GD at ``inner_lr`` (the implicit methods'
+    converged regime runs many small proximal steps) so that every method is evaluated
+    with the same adaptation."""
+    eval_shots: tuple[int, ...] = ()
+    """Support sizes K to evaluate on besides ``shots`` (one held-out set each)."""
+    heldout_source: str = "torch"
+    """``"torch"``: held-out tasks drawn by ``metagrad.Sinusoid`` from ``heldout_seed``
+    with ``heldout_query`` query points; ``"numpy-legacy"``: the reference test tasks of
+    Finn et al.'s code (``numpy.random.seed(heldout_seed)``, its draw order, K query
+    points per task; see :mod:`metagrad.train.finn2017`)."""
+    init: str = "torch"
+    """``"torch"``: PyTorch's default Linear initialisation (seeded); ``"finn2017"``:
+    weights truncated normal (std 0.01, cut at ±2 std), biases zero, as the reference code."""
+    baseline_data: str = "pooled"
+    """Joint-training baseline's data per task: ``"pooled"`` (support and query points) or
+    ``"support"`` (the K support points only, as Finn et al.'s pretraining)."""
+    baseline_steps: int | None = None
+    """Adam steps of the baseline; None: ``meta_steps``."""
+    baseline_eval_lrs: tuple[float, ...] = ()
+    """Fine-tuning step sizes tried for the baseline (Finn et al. tune it); each reported
+    number of steps takes the one best on the validation tasks. Empty: ``eval_lr`` only."""
+    validation_tasks: int = 200
+    validation_seed: int = 101
+    """Validation tasks (their own seed, never the held-out test tasks): used to choose
+    hyperparameters and the baseline's step size."""
+    probe_at: tuple[int, ...] = ()
+    """Meta-steps at which the meta-gradient is compared with the exact ones (float64, on
+    ``probe_tasks`` fixed tasks drawn from ``probe_seed``); see :mod:`metagrad.train.probe`."""
+    probe_tasks: int = 5
+    probe_seed: int = 102
+    check_every: int = 1
+    """Run the method's numerical checks (``metagrad.diagnose``) on every N-th meta-step
+    (1: every step). A check costs little while all is well, but once an inner loop rises
+    it explains why with a power iteration (20 Hessian-vector products per task), which
+    dominates a compiled meta-step; the log's ``warnings`` and ``findings`` columns count
+    the checked steps only (non-finite numbers are caught on every step regardless)."""
+    compile: bool = False
+    """Run the meta-gradient through ``metagrad.compile`` (one ``torch.compile`` graph;
+    the same numbers up to float rounding, several times faster here after a one-off
+    compile of 5-15 s)."""
     threads: int = 1
     """CPU threads for torch ops during the run. One by default: every op here is tiny
     (40-wide layers, 10 points per task), so intra-op threads only add synchronisation;
     on the 2-core dev machine one thread made a meta-step 2-7x faster than two."""
 
     # Settings that may change between a run and its resumption. (A different ``threads``
-    # count can change float rounding, so bit-identical resumes need the same count.)
-    RESUMABLE_CHANGES = ("meta_steps", "snapshot_every", "threads")
+    # count or compiled vs eager changes float rounding, so bit-identical resumes need the
+    # same.)
+    RESUMABLE_CHANGES = ("meta_steps", "snapshot_every", "threads", "compile", "check_every")
 
     def resolved(self) -> TrainConfig:
         """Validate, and fill the method's settings (settings it does not read stay None;
@@ -106,19 +152,49 @@ class TrainConfig:
         meta_lr = self.meta_lr
         if meta_lr is None:
             meta_lr = REPTILE_META_LR if self.method == "reptile" else ADAM_META_LR
+        eval_lr = self.inner_lr if self.eval_lr is None else self.eval_lr
         cfg = replace(self, meta_lr=meta_lr, hidden=tuple(self.hidden),
-                      eval_steps=tuple(sorted(set(self.eval_steps))), **filled)
+                      eval_steps=tuple(sorted(set(self.eval_steps))), eval_lr=eval_lr,
+                      eval_shots=tuple(sorted({*self.eval_shots, self.shots})),
+                      baseline_eval_lrs=tuple(self.baseline_eval_lrs or (eval_lr,)),
+                      probe_at=tuple(sorted(set(self.probe_at))), **filled)
         cfg._validate()
         return cfg
 
     def _validate(self) -> None:
         for name in ("meta_steps", "meta_batch", "shots", "query", "heldout_tasks",
-                     "heldout_query", "threads"):
+                     "heldout_query", "threads", "validation_tasks", "probe_tasks",
+                     "check_every"):
             positive_int(name, getattr(self, name))
-        for name in ("steps", "snapshot_every", "seed", "heldout_seed"):
+        for name in ("steps", "snapshot_every", "seed", "heldout_seed", "validation_seed",
+                     "probe_seed"):
             non_negative_int(name, getattr(self, name))
-        for name in ("inner_lr", "meta_lr"):
+        if self.baseline_steps is not None:
+            non_negative_int("baseline_steps", self.baseline_steps)
+        for name in ("inner_lr", "meta_lr", "eval_lr"):
             positive_float(name, getattr(self, name))
+        for lr in self.baseline_eval_lrs:
+            positive_float("baseline_eval_lrs entry", lr)
+        for k in self.eval_shots:
+            positive_int("eval_shots entry", k)
+        for s in self.probe_at:
+            non_negative_int("probe_at entry", s)
+            if s > self.meta_steps:
+                raise ValueError(f"probe_at entry {s} is beyond meta_steps {self.meta_steps}")
+        for name, allowed in (("heldout_source", HELDOUT_SOURCES), ("init", INITS),
+                              ("baseline_data", BASELINE_DATA)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.method == "reptile" and self.steps == 0:
+            # g = θ − φ = 0 for K = 0: every outer step would leave θ where it is.
+            raise ValueError("reptile needs steps >= 1: with steps=0 its meta-gradient "
+                             "θ − φ is zero and training does nothing")
+        if self.heldout_source == "torch" and self.validation_seed == self.heldout_seed:
+            raise ValueError(f"validation_seed {self.validation_seed} equals heldout_seed: the "
+                             "validation tasks would be the test tasks")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be True or False, got {self.compile!r}")
         if not self.hidden:
             raise ValueError("hidden must list at least one layer width")
         for width in self.hidden:
@@ -128,6 +204,11 @@ class TrainConfig:
         for k in self.eval_steps:
             positive_int("eval_steps entry", k)
         make_method(self)  # the method checks its own settings (lam, cg_iters, terms)
+
+    @property
+    def baseline_adam_steps(self) -> int:
+        """Adam steps of the joint-training baseline (``baseline_steps`` or ``meta_steps``)."""
+        return self.meta_steps if self.baseline_steps is None else self.baseline_steps
 
     @property
     def optimizer(self) -> str:
@@ -142,8 +223,8 @@ class TrainConfig:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        d["eval_steps"] = list(self.eval_steps)
+        for name in ("hidden", "eval_steps", "eval_shots", "baseline_eval_lrs", "probe_at"):
+            d[name] = list(getattr(self, name))
         d["optimizer"] = self.optimizer
         return d
 
@@ -155,20 +236,51 @@ def make_method(cfg: TrainConfig) -> Method:
 
 
 def make_model(cfg: TrainConfig) -> torch.nn.Sequential:
-    """The 1-h₁-…-1 ReLU MLP, initialised from ``cfg.seed`` (float32)."""
-    return mlp((1, *cfg.hidden, 1), seed=cfg.seed, dtype=torch.float32, device=cfg.device)
+    """The 1-h₁-…-1 ReLU MLP, initialised from ``cfg.seed`` (float32): PyTorch's default
+    initialisation, or with ``init="finn2017"`` the reference code's (``maml.py``,
+    ``construct_fc_weights``): every weight truncated normal with std 0.01, redrawn beyond
+    two standard deviations (TensorFlow's ``truncated_normal``), every bias zero."""
+    model = mlp((1, *cfg.hidden, 1), seed=cfg.seed, dtype=torch.float32, device=cfg.device)
+    if cfg.init == "finn2017":
+        gen = torch.Generator().manual_seed(cfg.seed)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias"):
+                    p.zero_()
+                else:
+                    w = torch.empty(p.shape, dtype=torch.float64)
+                    torch.nn.init.trunc_normal_(w, std=0.01, a=-0.02, b=0.02, generator=gen)
+                    p.copy_(w)
+    return model
 
 
 def task_family(cfg: TrainConfig) -> Sinusoid:
     return Sinusoid(shots=cfg.shots, query=cfg.query)
 
 
-def heldout_tasks(cfg: TrainConfig):
-    """The fixed evaluation tasks: ``heldout_seed``, ``shots`` support and ``heldout_query``
-    query points each (more query points than in training: a less noisy MSE)."""
-    return Sinusoid(shots=cfg.shots, query=cfg.heldout_query).sample(
+def heldout_tasks(cfg: TrainConfig, shots: int | None = None):
+    """The fixed test tasks with ``shots`` support points (default ``cfg.shots``): from
+    ``heldout_seed`` with ``heldout_query`` query points each (more query points than in
+    training: a less noisy MSE), or the reference test tasks of Finn et al.
+    (``heldout_source="numpy-legacy"``, K query points). Used only for the final report
+    of a run, never for choosing anything."""
+    shots = cfg.shots if shots is None else shots
+    if cfg.heldout_source == "numpy-legacy":
+        from .finn2017 import reference_test_tasks
+        return reference_test_tasks(cfg.heldout_tasks, shots, seed=cfg.heldout_seed,
+                                    device=cfg.device)
+    return Sinusoid(shots=shots, query=cfg.heldout_query).sample(
         cfg.heldout_tasks, seed=cfg.heldout_seed, device=cfg.device)
 
 
-__all__ = ["ADAM_META_LR", "METHOD_NAMES", "REPTILE_META_LR", "SETTING_DEFAULTS", "TrainConfig",
-           "heldout_tasks", "make_method", "make_model", "task_family"]
+def validation_tasks(cfg: TrainConfig, shots: int | None = None):
+    """Tasks for choosing hyperparameters: their own seed (``validation_seed``), drawn
+    like the test tasks, so that no choice ever sees the test tasks."""
+    shots = cfg.shots if shots is None else shots
+    return Sinusoid(shots=shots, query=cfg.heldout_query).sample(
+        cfg.validation_tasks, seed=cfg.validation_seed, device=cfg.device)
+
+
+__all__ = ["ADAM_META_LR", "BASELINE_DATA", "HELDOUT_SOURCES", "INITS", "METHOD_NAMES",
+           "REPTILE_META_LR", "SETTING_DEFAULTS", "TrainConfig", "heldout_tasks", "make_method",
+           "make_model", "task_family", "validation_tasks"]

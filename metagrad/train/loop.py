@@ -6,10 +6,15 @@ with ``meta_lr`` for MAML, FOMAML, IMAML, Neumann and Penalty; plain SGD with ra
 ε = ``meta_lr`` for Reptile (θ ← θ − ε g = θ + ε(φ̄ − θ), Nichol et al. 2018, Alg. 1).
 
 Every meta-step appends ``meta_step, pre_update_loss, post_update_loss, step_time_s,
-wall_time_s, warnings`` plus the method's own ``log_columns`` (e.g. IMAML's smallest CG
-curvature) to ``train_log.csv``. At the end the model is evaluated on a fixed held-out
-task set (its own seed), before adaptation and after k plain GD steps with ``inner_lr``,
-and so is the joint-training baseline; results go to ``summary.json``.
+wall_time_s, warnings, findings`` (the number and the kinds of the method's numerical
+findings) plus the method's own ``log_columns`` (e.g. IMAML's smallest CG curvature) to
+``train_log.csv``. At the meta-steps of ``probe_at`` the meta-gradient is compared with
+the exact ones (``probe.csv``, see :mod:`metagrad.train.probe`). At the end the model is
+evaluated on the fixed held-out test tasks (their own seed), before adaptation and after
+k plain GD steps with ``eval_lr``, and so is the joint-training baseline; results go to
+``summary.json`` (strict JSON) and the per-task numbers to ``heldout_per_task.csv``.
+A tuning run (``evaluate="validation"``) is evaluated on the validation tasks instead and
+never draws the test tasks.
 
 Runs resume exactly: a snapshot (``metagrad.train.snapshot``) holds model and optimizer
 state, the task generator's and torch's RNG states, the meta-step and the log, so a
@@ -19,7 +24,6 @@ killed and resumed run is bit-identical to an uninterrupted one on CPU.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import sys
 import time
@@ -33,17 +37,24 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .. import _pytree as pt
 from .._files import atomic_write_bytes
 from .._module import module_loss, params_of, set_grads
+from ..compiled import compile as compile_method
+from ..methods import Method
 from ..timing import synchronize
+from . import config as _config
+from . import outdir
 from . import snapshot as snap
 from .baseline import BaselineResult, torch_threads, train_baseline
-from .config import TrainConfig, heldout_tasks, make_method, make_model, task_family
-from .evaluation import adaptation_curve, evaluation_dict, prediction_frame
+from .config import TrainConfig, make_method, make_model, task_family
+from .evaluation import evaluate, prediction_frame
+from .probe import COLUMNS as PROBE_COLUMNS
+from .probe import GradientProbe
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
 LOG_COLUMNS = ["meta_step", "pre_update_loss", "post_update_loss", "step_time_s",
-               "wall_time_s", "warnings"]
+               "wall_time_s", "warnings", "findings"]
 REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "min": torch.amin, "max": torch.amax, "mean": torch.mean}
 
@@ -52,7 +63,14 @@ FILES = {
     "summary": "summary.json",
     "snapshot": "snapshot.pt",
     "predictions": "predictions.csv",
+    "per_task": "heldout_per_task.csv",
+    "probe": "probe.csv",
 }
+EVALUATE = ("test", "validation")
+
+_COMPILED: dict[tuple, Any] = {}
+"""Compiled methods shared by the runs of one process, keyed by the method's configuration
+and the network: a study compiles each configuration once, not once per seed."""
 
 
 class TrainingDiverged(ValueError):
@@ -73,6 +91,7 @@ class TrainResult:
     summary: dict[str, Any] | None = None
     predictions: pd.DataFrame | None = None
     baseline: BaselineResult | None = field(default=None, repr=False)
+    probes: pd.DataFrame | None = None
 
 
 def _shapes(params: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
@@ -113,9 +132,10 @@ def log_columns(cfg: TrainConfig) -> list[str]:
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
           overwrite: bool = False, progress: bool = True,
-          baseline: BaselineResult | None = None, stop_after: int | None = None) -> TrainResult:
+          baseline: BaselineResult | None = None, stop_after: int | None = None,
+          evaluate: str = "test", label: str | None = None) -> TrainResult:
     """Meta-train ``config.method`` for ``config.meta_steps`` meta-steps; write log, snapshots,
-    held-out evaluation and ``summary.json`` into ``out_dir``.
+    held-out evaluation and ``summary.json`` into ``out_dir`` (locked for the run).
 
     ``resume``: continue from ``out_dir/snapshot.pt`` (refused if it was written for
     other settings). Without it, an existing snapshot is only replaced with ``overwrite``.
@@ -123,22 +143,61 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
     across methods by ``metagrad train --method all``); trained here when None.
     ``stop_after``: return right after that meta-step, as if the process were killed there
     (snapshots written so far stay; for tests and for splitting long runs).
+    ``evaluate``: ``"test"`` (the held-out test tasks and the baseline) or
+    ``"validation"`` (the validation tasks only: for choosing hyperparameters).
+    ``label``: the name of the run in tables (default: the method's name).
     """
     cfg = config.resolved()
-    with torch_threads(cfg.threads):
-        return _train(cfg, Path(out_dir), resume, overwrite, progress, baseline, stop_after)
+    if evaluate not in EVALUATE:
+        raise ValueError(f"evaluate must be one of {', '.join(EVALUATE)}, got {evaluate!r}")
+    out = outdir.prepare(out_dir)
+    with outdir.hold(out), torch_threads(cfg.threads):
+        return _train(cfg, out, resume, overwrite, progress, baseline, stop_after, evaluate,
+                      label or cfg.method)
+
+
+def shared_loss(cfg: TrainConfig):
+    """``loss(params, batch)`` of the configured network (MSE). The parameters are passed
+    explicitly, so one loss serves every run with this architecture."""
+    key = ("loss", tuple(cfg.hidden), cfg.device)
+    if key not in _COMPILED:
+        _COMPILED[key] = module_loss(make_model(cfg), F.mse_loss)
+    return _COMPILED[key]
+
+
+def _meta_gradient(cfg: TrainConfig, method: Method):
+    """The method itself, or its compiled form shared across runs (``cfg.compile``).
+
+    Every compiled method traces the same Python function with other constants, and
+    torch.compile allows only a few recompilations of one function (8 on torch 2.13; with
+    ``fullgraph=True`` the next one is an error). So a new configuration starts from a
+    reset compiler cache, keeping only the one in use; recompiling a configuration seen
+    before is then served by inductor's on-disk cache (under a second here).
+    """
+    if not cfg.compile:
+        return method
+    key = ("method", repr(method), tuple(cfg.hidden), cfg.device)
+    if key not in _COMPILED:
+        for old in [k for k in _COMPILED if k[0] == "method"]:
+            del _COMPILED[old]
+        torch._dynamo.reset()
+        _COMPILED[key] = compile_method(method)
+    return _COMPILED[key]
 
 
 def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress: bool,
-           baseline: BaselineResult | None, stop_after: int | None) -> TrainResult:
-    out.mkdir(parents=True, exist_ok=True)
+           baseline: BaselineResult | None, stop_after: int | None, evaluate_on: str,
+           label: str) -> TrainResult:
     paths = {k: out / v for k, v in FILES.items()}
 
     model = make_model(cfg)
-    loss = module_loss(model, F.mse_loss)
+    loss = shared_loss(cfg)
     # The method's numerical checks still run; their findings are counted in the log and
     # shown once per kind below, instead of once per meta-step.
     method = replace(make_method(cfg), diagnose="record")
+    call = _meta_gradient(cfg, replace(method, diagnose="off"))
+    # A compiled method is shared by the runs of a process: count only this run's compiling.
+    compiled_before = sum(call.compile_seconds.values()) if cfg.compile else 0.0
     assert cfg.meta_lr is not None  # filled by TrainConfig.resolved()
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.meta_lr)
@@ -150,8 +209,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
     reductions = {c: REDUCTIONS[r] for c, r in method.log_columns.items()}
     expected = {"format": SNAPSHOT_FORMAT, "method": cfg.method, "config": cfg.identity(),
                 "shapes": _shapes(params_of(model))}
+    probe = GradientProbe(cfg, method, loss) if cfg.probe_at else None
 
     log: dict[str, list] = {c: [] for c in columns}
+    probes: list[dict[str, Any]] = []
     start, elapsed_before = 0, 0.0
     if resume:
         payload = snap.load_snapshot(paths["snapshot"])
@@ -165,6 +226,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
         _set_rng_states(gen, payload["rng"])
         start, elapsed_before = int(payload["meta_step"]), float(payload["elapsed_s"])
         log = {c: list(payload["log"][c]) for c in columns}
+        probes = [dict(row) for row in payload.get("probes", [])]
     elif paths["snapshot"].exists() and not overwrite:
         raise ValueError(f"{out} already holds a run ({FILES['snapshot']}); pass --resume to "
                          "continue it, --overwrite to start again, or choose another --out")
@@ -180,19 +242,35 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
             **expected, "meta_step": meta_step, "elapsed_s": elapsed,
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "rng": _rng_states(gen), "log": log, "method_config": method.config(),
+            "probes": probes,
         })
 
-    bar = tqdm(total=cfg.meta_steps, initial=start, desc=cfg.method, disable=not progress,
+    def maybe_probe(meta_step: int) -> float:
+        """Probe θ after ``meta_step`` updates if asked; the seconds it took (not training)."""
+        if probe is None or meta_step not in cfg.probe_at or \
+                any(r["meta_step"] == meta_step for r in probes):
+            return 0.0
+        row = probe.measure(params_of(model), meta_step)
+        probes.append(row)
+        _write_probes(paths["probe"], probes)
+        return float(row["probe_time_s"])
+
+    bar = tqdm(total=cfg.meta_steps, initial=start, desc=label, disable=not progress,
                dynamic_ncols=True)
     finished = True
     first_findings: dict[str, str] = {}
     with bar, paths["log"].open("a", newline="") as log_file:
         writer = csv.writer(log_file)
         segment_start = time.perf_counter()
+        segment_start += maybe_probe(start)
         for meta_step in range(start + 1, cfg.meta_steps + 1):
             t0 = time.perf_counter()
             tasks = family.sample(cfg.meta_batch, generator=gen, device=cfg.device)
-            out_mg = method(loss, params_of(model), tasks)
+            out_mg = call(loss, params_of(model), tasks)
+            if meta_step % cfg.check_every == 0:
+                # The method's own checks on this step's numbers (no recomputation).
+                out_mg = method.finish(loss, pt.detach(params_of(model)), tasks, out_mg.grad,
+                                       out_mg.diagnostics)
             found = out_mg.findings
             pre, post = float(out_mg.pre_update_loss), float(out_mg.post_update_loss)
             grad_finite = all(bool(torch.isfinite(g).all()) for g in out_mg.grad.values())
@@ -202,9 +280,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
                 opt.step()
             synchronize(cfg.device)
             now = time.perf_counter()
-            row = {"meta_step": meta_step, "pre_update_loss": pre, "post_update_loss": post,
-                   "step_time_s": now - t0, "wall_time_s": elapsed_before + now - segment_start,
-                   "warnings": len(found)}
+            row: dict[str, Any] = {
+                "meta_step": meta_step, "pre_update_loss": pre, "post_update_loss": post,
+                "step_time_s": now - t0, "wall_time_s": elapsed_before + now - segment_start,
+                "warnings": len(found), "findings": "+".join(sorted({f.kind for f in found}))}
             for col, reduce in reductions.items():
                 row[col] = float(reduce(out_mg.diagnostics[col]))
             for c in columns:
@@ -214,7 +293,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
             if not finite:
                 # Stopped before the update: parameters and the last snapshot stay usable.
                 raise TrainingDiverged(
-                    f"{cfg.method} diverged at meta-step {meta_step}: pre/post-update loss "
+                    f"{label} diverged at meta-step {meta_step}: pre/post-update loss "
                     f"{pre:.4g} / {post:.4g}, meta-gradient finite: {grad_finite}"
                     + (f"; the method reported: {found[0].message}" if found else "")
                     + f". Last snapshot: meta-step {saved_at}. Try a smaller --meta-lr or "
@@ -223,9 +302,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
             for finding in found:
                 if finding.kind not in first_findings:
                     first_findings[finding.kind] = f"meta-step {meta_step}: {finding.message}"
-                    bar.write(f"{cfg.method}: warning at meta-step {meta_step} (later ones are "
+                    bar.write(f"{label}: warning at meta-step {meta_step} (later ones are "
                               f"counted in {FILES['log']}, column 'warnings'): "
                               f"{finding.message}", file=sys.stderr)
+            segment_start += maybe_probe(meta_step)
             if (cfg.snapshot_every and meta_step % cfg.snapshot_every == 0) or \
                     meta_step == cfg.meta_steps:
                 save(meta_step, row["wall_time_s"])
@@ -237,35 +317,63 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
 
     params = {k: v.detach().clone() for k, v in params_of(model).items()}
     frame = pd.DataFrame(log, columns=columns)
-    result = TrainResult(cfg, out, frame, params, finished)
+    result = TrainResult(cfg, out, frame, params, finished,
+                         probes=pd.DataFrame(probes, columns=PROBE_COLUMNS) if probe else None)
     if not finished:
+        return result
+
+    train_time = float(log["wall_time_s"][-1]) if log["wall_time_s"] else 0.0
+    kinds: dict[str, int] = {}
+    for value in log["findings"]:
+        for kind in filter(None, str(value).split("+")):
+            kinds[kind] = kinds.get(kind, 0) + 1
+    summary: dict[str, Any] = {
+        "method": cfg.method,
+        "variant": label,
+        "meta_steps": cfg.meta_steps,
+        "config": cfg.as_dict(),
+        "identity": cfg.identity(),
+        "method_config": method.config(),
+        "gradient_equivalents": method.gradient_equivalents(),
+        "train_time_s": train_time,
+        "mean_step_time_s": train_time / max(1, len(log["meta_step"])),
+        "median_step_time_s": float(pd.Series(log["step_time_s"]).median())
+        if log["step_time_s"] else math.nan,
+        "final_pre_update_loss": _tail_mean(log["pre_update_loss"]),
+        "final_post_update_loss": _tail_mean(log["post_update_loss"]),
+        "warning_steps": sum(1 for w in log["warnings"] if w),
+        "checked_steps": sum(1 for s in log["meta_step"] if s % cfg.check_every == 0),
+        "finding_steps": kinds,
+        "first_warnings": list(first_findings.values()),
+        "compile_seconds": sum(call.compile_seconds.values()) - compiled_before
+        if cfg.compile else 0.0,
+        "first_step_time_s": float(log["step_time_s"][0]) if log["step_time_s"] else math.nan,
+        "torch": torch.__version__,
+    }
+    if evaluate_on == "validation":
+        results, _ = evaluate(loss, params, cfg, "validation")
+        summary["validation"] = results[str(cfg.shots)]
+        outdir.write_json(paths["summary"], summary)
+        result.summary = summary
         return result
 
     if baseline is None:
         baseline = train_baseline(cfg, progress=progress)
-    held = heldout_tasks(cfg)
-    curve = adaptation_curve(loss, params, held, cfg.inner_lr, max(max(cfg.eval_steps), 10))
-    train_time = float(log["wall_time_s"][-1]) if log["wall_time_s"] else 0.0
-    summary = {
-        "method": cfg.method,
-        "meta_steps": cfg.meta_steps,
-        "config": cfg.as_dict(),
-        "method_config": method.config(),
-        "heldout": evaluation_dict(curve, cfg),
-        "baseline": baseline.evaluation,
-        "train_time_s": train_time,
-        "mean_step_time_s": train_time / max(1, len(log["meta_step"])),
-        "final_pre_update_loss": _tail_mean(log["pre_update_loss"]),
-        "final_post_update_loss": _tail_mean(log["post_update_loss"]),
-        "warning_steps": sum(1 for w in log["warnings"] if w),
-        "first_warnings": list(first_findings.values()),
-        "torch": torch.__version__,
-    }
-    atomic_write_bytes(paths["summary"], (json.dumps(summary, indent=2) + "\n").encode())
-    preds = prediction_frame(model, loss, params, held, cfg.inner_lr)
+    results, per_task = evaluate(loss, params, cfg, "test")
+    summary["heldout"] = results[str(cfg.shots)]
+    summary["heldout_shots"] = results
+    summary["baseline"] = baseline.evaluation
+    outdir.write_json(paths["summary"], summary)
+    per_task.to_csv(paths["per_task"], index=False)
+    assert cfg.eval_lr is not None  # filled by TrainConfig.resolved()
+    preds = prediction_frame(model, loss, params, _config.heldout_tasks(cfg), cfg.eval_lr)
     preds.to_csv(paths["predictions"], index=False)
     result.summary, result.predictions, result.baseline = summary, preds, baseline
     return result
+
+
+def _write_probes(path: Path, rows: list[dict[str, Any]]) -> None:
+    pd.DataFrame(rows, columns=PROBE_COLUMNS).to_csv(path, index=False)
 
 
 def _tail_mean(values: list[float], n: int = 100) -> float:
@@ -274,5 +382,8 @@ def _tail_mean(values: list[float], n: int = 100) -> float:
 
 
 def read_log(path: str | Path) -> pd.DataFrame:
-    """Read ``train_log.csv`` back with every float exactly as logged."""
-    return pd.read_csv(path)
+    """Read ``train_log.csv`` back with every float exactly as logged (``findings``: an
+    empty string where there were none)."""
+    frame = pd.read_csv(path, dtype={"findings": str}, keep_default_na=False,
+                        na_values={c: ["nan", "NaN"] for c in LOG_COLUMNS if c != "findings"})
+    return frame

@@ -114,3 +114,166 @@ def plot_predictions(predictions: Mapping[str, pd.DataFrame], path: Path) -> Pat
                 ax.set_title(name)
     axes[0][-1].legend(fontsize="x-small", loc="best")
     return plotting.save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# a study: several seeds per variant, bands are 95 % t intervals across seeds
+
+REGIME_STYLE = {"k1": "-", "solved": "--", "matched": ":"}
+
+
+def _variant_style(name: str) -> tuple[Any, str]:
+    method, _, regime = name.partition("-")
+    colors = {**plotting.palette(), BASELINE: BASELINE_COLOR}
+    return colors.get(method, BASELINE_COLOR), REGIME_STYLE.get(regime or "k1", "-")
+
+
+def _band(rows: list[list[float]], log: bool = False
+          ) -> tuple[list[float], list[float], list[float]]:
+    """Mean with the t interval across seeds (rows) at every position (columns), from the
+    seeds that have a finite number there; with ``log``, of log10 of the values (a
+    geometric mean and a band that stays positive, for numbers spanning decades)."""
+    import math
+
+    from .stats import seed_interval
+
+    mean, low, high = [], [], []
+    for col in zip(*rows, strict=True):
+        vals = [v for v in col if v == v and abs(v) != float("inf") and (v > 0 or not log)]
+        if not vals:
+            mean.append(math.nan), low.append(math.nan), high.append(math.nan)
+            continue
+        iv = seed_interval([math.log10(v) for v in vals] if log else vals)
+        half = 0.0 if iv.half_width != iv.half_width else iv.half_width
+        m, lo, hi = iv.mean, iv.mean - half, iv.mean + half
+        if log:
+            m, lo, hi = 10 ** m, 10 ** lo, 10 ** hi
+        mean.append(m), low.append(lo), high.append(hi)
+    return mean, low, high
+
+
+def _plot_band(ax, x, rows, name: str, label: str | None = None, log: bool = False) -> None:
+    mean, low, high = _band(rows, log)
+    color, ls = _variant_style(name)
+    ax.plot(x, mean, color=color, ls=ls, lw=1.6, label=label or name)
+    ax.fill_between(x, low, high, color=color, alpha=0.15, lw=0)
+
+
+def plot_study_curves(logs: Mapping[str, Mapping[int, pd.DataFrame]], path: Path) -> Path:
+    """Pre- and post-update loss along meta-training (moving average per seed), mean over
+    seeds with the 95 % t band."""
+    plotting.setup()
+    fig, axes = plotting.plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    for ax, column, title in zip(axes, ("pre_update_loss", "post_update_loss"),
+                                 ("pre-update loss (train split, θ)",
+                                  "post-update loss (val split, φ)"), strict=True):
+        for name, runs in logs.items():
+            series = [smooth(log[column]).tolist() for log in runs.values()]
+            n = min(map(len, series))
+            x = next(iter(runs.values()))["meta_step"].tolist()[:n]
+            _plot_band(ax, x, [s[:n] for s in series], name)
+        ax.set_yscale("log")
+        ax.set_xlabel("meta-step")
+        ax.set_title(title)
+    axes[0].set_ylabel("MSE (meta-batch mean)")
+    axes[1].legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return plotting.save(fig, path)
+
+
+def plot_study_heldout(runs: pd.DataFrame, path: Path) -> Path:
+    """Test MSE against the number of adaptation steps, mean over seeds ± 95 % t band."""
+    plotting.setup()
+    fig, ax = plotting.plt.subplots(figsize=(9, 4.4))
+    ks = sorted(int(c[4:]) for c in runs.columns if c.startswith("mse_"))
+    for name in dict.fromkeys(runs["variant"]):
+        r = runs[runs["variant"] == name]
+        _plot_band(ax, ks, [[row[f"mse_{k}"] for k in ks] for _, row in r.iterrows()], name)
+    ax.set_yscale("log")
+    ax.set_xlabel("adaptation steps (plain GD, eval_lr)")
+    ax.set_ylabel("test MSE")
+    ax.set_title("held-out test tasks: mean over seeds, 95 % t band")
+    ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return plotting.save(fig, path)
+
+
+def plot_study_comparison(comp: pd.DataFrame, path: Path, ks: tuple[str, ...]) -> Path:
+    """Test MSE after k steps per variant: mean over seeds with the 95 % t interval (thick)
+    and Finn et al.'s interval over tasks (thin)."""
+    plotting.setup()
+    fig, axes = plotting.plt.subplots(1, len(ks), figsize=(5.2 * len(ks), 0.42 * len(comp) + 1.4),
+                                      sharey=True, squeeze=False)
+    y = list(range(len(comp)))[::-1]
+    for ax, k in zip(axes[0], ks, strict=True):
+        for yi, (_, row) in zip(y, comp.iterrows(), strict=True):
+            color, ls = _variant_style(row["variant"])
+            half = 0.0 if row[f"mse_{k}_ci"] != row[f"mse_{k}_ci"] else row[f"mse_{k}_ci"]
+            ax.errorbar(row[f"mse_{k}"], yi, xerr=half, fmt="o", color=color, capsize=4, lw=2.2)
+            ax.errorbar(row[f"mse_{k}"], yi + 0.22, xerr=row[f"task_ci_{k}"], fmt="none",
+                        color=color, alpha=0.5, lw=1, capsize=2)
+        ax.set_xscale("log")
+        ax.set_title(f"test MSE after {k} step{'s' if k != '1' else ''}")
+        ax.set_xlabel("MSE (thick: ± seeds, t; thin: ± tasks)")
+    axes[0][0].set_yticks(y)
+    axes[0][0].set_yticklabels(comp["variant"])
+    return plotting.save(fig, path)
+
+
+def plot_accuracy(probes: pd.DataFrame, logs: Mapping[str, Mapping[int, pd.DataFrame]],
+                  path: Path) -> Path:
+    """Meta-gradient accuracy during meta-training next to the loss: relative error and
+    cosine against exact MAML (same K, inner_lr), relative error against the exact implicit
+    gradient (IMAML, Neumann), and the post-update loss, each over the seeds with a finite
+    number ± t band (errors: geometric mean, the t band of log10)."""
+    plotting.setup()
+    fig, axes = plotting.plt.subplots(1, 4, figsize=(19, 4.2))
+    panels = (("err_maml", "error vs exact MAML (same K, inner_lr)", True),
+              ("cos_maml", "cosine with exact MAML", False),
+              ("err_implicit", "error vs exact implicit gradient", True))
+    for ax, (col, title, log) in zip(axes, panels, strict=False):
+        for name in dict.fromkeys(probes["variant"]):
+            p = probes[probes["variant"] == name]
+            table = p.pivot(index="seed", columns="meta_step", values=col)
+            table = table.dropna(axis=1, how="all")
+            if table.empty:
+                continue
+            _plot_band(ax, list(table.columns), table.values.tolist(), name, log=log)
+        if log:
+            ax.set_yscale("log")
+            title += " (geometric mean)"
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel("meta-step")
+    for name, runs in logs.items():
+        series = [smooth(log["post_update_loss"]).tolist() for log in runs.values()]
+        n = min(map(len, series))
+        x = next(iter(runs.values()))["meta_step"].tolist()[:n]
+        _plot_band(axes[3], x, [s[:n] for s in series], name)
+    axes[3].set_yscale("log")
+    axes[3].set_title("post-update loss (training tasks)")
+    axes[3].set_xlabel("meta-step")
+    axes[3].legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return plotting.save(fig, path)
+
+
+def plot_tuning(tuning: pd.DataFrame, path: Path) -> Path:
+    """Validation MSE after one adaptation step at every grid point, per variant (the
+    chosen point filled)."""
+    plotting.setup()
+    names = list(dict.fromkeys(tuning["variant"]))
+    fig, axes = plotting.plt.subplots(1, len(names), figsize=(3.6 * len(names), 4.4),
+                                      squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        t = tuning[tuning["variant"] == name]
+        color, _ = _variant_style(name)
+        x = list(range(len(t)))
+        scores = t["validation_mse_1"].where(t["validation_mse_1"].map(
+            lambda v: v == v and v != float("inf")))
+        ax.scatter(x, scores, color=color, facecolors="none")
+        chosen = t["chosen"].astype(bool).tolist()
+        ax.scatter([i for i, c in zip(x, chosen, strict=True) if c],
+                   [s for s, c in zip(scores, chosen, strict=True) if c], color=color, s=60)
+        ax.set_xticks(x)
+        ax.set_xticklabels(t["point"], rotation=70, fontsize="x-small")
+        ax.set_yscale("log")
+        ax.set_title(name)
+    axes[0][0].set_ylabel("validation MSE after 1 step")
+    return plotting.save(fig, path)

@@ -1,4 +1,8 @@
-"""``metagrad report`` section: a short meta-training run of all six methods."""
+"""``metagrad report`` section: a short meta-training run of all six methods, long enough
+to show learning: 1000 meta-steps, in which MAML's held-out MSE after one step falls from
+2.9 to 1.3 (the joint-training baseline: 2.4), about a minute on one CPU thread (58 s
+measured at load average 3.5). Eager: compiling the six methods took 136 s with a cold
+compiler cache (30 s warm), more than it saves in 1000 meta-steps."""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ from ..methods import METHOD_NAMES
 from .command import comparison_frame, train_many, write_figures
 from .config import METHOD_SETTINGS, TrainConfig
 
-QUICK_META_STEPS = 100
+QUICK_META_STEPS = 1000
 QUICK_HELDOUT_TASKS = 100
+CHECK_EVERY = 10
+"""The methods' numerical checks run on every 10th meta-step (see ``TrainConfig.check_every``)."""
 
 
 def _settings(cfg: TrainConfig) -> str:
@@ -20,11 +26,13 @@ def _settings(cfg: TrainConfig) -> str:
 
 def training_section(ctx) -> str:
     """Short meta-training run of all six methods (``metagrad train --method all`` is the
-    full 2000-step experiment): curves, held-out MSE and a comparison table."""
+    2000-step experiment, ``metagrad train --preset study`` the study with seeds, tuning and
+    intervals): curves, held-out MSE and a comparison table."""
     meta_steps = QUICK_META_STEPS if ctx.quick else TrainConfig().meta_steps
     heldout = QUICK_HELDOUT_TASKS if ctx.quick else TrainConfig().heldout_tasks
     configs = [TrainConfig(method=m, meta_steps=meta_steps, seed=ctx.seed, device=ctx.device,
-                           heldout_tasks=heldout, snapshot_every=0).resolved()
+                           heldout_tasks=heldout, snapshot_every=0,
+                           check_every=CHECK_EVERY).resolved()
                for m in METHOD_NAMES]
     started = time.perf_counter()
     results, failed = train_many(configs, ctx.out / "training", overwrite=True,
@@ -37,15 +45,17 @@ def training_section(ctx) -> str:
     own = "; ".join(f"{cfg.method} `{_settings(cfg)}`" for cfg in configs if _settings(cfg))
     return (
         "## Meta-training on sinusoid regression\n\n"
-        f"{meta_steps} meta-steps per method ({'quick' if ctx.quick else 'full'} run, "
-        f"{elapsed:.0f} s in all; `metagrad train --method all` runs the 2000-step "
-        f"experiment), meta-batch {c.meta_batch}, {c.shots} + {c.query} shots, MLP "
-        f"1-{'-'.join(map(str, c.hidden))}-1 ReLU, K = {c.steps} inner step with "
-        f"`inner_lr={c.inner_lr}`, Adam `meta_lr=1e-3` (Reptile: SGD with ε = 1); {own}. "
-        f"Held-out: {c.heldout_tasks} tasks "
+        f"{meta_steps} meta-steps per method, one seed ({'quick' if ctx.quick else 'full'} "
+        f"run, {elapsed:.0f} s in all; `metagrad train --method all` runs the "
+        "2000-step experiment and `metagrad train --preset study` the comparison across "
+        f"seeds with tuning and intervals), meta-batch {c.meta_batch}, {c.shots} + "
+        f"{c.query} shots, MLP 1-{'-'.join(map(str, c.hidden))}-1 ReLU, K = {c.steps} inner "
+        f"step with `inner_lr={c.inner_lr}`, Adam `meta_lr=1e-3` (Reptile: SGD with ε = 1); "
+        f"{own}. Held-out: {c.heldout_tasks} tasks "
         f"(seed {c.heldout_seed}), MSE on {c.heldout_query} query points before and after "
         "k plain GD steps; the baseline is one network trained jointly on the same task "
-        "stream, fine-tuned the same way.\n\n"
+        "stream, fine-tuned the same way. One seed: differences of a few percent are within "
+        "seed-to-seed variation.\n\n"
         f"{markdown_table(frame)}\n\n"
         + "".join(f"![{title}]({figures[key].name})\n\n" for key, title in
                   (("curves", "learning curves"), ("heldout", "held-out MSE"),
