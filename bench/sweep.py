@@ -118,7 +118,8 @@ def _with_compiled(methods: list[str]) -> list[str]:
 
 def presets() -> dict[str, list[Block]]:
     """Named grids. ``cpu-quick`` is the ``metagrad report`` section (~30 s on 2 cores);
-    ``cpu`` the full CPU grid (tens of minutes); ``gpu`` the H100 grid (< 5 min);
+    ``cpu`` the full CPU grid (tens of minutes); ``gpu`` the full GPU grid; ``gpu-quick`` what
+    fits a few lent GPU minutes;
     ``tiny`` a seconds-long smoke test of every figure (used by scripts/gpu_bench.sh on CPU)."""
     # Accuracy axes on the smooth sinusoid, 5 tasks (the dense exact targets cost ~2 s a
     # task a λ), inner_lr 0.005 so that inner_lr·(λ + L) < 2 up to λ = 100.
@@ -143,6 +144,15 @@ def presets() -> dict[str, list[Block]]:
             Block(methods=IMPLICIT, steps=[5], lam=[1.0, 10.0, 100.0],
                   cg_iters=[0, 1, 2, 5, 10, 20], terms=[0, 1, 2, 5, 10, 20], **acc),
             Block(methods=MAML_TARGET, steps=[1, 5, 20], **acc),
+        ],
+        # One lent GPU for a few minutes: eager grids only (the compiled path and CUDA
+        # graphs are timed by the peer comparison and metagrad_bench.gpu_check).
+        "gpu-quick": [
+            Block("sinusoid", ALL, [1, 5, 20]),
+            Block("convnet", ALL, [1, 5, 20], meta_batch=32),
+            Block(methods=IMPLICIT, steps=[5], lam=[100.0], cg_iters=[0, 1, 2, 5, 10],
+                  terms=[0, 1, 2, 5, 10], **acc),
+            Block(methods=MAML_TARGET, steps=[1, 5], **acc),
         ],
         "tiny": [
             Block("sinusoid", ["maml", "fomaml", "imaml"], [1, 2], meta_batch=4),
