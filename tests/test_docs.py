@@ -37,8 +37,9 @@ def test_docs_pages_have_no_broken_python_fences():
             assert lang in ("", "python", "bash", "text"), (page, lang)
 
 
-needs_mkdocs = pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None,
-                                  reason="the docs extra is not installed: pip install -e '.[docs]'")
+needs_mkdocs = pytest.mark.skipif(
+    importlib.util.find_spec("mkdocs") is None,
+    reason="the docs extra is not installed: pip install -e '.[docs]'")
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +65,9 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @needs_mkdocs
-@pytest.mark.skipif(importlib.util.find_spec("playwright") is None or not Path(CHROMIUM).exists(),
-                    reason="needs the playwright package and a Chromium (Debian: apt install chromium)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("playwright") is None or not Path(CHROMIUM).exists(),
+    reason="needs the playwright package and a Chromium (Debian: apt install chromium)")
 def test_site_reads_right_in_chromium(site, tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_docs.py"), "--site",
                            str(site), "--out", str(tmp_path), "--chromium", CHROMIUM],

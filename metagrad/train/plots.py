@@ -141,14 +141,16 @@ def _band(rows: list[list[float]], log: bool = False
     for col in zip(*rows, strict=True):
         vals = [v for v in col if v == v and abs(v) != float("inf") and (v > 0 or not log)]
         if not vals:
-            mean.append(math.nan), low.append(math.nan), high.append(math.nan)
+            for series in (mean, low, high):
+                series.append(math.nan)
             continue
         iv = seed_interval([math.log10(v) for v in vals] if log else vals)
         half = 0.0 if iv.half_width != iv.half_width else iv.half_width
         m, lo, hi = iv.mean, iv.mean - half, iv.mean + half
         if log:
             m, lo, hi = 10 ** m, 10 ** lo, 10 ** hi
-        mean.append(m), low.append(lo), high.append(hi)
+        for series, value in ((mean, m), (low, lo), (high, hi)):
+            series.append(value)
     return mean, low, high
 
 
