@@ -137,7 +137,9 @@ def _band(rows: list[list[float]], log: bool = False
 
     from .stats import seed_interval
 
-    mean, low, high = [], [], []
+    mean: list[float] = []
+    low: list[float] = []
+    high: list[float] = []
     for col in zip(*rows, strict=True):
         vals = [v for v in col if v == v and abs(v) != float("inf") and (v > 0 or not log)]
         if not vals:
