@@ -21,6 +21,11 @@ Three layouts of ``--out``:
 The folder is locked while a run writes into it, and one layout is never written over
 another without ``--overwrite`` (:mod:`metagrad.train.outdir`). Every flag either acts on
 the chosen method(s) or is refused.
+
+Under ``torchrun`` (one method or ``--method all``; a study is refused) the processes
+share each meta-batch and rank 0 alone writes (:mod:`metagrad.train.ranks`)::
+
+    torchrun --standalone --nproc-per-node 8 -m metagrad train --device cuda --meta-batch 64
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -38,9 +44,10 @@ import pandas as pd
 from .._app import UsageError, check_device, markdown_table
 from ..methods import METHOD_NAMES, is_implicit, method_class
 from . import outdir, plots
+from . import ranks as _ranks
 from .baseline import train_baseline
 from .config import METHOD_SETTINGS, SETTING_DEFAULTS, TrainConfig
-from .loop import FILES, TrainingDiverged, TrainResult, train
+from .loop import FILES, TrainingDiverged, TrainResult, check_world, train
 from .status import status
 
 FIGURES = {
@@ -271,13 +278,15 @@ def train_many(configs: Sequence[TrainConfig], out: Path, *, resume: bool = Fals
     every config differs only in the method, so the baseline is the same for all.
 
     Returns the finished runs and, for several methods, the ones that diverged (method ->
-    message); a diverging single run raises :class:`TrainingDiverged`."""
+    message); a diverging single run raises :class:`TrainingDiverged`. Under torchrun every
+    rank calls this alike (rank 0 looks at the folder, and tells the others)."""
+    ranks = _ranks.current()
     baseline = None
     results: dict[str, TrainResult] = {}
     failed: dict[str, str] = {}
     for cfg in configs:
         folder = out / cfg.method if subfolders else out
-        has_snapshot = (folder / FILES["snapshot"]).exists()
+        has_snapshot = ranks.from_writer((folder / FILES["snapshot"]).exists)
         if resume and not has_snapshot and not subfolders:
             raise UsageError(f"--resume: no snapshot at {folder / FILES['snapshot']}; "
                              "run without --resume to start")
@@ -290,7 +299,8 @@ def train_many(configs: Sequence[TrainConfig], out: Path, *, resume: bool = Fals
         except TrainingDiverged as err:
             if not subfolders:
                 raise
-            print(f"metagrad train: {err}", file=sys.stderr)
+            if ranks.writer:
+                print(f"metagrad train: {err}", file=sys.stderr)
             failed[cfg.method] = f"diverged at meta-step {err.meta_step}"
     return results, failed
 
@@ -350,18 +360,25 @@ def write_figures(results: dict[str, TrainResult], out: Path, prefix: str = "") 
 
 
 def _one_seed(plan: dict[str, Any], out: Path, args: argparse.Namespace) -> int:
+    ranks = _ranks.current()
     configs = _configs(plan)
     results, failed = train_many(configs, out, resume=args.resume, overwrite=args.overwrite,
-                                 progress=not args.quiet, subfolders=plan["kind"] == "all")
+                                 progress=not args.quiet and ranks.writer,
+                                 subfolders=plan["kind"] == "all")
     frame = comparison_frame(results, failed)
-    frame.to_csv(out / "comparison.csv", index=False)
-    figures = write_figures(results, out)
-    print(markdown_table(frame))
-    if plan["preset"] == "finn2017" and results:
-        from .finn2017_report import write_report
-        figures["finn2017"] = write_report(out, [r.summary for r in results.values()
-                                                 if r.summary is not None], [out])
-    print("wrote " + ", ".join(str(p) for p in [out / "comparison.csv", *figures.values()]))
+
+    def write() -> None:  # rank 0's under torchrun: every rank holds the same results
+        frame.to_csv(out / "comparison.csv", index=False)
+        figures = write_figures(results, out)
+        print(markdown_table(frame))
+        if plan["preset"] == "finn2017" and results:
+            from .finn2017_report import write_report
+            figures["finn2017"] = write_report(out, [r.summary for r in results.values()
+                                                     if r.summary is not None], [out])
+        print("wrote " + ", ".join(str(p) for p in [out / "comparison.csv",
+                                                    *figures.values()]))
+
+    ranks.from_writer(write)
     not_finite = [str(m) for m, st in zip(frame["method"], frame["status"], strict=True)
                   if "not finite" in str(st)]
     if not_finite:
@@ -436,14 +453,24 @@ def run(args: argparse.Namespace) -> int:
     if args.device is not None:
         check_device(args.device)
     plan = resolve(args)
-    out = outdir.prepare(args.out)
+    world = _ranks.world_size()
+    if world > 1:
+        check_distributed(plan, world)
     started = time.perf_counter()
-    with outdir.hold(out):
+    with _ranks.launched(plan["base"].device) as ranks, ExitStack() as stack:
         what = {"single": f"this {plan['methods'][0]} run", "all": "this --method all run",
                 "study": "this study"}[plan["kind"]]
-        if args.overwrite:
-            clear(out)
-        outdir.check_kind(out, plan["kind"], overwrite=args.overwrite, what=what)
+
+        def claim() -> Path:
+            # Rank 0's alone under torchrun; its refusal ends every rank with its message.
+            out = outdir.prepare(args.out)
+            stack.enter_context(outdir.hold(out))
+            if args.overwrite:
+                clear(out)
+            outdir.check_kind(out, plan["kind"], overwrite=args.overwrite, what=what)
+            return out
+
+        out = ranks.from_writer(claim)
         try:
             code = (_study if plan["kind"] == "study" else _one_seed)(plan, out, args)
         except OSError as err:
@@ -452,14 +479,32 @@ def run(args: argparse.Namespace) -> int:
                   "free the space (or fix the folder) and rerun with --resume",
                   file=sys.stderr)
             return 1
+        except _ranks.RanksDiverged as err:
+            print(f"metagrad train: error: {err}", file=sys.stderr)
+            return 1
         except RuntimeError as err:
             if "torch.compile" not in str(err):
                 raise
             print(f"metagrad train: error: {str(err).splitlines()[0]} (run without --compile)",
                   file=sys.stderr)
             return 1
-    print(f"total {time.perf_counter() - started:.1f} s")
+    if ranks.writer:
+        print(f"total {time.perf_counter() - started:.1f} s")
     return code
+
+
+def check_distributed(plan: dict[str, Any], world: int) -> None:
+    """What a run under torchrun (``world`` processes) cannot do, refused by every process
+    alike before the process group starts."""
+    if plan["kind"] == "study":
+        raise UsageError("a study (--seeds, --tune, --regime, --matched-cost, --preset study) "
+                         "is many short runs one after another and is not spread over "
+                         "processes: run it without torchrun, or one torchrun per --seed")
+    for cfg in _configs(plan):
+        try:
+            check_world(cfg, world)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
 
 
 def clear(out: Path) -> None:

@@ -19,6 +19,16 @@ never draws the test tasks.
 Runs resume exactly: a snapshot (``metagrad.train.snapshot``) holds model and optimizer
 state, the task generator's and torch's RNG states, the meta-step and the log, so a
 killed and resumed run is bit-identical to an uninterrupted one on CPU.
+
+Under ``torchrun`` (a ``torch.distributed`` process group of several processes, see
+:mod:`metagrad.train.ranks`) every process runs this loop on the same task stream: the
+meta-batch of each meta-step is drawn from the seed by every rank alike, each rank
+computes the meta-gradient of its slice (``metagrad.shard_tasks``) and
+``metagrad.distributed`` gives every rank the mean over the whole meta-batch, so every
+rank takes the same optimizer step. The per-task diagnostics are gathered, so the log's
+method columns and the numerical checks see every task, as in one process. The global
+task stream does not depend on the number of processes: a run may be resumed with
+another one (equal up to the rounding of the reduction order). Rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +52,7 @@ from .. import _pytree as pt
 from .._files import atomic_write_bytes
 from .._module import module_loss, params_of, set_grads
 from ..compiled import compile as compile_method
+from ..distributed import distributed, shard_tasks
 from ..methods import Method
 from ..timing import synchronize
 from . import config as _config
@@ -51,6 +63,8 @@ from .config import TrainConfig, make_method, make_model, task_family
 from .evaluation import evaluate, prediction_frame
 from .probe import COLUMNS as PROBE_COLUMNS
 from .probe import GradientProbe
+from .ranks import Ranks
+from .ranks import current as current_ranks
 
 SNAPSHOT_FORMAT = 2
 LOG_COLUMNS = ["meta_step", "pre_update_loss", "post_update_loss", "step_time_s",
@@ -98,23 +112,70 @@ def _shapes(params: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in params.items()}
 
 
-def _rng_states(gen: torch.Generator) -> dict[str, Any]:
+def _rng_states(gen: torch.Generator, ranks: Ranks, device: str) -> dict[str, Any]:
     states: dict[str, Any] = {"tasks": gen.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    if not ranks.distributed:
+        if torch.cuda.is_available():
+            states["cuda"] = torch.cuda.get_rng_state_all()
+    elif torch.device(device).type == "cuda":
+        # One process per GPU: the state of this rank's own GPU only (reading every GPU's
+        # would open a CUDA context on each of them from this process).
+        states["cuda_device"] = torch.cuda.get_rng_state()
     return states
 
 
-def _set_rng_states(gen: torch.Generator, states: Mapping[str, Any]) -> None:
+def _set_rng_states(gen: torch.Generator, states: Mapping[str, Any], ranks: Ranks,
+                    device: str) -> None:
     gen.set_state(states["tasks"])
     torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
+    cuda = torch.cuda.is_available() and torch.device(device).type == "cuda"
+    if "cuda_device" in states and cuda:
+        torch.cuda.set_rng_state(states["cuda_device"])
+    elif "cuda" in states and torch.cuda.is_available() and not ranks.distributed:
         torch.cuda.set_rng_state_all(states["cuda"])
+    # (Training draws no random number on the GPU: the tasks come from the CPU generator.)
 
 
 def _format(value: Any) -> str:
     # repr of a Python float is the shortest string that reads back to the same double.
     return repr(value) if isinstance(value, float) else str(value)
+
+
+class _LogFile:
+    """The writer's ``train_log.csv``, one row appended per meta-step.
+
+    In one process a failed write raises at once. Under torchrun it is kept until the
+    next snapshot (:meth:`raise_pending`, run through ``Ranks.from_writer``), where every
+    rank stops with it: raising on rank 0 alone would leave the others waiting. Nothing is
+    lost: a resumed run rewrites the log from the snapshot."""
+
+    def __init__(self, path: Path | None, columns: list[str], hold_errors: bool):
+        self.columns, self.hold_errors = columns, hold_errors
+        self.pending: OSError | None = None
+        self._file = None if path is None else path.open("a", newline="")
+        self._csv = None if self._file is None else csv.writer(self._file)
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        if self._csv is None or self.pending is not None:
+            return
+        try:
+            self._csv.writerow([_format(row[c]) for c in self.columns])
+            self._file.flush()  # type: ignore[union-attr]
+        except OSError as err:
+            if not self.hold_errors:
+                raise
+            self.pending = err
+
+    def raise_pending(self) -> None:
+        if self.pending is not None:
+            raise self.pending
+
+    def close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass  # a write failure is reported through raise_pending / write
 
 
 def _write_log(path: Path, columns: list[str], log: Mapping[str, list]) -> None:
@@ -146,14 +207,37 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
     ``evaluate``: ``"test"`` (the held-out test tasks and the baseline) or
     ``"validation"`` (the validation tasks only: for choosing hyperparameters).
     ``label``: the name of the run in tables (default: the method's name).
+
+    With an initialised ``torch.distributed`` process group of several processes (the
+    ``metagrad train`` command under torchrun sets it up, see
+    :mod:`metagrad.train.ranks`), every process calls ``train`` with the same arguments:
+    each computes the meta-gradient of its slice of every meta-batch, and rank 0 alone
+    reads the snapshot (sending it to the others) and writes into ``out_dir``. Every rank
+    returns the same result.
     """
     cfg = config.resolved()
     if evaluate not in EVALUATE:
         raise ValueError(f"evaluate must be one of {', '.join(EVALUATE)}, got {evaluate!r}")
-    out = outdir.prepare(out_dir)
-    with outdir.hold(out), torch_threads(cfg.threads):
+    ranks = current_ranks()
+    check_world(cfg, ranks.world)
+    with ExitStack() as stack, torch_threads(cfg.threads):
+        def claim() -> Path:  # the writer's: checked and locked for the run
+            out = outdir.prepare(out_dir)
+            stack.enter_context(outdir.hold(out))
+            return out
+
+        out = ranks.from_writer(claim)
         return _train(cfg, out, resume, overwrite, progress, baseline, stop_after, evaluate,
-                      label or cfg.method)
+                      label or cfg.method, ranks)
+
+
+def check_world(cfg: TrainConfig, world: int) -> None:
+    """Refuse more processes than tasks per meta-step: a process without tasks would
+    only wait for the others."""
+    if world > cfg.meta_batch:
+        raise ValueError(f"--meta-batch {cfg.meta_batch} is smaller than the {world} "
+                         "processes: every process needs at least one task of each "
+                         "meta-batch (start fewer processes or raise --meta-batch)")
 
 
 def shared_loss(cfg: TrainConfig):
@@ -187,8 +271,9 @@ def _meta_gradient(cfg: TrainConfig, method: Method):
 
 def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress: bool,
            baseline: BaselineResult | None, stop_after: int | None, evaluate_on: str,
-           label: str) -> TrainResult:
+           label: str, ranks: Ranks) -> TrainResult:
     paths = {k: out / v for k, v in FILES.items()}
+    writer = ranks.writer
 
     model = make_model(cfg)
     loss = shared_loss(cfg)
@@ -198,6 +283,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
     call = _meta_gradient(cfg, replace(method, diagnose="off"))
     # A compiled method is shared by the runs of a process: count only this run's compiling.
     compiled_before = sum(call.compile_seconds.values()) if cfg.compile else 0.0
+    # Under torchrun: the mean over the meta-batch from every rank's slice of it.
+    meta_gradient = distributed(call) if ranks.distributed else call
     assert cfg.meta_lr is not None  # filled by TrainConfig.resolved()
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.meta_lr)
@@ -214,64 +301,95 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
     log: dict[str, list] = {c: [] for c in columns}
     probes: list[dict[str, Any]] = []
     start, elapsed_before = 0, 0.0
-    if resume:
-        payload = snap.load_snapshot(paths["snapshot"])
-        snap.check_compatible(paths["snapshot"], payload, expected,
-                              ["format", "method", "config", "shapes"])
-        if payload["meta_step"] > cfg.meta_steps:
-            raise ValueError(f"{paths['snapshot']} is at meta-step {payload['meta_step']}, "
-                             f"beyond --meta-steps {cfg.meta_steps}")
+
+    def starting_point() -> dict[str, Any] | None:
+        """The writer's: the snapshot to resume from (None: a new run), checked, and the
+        log rewritten from it."""
+        payload = None
+        if resume:
+            payload = snap.load_snapshot(paths["snapshot"])
+            snap.check_compatible(paths["snapshot"], payload, expected,
+                                  ["format", "method", "config", "shapes"])
+            if payload["meta_step"] > cfg.meta_steps:
+                raise ValueError(f"{paths['snapshot']} is at meta-step "
+                                 f"{payload['meta_step']}, beyond --meta-steps {cfg.meta_steps}")
+        elif paths["snapshot"].exists() and not overwrite:
+            raise ValueError(f"{out} already holds a run ({FILES['snapshot']}); pass --resume "
+                             "to continue it, --overwrite to start again, or choose another "
+                             "--out")
+        # Drop rows a killed run logged after its last snapshot: they are recomputed
+        # identically.
+        _write_log(paths["log"], columns, {c: [] for c in columns} if payload is None
+                   else {c: list(payload["log"][c]) for c in columns})
+        return payload
+
+    # Under torchrun rank 0 reads the snapshot and sends it to every rank: the other ranks
+    # need no access to the folder (nor a shared file system across machines).
+    payload = ranks.from_writer(starting_point)
+    if payload is not None:
         model.load_state_dict(payload["model"])
         opt.load_state_dict(payload["optimizer"])
-        _set_rng_states(gen, payload["rng"])
+        _set_rng_states(gen, payload["rng"], ranks, cfg.device)
         start, elapsed_before = int(payload["meta_step"]), float(payload["elapsed_s"])
         log = {c: list(payload["log"][c]) for c in columns}
         probes = [dict(row) for row in payload.get("probes", [])]
-    elif paths["snapshot"].exists() and not overwrite:
-        raise ValueError(f"{out} already holds a run ({FILES['snapshot']}); pass --resume to "
-                         "continue it, --overwrite to start again, or choose another --out")
-    # Drop rows a killed run logged after its last snapshot: they are recomputed identically.
-    _write_log(paths["log"], columns, log)
+        del payload
 
     saved_at = start
+    log_file = _LogFile(paths["log"] if writer else None, columns,
+                        hold_errors=ranks.distributed)
 
     def save(meta_step: int, elapsed: float) -> None:
         nonlocal saved_at
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict()}
+        # Every rank took the same steps from the same state: their states must be
+        # bit-identical. Checked before the snapshot, so a bad one never replaces a good one.
+        ranks.check_identical(state, meta_step)
+
+        def write() -> None:
+            log_file.raise_pending()
+            snap.save_snapshot(paths["snapshot"], {
+                **expected, "meta_step": meta_step, "elapsed_s": elapsed, **state,
+                "rng": _rng_states(gen, ranks, cfg.device), "log": log,
+                "method_config": method.config(), "probes": probes,
+                "processes": ranks.world,
+            })
+
+        ranks.from_writer(write)
         saved_at = meta_step
-        snap.save_snapshot(paths["snapshot"], {
-            **expected, "meta_step": meta_step, "elapsed_s": elapsed,
-            "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "rng": _rng_states(gen), "log": log, "method_config": method.config(),
-            "probes": probes,
-        })
 
     def maybe_probe(meta_step: int) -> float:
         """Probe θ after ``meta_step`` updates if asked; the seconds it took (not training)."""
         if probe is None or meta_step not in cfg.probe_at or \
                 any(r["meta_step"] == meta_step for r in probes):
             return 0.0
-        row = probe.measure(params_of(model), meta_step)
+        row = probe.measure(params_of(model), meta_step)  # on every rank alike
         probes.append(row)
-        _write_probes(paths["probe"], probes)
+        ranks.from_writer(lambda: _write_probes(paths["probe"], probes))
         return float(row["probe_time_s"])
 
-    bar = tqdm(total=cfg.meta_steps, initial=start, desc=label, disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=cfg.meta_steps, initial=start, desc=label,
+               disable=not (progress and writer), dynamic_ncols=True)
     finished = True
     first_findings: dict[str, str] = {}
-    with bar, paths["log"].open("a", newline="") as log_file:
-        writer = csv.writer(log_file)
+    with bar, closing(log_file):
         segment_start = time.perf_counter()
         segment_start += maybe_probe(start)
         for meta_step in range(start + 1, cfg.meta_steps + 1):
             t0 = time.perf_counter()
+            # The whole meta-batch, drawn alike by every rank; each computes its own slice.
             tasks = family.sample(cfg.meta_batch, generator=gen, device=cfg.device)
-            out_mg = call(loss, params_of(model), tasks)
-            if meta_step % cfg.check_every == 0:
+            mine = shard_tasks(tasks, ranks.rank, ranks.world) if ranks.distributed else tasks
+            out_mg = meta_gradient(loss, params_of(model), mine)
+            check = meta_step % cfg.check_every == 0
+            diag = out_mg.diagnostics
+            if ranks.distributed and (check or reductions):
+                diag = ranks.gather_tasks(diag, tasks)  # every task's row, in task order
+            found = []
+            if check:
                 # The method's own checks on this step's numbers (no recomputation).
-                out_mg = method.finish(loss, pt.detach(params_of(model)), tasks, out_mg.grad,
-                                       out_mg.diagnostics)
-            found = out_mg.findings
+                found = method.finish(loss, pt.detach(params_of(model)), tasks, out_mg.grad,
+                                      diag).findings
             pre, post = float(out_mg.pre_update_loss), float(out_mg.post_update_loss)
             grad_finite = all(bool(torch.isfinite(g).all()) for g in out_mg.grad.values())
             finite = math.isfinite(pre) and math.isfinite(post) and grad_finite
@@ -285,11 +403,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
                 "step_time_s": now - t0, "wall_time_s": elapsed_before + now - segment_start,
                 "warnings": len(found), "findings": "+".join(sorted({f.kind for f in found}))}
             for col, reduce in reductions.items():
-                row[col] = float(reduce(out_mg.diagnostics[col]))
+                row[col] = float(reduce(diag[col]))
             for c in columns:
                 log[c].append(row[c])
-            writer.writerow([_format(row[c]) for c in columns])
-            log_file.flush()
+            log_file.write(row)
             if not finite:
                 # Stopped before the update: parameters and the last snapshot stay usable.
                 raise TrainingDiverged(
@@ -302,9 +419,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
             for finding in found:
                 if finding.kind not in first_findings:
                     first_findings[finding.kind] = f"meta-step {meta_step}: {finding.message}"
-                    bar.write(f"{label}: warning at meta-step {meta_step} (later ones are "
-                              f"counted in {FILES['log']}, column 'warnings'): "
-                              f"{finding.message}", file=sys.stderr)
+                    if writer:
+                            bar.write(f"{label}: warning at meta-step {meta_step} (later ones "
+                                  f"are counted in {FILES['log']}, column 'warnings'): "
+                                  f"{finding.message}", file=sys.stderr)
             segment_start += maybe_probe(meta_step)
             if (cfg.snapshot_every and meta_step % cfg.snapshot_every == 0) or \
                     meta_step == cfg.meta_steps:
@@ -314,6 +432,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
             if stop_after is not None and meta_step >= stop_after and meta_step < cfg.meta_steps:
                 finished = False
                 break
+        # A log write that failed after the last snapshot (torchrun: held until now).
+        ranks.from_writer(log_file.raise_pending)
 
     params = {k: v.detach().clone() for k, v in params_of(model).items()}
     frame = pd.DataFrame(log, columns=columns)
@@ -349,11 +469,14 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
         if cfg.compile else 0.0,
         "first_step_time_s": float(log["step_time_s"][0]) if log["step_time_s"] else math.nan,
         "torch": torch.__version__,
+        "processes": ranks.world,
     }
+    # Evaluation and baseline: computed by every rank alike (the same numbers), written by
+    # rank 0; see metagrad.train.ranks.
     if evaluate_on == "validation":
         results, _ = evaluate(loss, params, cfg, "validation")
         summary["validation"] = results[str(cfg.shots)]
-        outdir.write_json(paths["summary"], summary)
+        ranks.from_writer(lambda: outdir.write_json(paths["summary"], summary))
         result.summary = summary
         return result
 
@@ -363,11 +486,15 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
     summary["heldout"] = results[str(cfg.shots)]
     summary["heldout_shots"] = results
     summary["baseline"] = baseline.evaluation
-    outdir.write_json(paths["summary"], summary)
-    per_task.to_csv(paths["per_task"], index=False)
     assert cfg.eval_lr is not None  # filled by TrainConfig.resolved()
     preds = prediction_frame(model, loss, params, _config.heldout_tasks(cfg), cfg.eval_lr)
-    preds.to_csv(paths["predictions"], index=False)
+
+    def write() -> None:
+        outdir.write_json(paths["summary"], summary)
+        per_task.to_csv(paths["per_task"], index=False)
+        preds.to_csv(paths["predictions"], index=False)
+
+    ranks.from_writer(write)
     result.summary, result.predictions, result.baseline = summary, preds, baseline
     return result
 
