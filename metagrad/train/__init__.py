@@ -7,6 +7,7 @@
 * :mod:`.probe`: the meta-gradient against the exact ones during training;
 * :mod:`.snapshot`: crash-safe, digest-checked snapshots;
 * :mod:`.outdir`: the output folder (checked, locked, marked; strict JSON);
+* :mod:`.ranks`: the processes of a run under torchrun (rank 0 writes, errors shared);
 * :mod:`.study`: several seeds, tuning on validation tasks, regimes, matched cost;
 * :mod:`.stats`: intervals across seeds, tasks and paired differences;
 * :mod:`.aggregate`: a study's tables; :mod:`.status`: a run's status in tables;

@@ -152,15 +152,24 @@ class _LogFile:
     def __init__(self, path: Path | None, columns: list[str], hold_errors: bool):
         self.columns, self.hold_errors = columns, hold_errors
         self.pending: OSError | None = None
-        self._file = None if path is None else path.open("a", newline="")
-        self._csv = None if self._file is None else csv.writer(self._file)
+        self._file: Any = None
+        self._csv: Any = None
+        if path is not None:
+            try:
+                self._file = path.open("a", newline="")
+            except OSError as err:
+                if not hold_errors:
+                    raise
+                self.pending = err
+            else:
+                self._csv = csv.writer(self._file)
 
     def write(self, row: Mapping[str, Any]) -> None:
         if self._csv is None or self.pending is not None:
             return
         try:
             self._csv.writerow([_format(row[c]) for c in self.columns])
-            self._file.flush()  # type: ignore[union-attr]
+            self._file.flush()
         except OSError as err:
             if not self.hold_errors:
                 raise
@@ -420,7 +429,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
                 if finding.kind not in first_findings:
                     first_findings[finding.kind] = f"meta-step {meta_step}: {finding.message}"
                     if writer:
-                            bar.write(f"{label}: warning at meta-step {meta_step} (later ones "
+                        bar.write(f"{label}: warning at meta-step {meta_step} (later ones "
                                   f"are counted in {FILES['log']}, column 'warnings'): "
                                   f"{finding.message}", file=sys.stderr)
             segment_start += maybe_probe(meta_step)

@@ -122,9 +122,9 @@ class Ranks:
         raise RanksDiverged(
             f"the processes' parameters differ after meta-step {meta_step} (digests: "
             + ", ".join(f"rank {r} {d}" for r, d in enumerate(digests))
-            + "): their meta-gradients or optimizer steps were not the same. The last "
-            "snapshot was not replaced; rerun with --resume (rank 0's snapshot is sent to "
-            "every process)")
+            + "): their meta-gradients or optimizer steps were not the same. This state "
+            "was not saved; the snapshot written before (if any) is intact, and --resume "
+            "restarts every process from it")
 
     def gather_tasks(self, local: Mapping[str, Tensor], tasks: Task) -> dict[str, Tensor]:
         """Per-task tensors of the whole meta-batch ``tasks`` from every rank's shard.
