@@ -172,10 +172,7 @@ class Method:
         """
 
         def one(theta: Params, train: Any, val: Any):
-            out = self._per_task(loss, theta, train, val)
-            diag = {**out.diagnostics, "pre_update_loss": out.pre_update_loss,
-                    "post_update_loss": out.post_update_loss, "grad_norm": pt.norm(out.grad)}
-            return out.grad, diag
+            return self._task_result(loss, theta, train, val)
 
         def run(theta: Params, train: Any, val: Any):
             if self.batching == "vmap":
@@ -185,6 +182,14 @@ class Method:
             return pt.mean0(grads), diag
 
         return run
+
+    def _task_result(self, loss: Loss, theta: Params, train: Any,
+                     val: Any) -> tuple[Params, dict[str, Tensor]]:
+        """One task's gᵢ and diagnostics: what :meth:`batched` maps over the tasks."""
+        out = self._per_task(loss, theta, train, val)
+        diag = {**out.diagnostics, "pre_update_loss": out.pre_update_loss,
+                "post_update_loss": out.post_update_loss, "grad_norm": pt.norm(out.grad)}
+        return out.grad, diag
 
     def prepare(self, loss: Loss, params: Mapping[str, Tensor], tasks: Task) -> Params:
         """Validate the call's inputs; return the detached parameters."""
