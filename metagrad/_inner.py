@@ -46,16 +46,16 @@ class InnerResult:
 
 
 def gd_step(loss: Loss, theta: Params, phi: Params, batch: Any, inner_lr: float,
-            lam: float | None = None) -> tuple[Params, Tensor]:
-    """One step from φ: ``(φ − α∇L_tr(φ), L_tr(φ))``, or with ``lam`` the proximal step
-    ``φ − α(∇L_tr(φ) + λ(φ − θ))``."""
+            lam: float | None = None) -> tuple[Params, Tensor, Params]:
+    """One step from φ: ``(φ − α∇L(φ), L(φ), ∇L(φ))``, or with ``lam`` the proximal step
+    ``φ − α(∇L(φ) + λ(φ − θ))`` first, L the loss on ``batch``."""
     g, value = grad_and_value(loss)(phi, batch)
     if lam is None:
-        return {k: torch.add(phi[k], g[k], alpha=-inner_lr) for k in phi}, value
+        return {k: torch.add(phi[k], g[k], alpha=-inner_lr) for k in phi}, value, g
     # φ − αλ(φ − θ) − α∇L = lerp(φ, θ, αλ) − α∇L: two fused passes instead of five.
     shrink = inner_lr * lam
     return {k: torch.add(torch.lerp(phi[k], theta[k], shrink), g[k], alpha=-inner_lr)
-            for k in phi}, value
+            for k in phi}, value, g
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def adapt(
     for k in range(steps):
         if trajectory is not None and k % keep_every == 0:
             trajectory.append(phi)
-        phi, value = gd_step(loss, theta, phi, batch, inner_lr, lam)
+        phi, value, _ = gd_step(loss, theta, phi, batch, inner_lr, lam)
         losses.append(value)
     if losses:
         pre = losses[0]

@@ -87,6 +87,13 @@ def norm(a: Params) -> Tensor:
     return torch.sqrt(vdot(a, a))
 
 
+def norm_per_task(a: Params) -> Tensor:
+    """:func:`norm` of each task's slice of task-batched leaves (leading dim T), shape (T,),
+    without ``vmap`` (about 3× cheaper eagerly for a handful of leaves)."""
+    return torch.sqrt(sum((v * v).reshape(v.shape[0], -1).sum(1)  # type: ignore[arg-type]
+                          for v in a.values()))
+
+
 def zeros_like(a: Params) -> Params:
     return {k: torch.zeros_like(v) for k, v in a.items()}
 

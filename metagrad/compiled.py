@@ -27,17 +27,20 @@ eager method's ``ValueError`` naming the tensor when it fails; the result is dis
 The numerical diagnostics of ``metagrad.diagnose`` run after the call as in eager mode
 (``diagnose="off"`` skips them, as benchmarks do).
 
-**Inner loops: unrolled or stepped** (``loop=``). ``"unrolled"`` traces the whole batched
-computation, K inner steps included, as one graph: the fastest call at small K, but
-tracing and code generation grow with K (K copies of the step). ``"stepped"`` compiles
-one inner step, (proximal) gradient descent batched over tasks, and calls it K times
-from Python; MAML's backward pass is then the reverse sweep v ← v − αH(θ⁽ᵏ⁾)v,
-k = K−1 … 0, from v = ∇L_val(φ) (the same meta-gradient as
-``backward="trajectory"``, Finn et al. 2017 eq. (1)-(2)) with one compiled sweep step;
-the other methods' per-task code after the inner loop (solver, penalty, ...) is one more
-graph that receives the inner loop's result (``metagrad._inner.KnownInnerLoop``). Compile
-time is then independent of K. ``"auto"`` (default) uses the stepped form from
-:data:`STEPPED_FROM` inner steps on.
+**Inner loops: unrolled or scanned** (``loop=``). ``"unrolled"`` traces the batched
+computation as it runs eagerly, K inner steps as K copies of the step: tracing and code
+generation grow with K (about 11, 23 and 35 s for K = 1, 5, 10 on the sinusoid MLP, one
+CPU of a loaded 2-core machine). ``"scan"`` writes the K inner steps, batched over tasks,
+as one torch ``scan`` loop whose body is traced and compiled once; MAML's backward pass is then the
+reverse sweep v ← v − αH(θ⁽ᵏ⁾)v, k = K−1 … 0, from v = ∇L_val(φ) over the stored
+iterates, a second ``scan`` (the same meta-gradient as ``backward="trajectory"``, Finn et
+al. 2017 eq. (1)-(2)); the other methods get the inner loop's result
+(``metagrad._inner.KnownInnerLoop``) and run their own per-task code after it. Compile
+time is then the same for every K and the call is 1.1-1.2× the unrolled one, but
+torch 2.13's persistent caches do not store graphs with ``scan`` (a new process compiles
+them again). ``"auto"`` (default) scans from :data:`SCAN_FROM` inner steps on. MAML with a
+checkpointed trajectory stays unrolled (the scanned sweep stores every iterate), and so
+does everything on torch releases without ``scan``.
 
 **Persistent cache.** Compiled graphs are stored by inductor's FX-graph and AOTAutograd
 caches in ``TORCHINDUCTOR_CACHE_DIR`` (default ``<tmp>/torchinductor_<user>``; set the
@@ -52,8 +55,12 @@ without it such a call raises ``RuntimeError`` saying what failed.
 
 On CPU the generated C++ is built with inductor's C++ wrapper (``cpp_wrapper``): one
 compiler run per graph instead of one per fused kernel, which is most of the compile
-time on a small machine. On CUDA the default mode is ``"reduce-overhead"`` (CUDA graphs)
-for the unrolled form.
+time on a small machine. On CUDA the default mode is ``"reduce-overhead"`` (CUDA graphs),
+with the unrolled form (the scanned one is not yet run on a GPU).
+
+Forward-over-reverse Hessian-vector products (``hvp="fwdrev"``) do not trace on torch
+2.13 (dynamo fails on ``torch.func.jvp`` through ``nn.functional.linear``): such a method
+raises, or with ``fallback=True`` runs eagerly; ``hvp="revrev"`` gives the same numbers.
 """
 
 from __future__ import annotations
@@ -64,7 +71,7 @@ import types
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -84,13 +91,15 @@ from .methods.maml import MAML
 VERIFIED_TORCH = ("2.8", "2.10", "2.13", "2.14")
 """torch releases on which the compiled path was run against the eager one (tox matrix)."""
 
-LOOPS = ("auto", "unrolled", "stepped")
-STEPPED_FROM = 3
-"""``loop="auto"`` compiles one inner step (stepped) from this many inner steps on, and
-the whole unrolled computation below it. Measured (bench/compile_time.py, 1 CPU thread,
-sinusoid MLP, 25 tasks): at K = 1 the unrolled graph is the faster call and compiles as
-fast; from K = 3 on the stepped form compiles in about the time of K = 1 while the
-unrolled one grows with K."""
+LOOPS = ("auto", "unrolled", "scan")
+SCAN_FROM = 6
+"""``loop="auto"`` scans the inner loop from this many inner steps on. Measured with
+``python -m metagrad_bench.compile_time`` (MAML, sinusoid MLP, 25 tasks, one pinned CPU,
+new processes): the unrolled form compiles in about 11, 23 and 35 s at K = 1, 5, 10 and
+its warm cache loads in 5-8 s; the scanned form compiles in about 17 s at every K but
+torch 2.13's FX-graph cache does not store graphs with ``scan`` (warm ~11 s), and its
+call is 1.1-1.2× the unrolled one. Below K = 6 the unrolled compile costs at most ~25 s
+and the faster call and the persistent cache win; from K = 6 on, the flat compile time."""
 
 DEFAULT_CACHE_SIZE = 32
 
@@ -146,7 +155,7 @@ def signature(loss: Any, params: Any, tasks: Any) -> tuple | None:
 
 
 def _all_finite(train: Any, val: Any) -> Tensor:
-    """One 0-dim bool: every floating-point task tensor is finite (inside the graph)."""
+    """One 0-dim bool: every floating-point task tensor is finite (computed in a graph)."""
     flags = [torch.isfinite(x).all() for x in torch_pytree.tree_leaves((train, val))
              if isinstance(x, Tensor) and x.is_floating_point()]
     return torch.stack(flags).all() if flags else torch.ones((), dtype=torch.bool)
@@ -177,108 +186,81 @@ def _unrolled(method: Method) -> Callable:
     return whole
 
 
-def _inner_step(method: Method) -> Callable:
-    """(loss, θ, φ, train) ↦ (φ after one inner step, L_tr(φ)), batched over tasks."""
+@functools.cache
+def _scan_available() -> bool:
+    """torch's ``scan`` higher-order operator with ``reverse`` (a prototype in torch 2.13)."""
+    try:
+        import inspect
+
+        from torch._higher_order_ops.scan import scan
+    except ImportError:
+        return False
+    return "reverse" in inspect.signature(scan).parameters
+
+
+def _scanned(method: Method) -> Callable:
+    """(loss, θ, train, val) ↦ (mean gᵢ, per-task diagnostics, all task data finite), with
+    the K inner steps (and MAML's K sweep steps) as torch ``scan`` loops whose bodies are
+    traced once: what is compiled does not grow with K.
+
+    The loops run over all tasks at once (the body is ``vmap`` over tasks; ``scan`` itself
+    is not under ``vmap``). MAML's meta-gradient is then the reverse sweep
+    v ← v − αH(θ⁽ᵏ⁾)v, k = K−1 … 0, from v = ∇L_val(φ) over the stored iterates (the
+    ``backward="trajectory"`` algorithm: the same number as autograd through the loop).
+    The other methods get the inner loop's result through ``KnownInnerLoop`` and run their
+    own per-task code after it unchanged.
+    """
+    from torch._higher_order_ops.scan import scan
+
     lam = method._inner_lam()
+    maml = isinstance(method, MAML)
+    mode = resolve_mode(method.hvp, "cpu")  # the same on every device today
 
-    def step(loss, theta, phi, train):
-        return vmap(lambda p, b: gd_step(loss, theta, p, b, method.inner_lr, lam))(phi, train)
-
-    return step
-
-
-def _sweep_step(method: Method, mode: str) -> Callable:
-    """(loss, θ⁽ᵏ⁾, train, v) ↦ v − αH(θ⁽ᵏ⁾)v, batched over tasks (the transpose of one
-    inner step's Jacobian I − αH applied to v)."""
-
-    def back(loss, point, train, v):
-        def one(p, b, u):
-            return pt.axpy(-method.inner_lr, hvp(loss, p, b, u, mode), u)
-
-        return vmap(one)(point, train, v)
-
-    return back
-
-
-def _val_gradient(loss, phi, val):
-    return vmap(grad_and_value(loss))(phi, val)
-
-
-def _maml_finish(loss, v, inner_losses, post, train, val):
-    diag = {"inner_losses": inner_losses, "pre_update_loss": inner_losses[:, 0],
-            "post_update_loss": post, "grad_norm": vmap(pt.norm)(v)}
-    return pt.mean0(v), diag, _all_finite(train, val)
-
-
-def _tail(method: Method) -> Callable:
-    """The method's per-task computation after an inner loop that has already run."""
-    lam = method._inner_lam()
-
-    def tail(loss, theta, train, val, phi, inner_losses):
-        def one(tr, va, p, losses):
-            known = KnownInnerLoop(loss, InnerResult(p, losses[0], losses), method.steps,
-                                   method.inner_lr, lam)
-            return method._task_result(known, theta, tr, va)
-
-        grads, diag = vmap(one)(train, val, phi, inner_losses)
-        return pt.mean0(grads), diag, _all_finite(train, val)
-
-    return tail
-
-
-@dataclass
-class _Program:
-    """The compiled pieces of one signature and how to run them."""
-
-    method: Method
-    stepped: bool
-    compile: Callable[[Callable], Callable]
-    pieces: dict[str, Callable] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.stepped:
-            self.pieces["whole"] = self.compile(_unrolled(self.method))
-            return
-        self.pieces["step"] = self.compile(_inner_step(self.method))
-        if isinstance(self.method, MAML):
-            mode = resolve_mode(self.method.hvp, "cpu")  # same on every device today
-            self.pieces["val"] = self.compile(_val_gradient)
-            self.pieces["back"] = self.compile(_sweep_step(self.method, mode))
-            self.pieces["finish"] = self.compile(_maml_finish)
-        else:
-            self.pieces["tail"] = self.compile(_tail(self.method))
-
-    def __call__(self, loss: Loss, theta: Params, train: Any, val: Any):
-        if not self.stepped:
-            return self.pieces["whole"](loss, theta, train, val)
-        step = self.pieces["step"]
+    def run(loss, theta, train, val):
         num_tasks = torch_pytree.tree_leaves(train)[0].shape[0]
-        # φ⁽⁰⁾ = θ copied per task, so every step sees the same (batched) input layout.
-        phi = {k: v.expand(num_tasks, *v.shape).contiguous() for k, v in theta.items()}
-        every = 1
-        if isinstance(self.method, MAML) and isinstance(self.method.backward, Trajectory):
-            every = self.method.backward.checkpoint or 1
-        stored: list[Params] = []
-        losses: list[Tensor] = []
-        for k in range(self.method.steps):
-            if isinstance(self.method, MAML) and k % every == 0:
-                stored.append(phi)
-            phi, value = step(loss, theta, phi, train)
-            losses.append(value)
-        inner_losses = torch.stack(losses, 1)
-        if not isinstance(self.method, MAML):
-            return self.pieces["tail"](loss, theta, train, val, phi, inner_losses)
-        v, post = self.pieces["val"](loss, phi, val)
-        back = self.pieces["back"]
-        steps = self.method.steps
-        for index in reversed(range(len(stored))):
-            segment = [stored[index]]
-            for _ in range(min(every, steps - index * every) - 1):
-                # checkpointed: recompute the segment's iterates from the stored one
-                segment.append(step(loss, theta, segment[-1], train)[0])
-            for point in reversed(segment):
-                v = back(loss, point, train, v)
-        return self.pieces["finish"](loss, v, inner_losses, post, train, val)
+        phi0 = {k: v.expand(num_tasks, *v.shape).clone() for k, v in theta.items()}
+
+        def inner(phi, _):
+            def one(p, b):
+                new, value, _ = gd_step(loss, theta, p, b, method.inner_lr, lam)
+                return new, value
+
+            new, value = vmap(one)(phi, train)
+            # scan's outputs may not alias its carry: the stored iterate is a copy.
+            return new, ((value, pt.clone(phi)) if maml else value)
+
+        steps = torch.zeros(method.steps, device=phi0[next(iter(phi0))].device)
+        phi, outputs = scan(inner, phi0, steps)
+        finite = _all_finite(train, val)
+        if not maml:
+            inner_losses = outputs.transpose(0, 1)
+
+            def one(tr, va, p, losses):
+                known = KnownInnerLoop(loss, InnerResult(p, losses[0], losses), method.steps,
+                                       method.inner_lr, lam)
+                return method._task_result(known, theta, tr, va)
+
+            grads, diag = vmap(one)(train, val, phi, inner_losses)
+            return pt.mean0(grads), diag, finite
+
+        values, trajectory = outputs
+        v, post = vmap(grad_and_value(loss))(phi, val)
+
+        def back(u, point):
+            def one(p, b, w):
+                return pt.axpy(-method.inner_lr, hvp(loss, p, b, w, mode), w)
+
+            new = vmap(one)(point, train, u)
+            return new, torch.zeros((), device=post.device)
+
+        v, _ = scan(back, v, trajectory, reverse=True)
+        inner_losses = values.transpose(0, 1)
+        # The eager method's diagnostics (Method._task_result), batched.
+        diag = {"inner_losses": inner_losses, "pre_update_loss": inner_losses[:, 0],
+                "post_update_loss": post, "grad_norm": pt.norm_per_task(v)}
+        return pt.mean0(v), diag, finite
+
+    return run
 
 
 # ------------------------------------------------------------------------- the wrapper
@@ -286,9 +268,9 @@ class _Program:
 
 @dataclass
 class _Entry:
-    program: _Program | None  # None: this signature runs the eager method (fallback)
+    program: Callable | None  # None: this signature runs the eager method (fallback)
     loss: Any  # kept alive: the key holds its code object, guards may refer to it
-    calls: int = 0
+    loop: str = "unrolled"
 
 
 class CompiledMethod:
@@ -296,7 +278,7 @@ class CompiledMethod:
 
     Call it like the method. ``compile_seconds`` maps each compiled signature to the wall
     time of its first call (tracing + code generation + one run); ``signatures`` lists the
-    cached ones, most recently used last; ``eager_signatures`` those running eagerly after
+    cached ones, least recently used first; ``eager_signatures`` those running eagerly after
     a fallback.
     """
 
@@ -329,34 +311,36 @@ class CompiledMethod:
     def eager_signatures(self) -> list[tuple]:
         return [k for k, e in self._cache.items() if e.program is None]
 
-    # -- configuration per signature -------------------------------------------------
+    def loop_form(self, device: torch.device | str = "cpu") -> str:
+        """``"unrolled"`` or ``"scan"``: the form this method compiles to on ``device``."""
+        device = torch.device(device)
+        if self.loop != "auto":
+            return self.loop
+        checkpointed = (isinstance(self.method, MAML)
+                        and isinstance(self.method.backward, Trajectory)
+                        and self.method.backward.checkpoint not in (None, 1))
+        if (self.method.steps < SCAN_FROM or checkpointed
+                or self._mode(device) == "reduce-overhead" or not _scan_available()):
+            return "unrolled"
+        return "scan"
+
     def _mode(self, device: torch.device) -> str | None:
         if self.mode is None and device.type == "cuda" and self.backend == "inductor":
             return "reduce-overhead"  # CUDA graphs: launch overhead dominates small tasks
         return self.mode
 
-    def _stepped(self, mode: str | None) -> bool:
-        if self.method.steps == 0:
-            return False
-        if self.loop == "stepped":
-            return True
-        if self.loop == "unrolled":
-            return False
-        # CUDA graphs overwrite a graph's outputs on its next replay; the stepped form
-        # keeps outputs of earlier replays (the iterates), so it stays unrolled there.
-        return self.method.steps >= STEPPED_FROM and mode != "reduce-overhead"
-
-    def _compiler(self, device: torch.device) -> tuple[Callable, str | None]:
+    def _program(self, device: torch.device, cpp_wrapper: bool = True) -> tuple[Callable, str]:
+        loop = self.loop_form(device)
+        fn = _scanned(self.method) if loop == "scan" else _unrolled(self.method)
         mode = self._mode(device)
         options: dict[str, Any] = {}
-        if self.backend == "inductor" and device.type == "cpu" and mode is None:
-            options["cpp_wrapper"] = True  # one C++ build per graph, not one per kernel
-
-        def compile_one(fn: Callable) -> Callable:
-            return torch.compile(_own_code(fn), backend=self.backend, mode=mode,
+        if cpp_wrapper and self.backend == "inductor" and device.type == "cpu" and mode is None:
+            # One C++ build per graph instead of one per fused kernel, and the scan loop
+            # runs in C++ rather than in Python.
+            options["cpp_wrapper"] = True
+        compiled = torch.compile(_own_code(fn), backend=self.backend, mode=mode,
                                  options=options or None, dynamic=False, fullgraph=True)
-
-        return compile_one, mode
+        return compiled, loop
 
     # -- the call --------------------------------------------------------------------
     def __call__(self, loss: Loss, params: Mapping[str, Tensor], tasks: Task) -> MetaGradient:
@@ -371,17 +355,23 @@ class CompiledMethod:
         self._cache.move_to_end(key)
         if entry.program is None:
             return self.method(loss, params, tasks)
-        theta = pt.detach(params)
-        return self._run(entry, key, loss, theta, tasks)
+        return self._run(entry, loss, pt.detach(params), tasks)
 
     def _first_call(self, key: tuple, loss: Loss, theta: Params, tasks: Task) -> MetaGradient:
         device = next(iter(theta.values())).device
-        compile_one, mode = self._compiler(device)
         entry = _Entry(None, loss)
+        start = time.perf_counter()
         try:
-            entry.program = _Program(self.method, self._stepped(mode), compile_one)
-            start = time.perf_counter()
-            out = self._run(entry, key, loss, theta, tasks, first=True)
+            try:
+                entry.program, entry.loop = self._program(device)
+                out = self._run(entry, loss, theta, tasks, first=True)
+            except Exception as err:  # noqa: BLE001
+                if not _cpp_build_failed(err):
+                    raise
+                # inductor's C++ wrapper does not build some graphs (torch 2.13: duplicate
+                # buffer declarations around a scan of length 1); its Python wrapper does.
+                entry.program, entry.loop = self._program(device, cpp_wrapper=False)
+                out = self._run(entry, loss, theta, tasks, first=True)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             self.compile_seconds[key] = time.perf_counter() - start
@@ -408,7 +398,7 @@ class CompiledMethod:
             old, _ = self._cache.popitem(last=False)
             self.compile_seconds.pop(old, None)
 
-    def _run(self, entry: _Entry, key: tuple, loss: Loss, theta: Params, tasks: Task,
+    def _run(self, entry: _Entry, loss: Loss, theta: Params, tasks: Task,
              first: bool = False) -> MetaGradient:
         assert entry.program is not None
         try:
@@ -417,7 +407,6 @@ class CompiledMethod:
             if first:
                 raise
             raise RuntimeError(self._failure(err)) from err
-        entry.calls += 1
         if not bool(finite):
             _check_tasks(tasks, theta)  # raises the eager method's message, naming the tensor
             raise _TaskDataError("tasks contain NaN or infinite values")
@@ -453,6 +442,15 @@ class CompiledMethod:
                 "eager method gives the same numbers.")
 
 
+def _cpp_build_failed(err: BaseException | None) -> bool:
+    """Whether a C++ build of inductor's (``CppCompileError``) is in ``err``'s chain."""
+    while err is not None:
+        if type(err).__name__ == "CppCompileError" or "CppCompileError" in str(err)[:200]:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 class _TaskDataError(ValueError):
     """Task data with NaN or infinite values (raised as the eager method's ValueError)."""
 
@@ -464,7 +462,7 @@ def compile(  # noqa: A001  (mirrors torch.compile)
     """Compile ``method``'s batched meta-gradient; see the module docstring.
 
     ``backend``, ``mode``: passed to ``torch.compile``. ``loop``: ``"auto"``,
-    ``"unrolled"`` or ``"stepped"``. ``fallback``: run the eager method (warning once)
+    ``"unrolled"`` or ``"scan"``. ``fallback``: run the eager method (warning once)
     where compilation fails, instead of raising. ``cache_size``: how many input
     signatures to keep compiled (least recently used evicted).
     """
@@ -474,9 +472,17 @@ def compile(  # noqa: A001  (mirrors torch.compile)
         raise ValueError("compile() needs batching='vmap' (the loop fallback is not traced)")
     if loop not in LOOPS:
         raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
-    if loop == "stepped" and mode == "reduce-overhead":
-        raise ValueError("loop='stepped' keeps outputs of earlier graph replays, which CUDA "
-                         "graphs (mode='reduce-overhead') overwrite; use loop='unrolled'")
+    if loop == "scan":
+        if not _scan_available():
+            raise ValueError(f"loop='scan' needs torch's scan operator with reverse=, which "
+                             f"torch {torch.__version__} does not have; use loop='unrolled'")
+        if method.steps < 2:
+            raise ValueError(f"loop='scan' needs steps >= 2 (a loop to scan), got "
+                             f"steps={method.steps}")
+        if (isinstance(method, MAML) and isinstance(method.backward, Trajectory)
+                and method.backward.checkpoint not in (None, 1)):
+            raise ValueError("loop='scan' stores every inner iterate for the backward sweep, "
+                             "so a checkpointed trajectory cannot use it; use loop='unrolled'")
     if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
         raise ValueError(f"cache_size must be a positive integer, got {cache_size!r}")
     if not isinstance(fallback, bool):

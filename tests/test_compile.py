@@ -52,11 +52,18 @@ def assert_same(a, b, tol=1e-12):
     assert math.isclose(float(a.pre_update_loss), float(b.pre_update_loss), rel_tol=tol)
 
 
-@pytest.mark.parametrize("loop", ["unrolled", "stepped"])
+@pytest.mark.parametrize("loop", ["unrolled", "scan"])
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: f"{m.name}-{m.config()['steps']}")
 def test_compiled_matches_eager(method, loop):
     loss, params, tasks = tanh_mlp_problem(tasks=3, sizes=(1, 4, 1))
+    if loop == "scan" and method.config().get("checkpoint"):
+        # The scanned sweep stores every iterate: a checkpointed trajectory stays unrolled.
+        with pytest.raises(ValueError, match="checkpointed trajectory"):
+            mg.compile(method, loop=loop)
+        assert mg.compile(method).loop_form() == "unrolled"
+        return
     compiled = mg.compile(method, backend="aot_eager", loop=loop)
+    assert compiled.loop_form() == loop
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", mg.MetaGradientWarning)
         assert_same(compiled(loss, params, tasks), method(loss, params, tasks))
@@ -75,33 +82,30 @@ def test_compiled_matches_eager(method, loop):
 def test_compiled_against_the_oracle(method, problem, settings):
     # Level 1 (implementation exactness, float64) through the verification harness.
     case = Case.of(method, problem, meta_batch=3, **settings)
-    compiled = mg.compile(case.build(), backend="aot_eager", loop="stepped")
+    compiled = mg.compile(case.build(), backend="aot_eager", loop="scan")
     row = evaluate(case, target=False, method=compiled)
     assert row["err_reference"] <= REF_RTOL and row["err_loss"] <= REF_RTOL
     assert row["passed"]
 
 
-def test_stepped_compiles_the_same_graphs_for_every_K():
-    # K identical inner steps are one step graph called K times: what is traced does not
-    # grow with K (the unrolled form traces the whole loop, one graph of K copies).
+def test_scan_traces_the_same_graph_for_every_K():
+    # K identical inner steps are one scan loop whose body is traced once: what is traced
+    # does not grow with K (the unrolled form traces K copies of the step).
     loss, params, tasks = tanh_mlp_problem(tasks=2, sizes=(1, 4, 1))
-    frames, ops = {}, {}
-    for steps in (3, 8):
-        backend = counting()
-        compiled = mg.compile(mg.MAML(steps=steps, inner_lr=0.1), backend=backend,
-                              loop="stepped")
-        compiled(loss, params, tasks)
-        compiled(loss, params, tasks)
-        frames[steps], ops[steps] = backend.frame_count, backend.op_count
-    assert frames[3] == frames[8] == 4  # inner step, validation gradient, sweep step, finish
-    assert ops[3] == ops[8]
-    unrolled = {}
-    for steps in (3, 8):
-        backend = counting()
-        mg.compile(mg.MAML(steps=steps, inner_lr=0.1), backend=backend,
-                   loop="unrolled")(loss, params, tasks)
-        unrolled[steps] = backend.op_count
-    assert unrolled[8] > 2 * unrolled[3]
+    ops = {}
+    for loop in ("scan", "unrolled"):
+        for steps in (3, 8):
+            backend = counting()
+            compiled = mg.compile(mg.MAML(steps=steps, inner_lr=0.1), backend=backend, loop=loop)
+            compiled(loss, params, tasks)
+            compiled(loss, params, tasks)
+            assert backend.frame_count == 1
+            ops[loop, steps] = backend.op_count
+    assert ops["scan", 3] == ops["scan", 8]
+    assert ops["unrolled", 8] > 2 * ops["unrolled", 3]
+    auto = mg.compiled.SCAN_FROM
+    assert mg.compile(mg.MAML(steps=auto, inner_lr=0.1)).loop_form() == "scan"
+    assert mg.compile(mg.MAML(steps=auto - 1, inner_lr=0.1)).loop_form() == "unrolled"
 
 
 def test_many_signatures_in_one_process():
@@ -246,7 +250,9 @@ def test_compile_rejects_bad_options():
     with pytest.raises(ValueError, match="batching='vmap'"):
         mg.compile(mg.MAML(steps=1, inner_lr=0.1, batching="loop"))
     with pytest.raises(ValueError, match="loop must be one of"):
-        mg.compile(mg.MAML(steps=1, inner_lr=0.1), loop="scan")
+        mg.compile(mg.MAML(steps=1, inner_lr=0.1), loop="stepped")
+    with pytest.raises(ValueError, match="needs steps >= 2"):
+        mg.compile(mg.MAML(steps=0, inner_lr=0.1), loop="scan")
     with pytest.raises(ValueError, match="cache_size must be a positive integer"):
         mg.compile(mg.MAML(steps=1, inner_lr=0.1), cache_size=0)
     with pytest.raises(TypeError, match="takes a metagrad method"):
