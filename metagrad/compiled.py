@@ -150,8 +150,14 @@ def signature(loss: Any, params: Any, tasks: Any) -> tuple | None:
         if not isinstance(value, Tensor):
             return None
         param_keys.append((name, value.shape, value.dtype, value.device))
-    leaves, spec = torch_pytree.tree_flatten((tasks.train, tasks.val))
-    return (_loss_key(loss), tuple(param_keys), spec, tuple(_leaf_key(x) for x in leaves))
+    train, val = tasks.train, tasks.val
+    if (type(train) is tuple and type(val) is tuple  # the common (x, y) batches, quickly
+            and all(type(x) is Tensor for x in train) and all(type(x) is Tensor for x in val)):
+        structure: Any = (len(train), len(val))
+        leaves = (*train, *val)
+    else:
+        leaves, structure = torch_pytree.tree_flatten((train, val))
+    return (_loss_key(loss), tuple(param_keys), structure, tuple(_leaf_key(x) for x in leaves))
 
 
 def _all_finite(train: Any, val: Any) -> Tensor:
@@ -159,6 +165,11 @@ def _all_finite(train: Any, val: Any) -> Tensor:
     flags = [torch.isfinite(x).all() for x in torch_pytree.tree_leaves((train, val))
              if isinstance(x, Tensor) and x.is_floating_point()]
     return torch.stack(flags).all() if flags else torch.ones((), dtype=torch.bool)
+
+
+def _means(diag: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """The task means of the pre- and post-update losses (MetaGradient's two scalars)."""
+    return diag["pre_update_loss"].mean(), diag["post_update_loss"].mean()
 
 
 def _own_code(fn: Callable) -> Callable:
@@ -177,11 +188,12 @@ def _own_code(fn: Callable) -> Callable:
 
 
 def _unrolled(method: Method) -> Callable:
-    """(loss, θ, train, val) ↦ (mean gᵢ, per-task diagnostics, all task data finite)."""
+    """(loss, θ, train, val) ↦ (mean gᵢ, per-task diagnostics, all task data finite, the
+    mean pre- and post-update losses)."""
 
     def whole(loss, theta, train, val):
         grad, diag = method.batched(loss)(theta, train, val)
-        return grad, diag, _all_finite(train, val)
+        return grad, diag, _all_finite(train, val), _means(diag)
 
     return whole
 
@@ -241,7 +253,7 @@ def _scanned(method: Method) -> Callable:
                 return method._task_result(known, theta, tr, va)
 
             grads, diag = vmap(one)(train, val, phi, inner_losses)
-            return pt.mean0(grads), diag, finite
+            return pt.mean0(grads), diag, finite, _means(diag)
 
         values, trajectory = outputs
         v, post = vmap(grad_and_value(loss))(phi, val)
@@ -258,7 +270,7 @@ def _scanned(method: Method) -> Callable:
         # The eager method's diagnostics (Method._task_result), batched.
         diag = {"inner_losses": inner_losses, "pre_update_loss": inner_losses[:, 0],
                 "post_update_loss": post, "grad_norm": pt.norm_per_task(v)}
-        return pt.mean0(v), diag, finite
+        return pt.mean0(v), diag, finite, _means(diag)
 
     return run
 
@@ -402,7 +414,7 @@ class CompiledMethod:
              first: bool = False) -> MetaGradient:
         assert entry.program is not None
         try:
-            grad, diag, finite = entry.program(loss, theta, tasks.train, tasks.val)
+            grad, diag, finite, means = entry.program(loss, theta, tasks.train, tasks.val)
         except Exception as err:
             if first:
                 raise
@@ -414,7 +426,13 @@ class CompiledMethod:
             # CUDA-graph outputs live in a buffer the next replay overwrites.
             grad = {k: v.clone() for k, v in grad.items()}
             diag = {k: v.clone() for k, v in diag.items()}
-        return self.method.finish(loss, theta, tasks, grad, diag)
+            means = (means[0].clone(), means[1].clone())
+        if self.method.diagnose != "off":
+            return self.method.finish(loss, theta, tasks, grad, diag)
+        # What Method.finish returns without diagnostics, with the task means taken in
+        # the graph.
+        return MetaGradient(grad=grad, pre_update_loss=means[0], post_update_loss=means[1],
+                            diagnostics=diag, method=self.method.name)
 
     def _failure(self, err: Exception) -> str:
         """What went wrong, for the RuntimeError or the fallback warning."""

@@ -102,7 +102,7 @@ def test_scan_traces_the_same_graph_for_every_K():
             assert backend.frame_count == 1
             ops[loop, steps] = backend.op_count
     assert ops["scan", 3] == ops["scan", 8]
-    assert ops["unrolled", 8] > 2 * ops["unrolled", 3]
+    assert ops["unrolled", 8] > 1.5 * ops["unrolled", 3]  # grows linearly with K
     auto = mg.compiled.SCAN_FROM
     assert mg.compile(mg.MAML(steps=auto, inner_lr=0.1)).loop_form() == "scan"
     assert mg.compile(mg.MAML(steps=auto - 1, inner_lr=0.1)).loop_form() == "unrolled"

@@ -188,8 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         for label in failed:
             rows.append({"case": case.name, "implementation": label, "error": failed[label]})
         times: dict[str, list[float]] = {label: [] for label in timed}
-        for _ in range(args.repeats):
-            for label, t in timed.items():
+        order = list(timed.items())
+        for round_ in range(args.repeats):
+            # Rotate the order: a call right after another library's runs on cold caches.
+            shift = round_ % len(order)
+            for label, t in order[shift:] + order[:shift]:
                 if args.device.startswith("cuda"):
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
@@ -237,9 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         "# metagrad vs peer libraries (same workload, same run)\n\n"
         f"{env}; {', '.join(versions)}.\n\n"
         "Sinusoid MLP 1-40-40-1 ReLU, meta-batch 25, 10+10 shots, inner_lr 0.01, float32. "
-        f"Median of {args.repeats} calls per implementation, interleaved round-robin after a "
-        "warm-up (which includes compilation: `metagrad compiled` and `jax` are timed "
-        "steady-state; `python -m metagrad_bench.compile_time` and "
+        f"Median of {args.repeats} calls per implementation, interleaved round-robin (the "
+        "order rotating each round) after a warm-up (which includes compilation: "
+        "`metagrad compiled` and `jax` are timed steady-state; "
+        "`python -m metagrad_bench.compile_time` and "
         "`python -m metagrad_bench.peers.jax_timing` measure their compile times). "
         "`time_over_metagrad` = this / metagrad eager (vmap); `loop_time_over_this` = "
         "per-task autograd loop / this (the speed-up over the plain loop); "

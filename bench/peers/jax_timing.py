@@ -8,21 +8,22 @@ iMAML also through jaxopt's ``custom_root`` (Blondel et al. 2022) with ``tol=0``
 large net, MLP 1-512-512-1, for MAML K = 5 and iMAML, where arithmetic rather than
 per-operation overhead decides.
 
-Per case every implementation is called once cold (JAX: tracing + XLA compilation + one
-run; ``mg.compile``: dynamo + inductor C++ code generation + one run), once more to warm
-up, then ``--repeats`` times interleaved round-robin, so load drifts on a shared machine
-hit all alike; the table gives medians. ``--threads 1`` sets ``torch.set_num_threads(1)``
-and, before jax is imported, ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
-intra_op_parallelism_threads=1`` and pins the process to one CPU (``--pin``, default the
-first allowed one; ``os.sched_setaffinity``, like ``taskset -c``). The pin is needed: with
-the flags alone jax 0.10.2 still ran the 1-512-512-1 meta-gradients on 1.7-1.8 cores of
-this 2-core machine (CPU time / wall time of the calls; XLA sizes its thread pool from the
-CPUs the process may use; ``intra_op_parallelism_threads`` is not an XLA flag: written
-``--intra_op_parallelism_threads=1`` XLA aborts with "Unknown flag", without the dashes
-it is skipped, so it is kept only as the commonly quoted recipe). That ratio is printed
-for every implementation to show each used one core. Agreement is
-‖g_jax − g_metagrad‖/‖g_metagrad‖ of the mean meta-gradient in float32 (the same numbers
-in float64 agree to 1e-10: ``tests/test_peer_jax.py``).
+Per case every implementation is called once cold (JAX: tracing + XLA compilation + one run;
+``mg.compile``: dynamo + inductor C++ code generation + one run), once more to warm up, then
+``--repeats`` times interleaved round-robin (the order rotating from round to round), so
+load drifts on a shared machine hit all alike; the table gives medians. ``--threads 1`` sets
+``torch.set_num_threads(1)`` and, before jax is imported,
+``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`` and pins the
+process to one CPU (``--pin``, default the first allowed one; ``os.sched_setaffinity``, like
+``taskset -c``). The pin is needed: with the flags alone jax 0.10.2 still ran the
+1-512-512-1 meta-gradients on 1.7-1.8 cores of this 2-core machine (CPU time / wall time of
+the calls; XLA sizes its thread pool from the CPUs the process may use;
+``intra_op_parallelism_threads`` is not an XLA flag: written
+``--intra_op_parallelism_threads=1`` XLA aborts with "Unknown flag", without the dashes it
+is skipped, so it is kept only as the commonly quoted recipe). That ratio is printed for
+every implementation to show each used one core. Agreement is ‖g_jax −
+g_metagrad‖/‖g_metagrad‖ of the mean meta-gradient in float32 (the same numbers in float64
+agree to 1e-10: ``tests/test_peer_jax.py``).
 
 ``mg.compile`` cold times are cold: inductor's on-disk caches would otherwise make a graph
 compiled by an earlier run, case or test load in seconds, so each run points
@@ -141,10 +142,16 @@ def _rel_error(g, ref) -> float:
 
 
 def _time_round_robin(impls: list[Impl], repeats: int) -> None:
+    """``repeats`` rounds, each calling every implementation once. The order rotates from
+    round to round: a call runs slower right after another implementation's (its caches
+    are cold; measured here: mg.compile's MAML K=1 call took 435 µs alone, 505 µs after a
+    JAX call and 560 µs after an eager one), so each implementation follows each other
+    one equally often."""
     for impl in impls:  # warm-up after the cold call
         impl.call()
-    for _ in range(repeats):
-        for impl in impls:
+    for round_ in range(repeats):
+        shift = round_ % len(impls)
+        for impl in impls[shift:] + impls[:shift]:
             c0, t0 = time.process_time(), time.perf_counter()
             impl.call()
             impl.times.append(time.perf_counter() - t0)
