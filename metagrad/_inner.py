@@ -15,9 +15,9 @@ exactly (second order, as MAML needs); called outside, it is first order and
 keeps no graph.
 
 One step is :func:`gd_step`; :func:`adapt` repeats it. The compiled path
-(``metagrad.compiled``) runs the same step as its own small compiled graph K times
-and hands the result to the method as a :class:`KnownInnerLoop`, so that the
-method's remaining per-task code runs unchanged on it.
+(``metagrad.compiled``, ``loop="scan"``) runs the same step as the body of a torch
+``scan`` loop, batched over tasks, and hands the result to the method as a
+:class:`KnownInnerLoop`, so that the method's remaining per-task code runs unchanged.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ class KnownInnerLoop:
 
     Called, it is ``loss(params, batch)``; :func:`adapt` given one returns ``result``
     instead of running the loop again (after checking that the loop asked for is the one
-    that was run). The compiled path uses it to run the K inner steps as one compiled
-    step graph called K times, instead of tracing K copies of the step.
+    that was run). The compiled path uses it to run the K inner steps as one ``scan``
+    loop whose body is traced once, instead of tracing K copies of the step.
     """
 
     loss: Loss
