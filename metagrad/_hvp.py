@@ -10,6 +10,9 @@ multiplication by the Hessian"). Two exact modes:
   valid because ``H`` is symmetric. It works where a forward-mode rule is missing.
 
 Both compose with ``torch.func.vmap`` over tasks and cost about two gradients.
+Where many products are taken at the same point (a linear solver's iterations),
+:func:`hvp_operator` records the gradient computation once and replays only its
+reverse pass per product (``"revrev"``), which saves one gradient per product.
 ``"auto"`` (the default) picks the mode measured faster for the device
 (``DEFAULT_MODE``). ``python -m metagrad_bench.hvp_modes`` (torch 2.13, 1 CPU thread,
 interleaved medians, bench/results/hvp_modes_cpu): double backward was 1.05–1.25× faster on the
@@ -62,3 +65,27 @@ def hvp(loss: Loss, params: Params, batch: Any, v: Params, mode: str = "auto") -
         pullback = vjp(gradient, params)[1]
         return pullback(v)[0]
     raise ValueError(f"hvp mode must be one of {HVP_MODES}, got {mode!r}")
+
+
+def hvp_operator(loss: Loss, params: Params, batch: Any,
+                 mode: str = "auto") -> Callable[[Params], Params]:
+    """``v ↦ ∇²_params loss(params, batch) · v`` for many v at one point.
+
+    ``"revrev"``: the gradient's graph is built once (``torch.func.vjp`` of ∇L at
+    ``params``) and each product is one reverse pass through it, where :func:`hvp` runs
+    the forward and backward of ∇L again for every v. ``"fwdrev"``: each product is a
+    forward-mode pass, as in :func:`hvp` (``torch.func.linearize`` would record it once,
+    but it traces with ``make_fx`` and does not run under ``vmap``).
+    """
+    if mode == "auto":
+        mode = resolve_mode(mode, next(iter(params.values())).device)
+    if mode == "fwdrev":
+        return lambda v: hvp(loss, params, batch, v, "fwdrev")
+    if mode != "revrev":
+        raise ValueError(f"hvp mode must be one of {HVP_MODES}, got {mode!r}")
+
+    def gradient(p: Params) -> Params:
+        return grad(loss)(p, batch)
+
+    pullback = vjp(gradient, params)[1]
+    return lambda v: pullback(v)[0]

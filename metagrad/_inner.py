@@ -13,6 +13,11 @@ Whether the outer gradient flows through the loop is decided by the caller:
 called inside ``torch.func.grad`` w.r.t. θ, the loop is differentiated
 exactly (second order, as MAML needs); called outside, it is first order and
 keeps no graph.
+
+One step is :func:`gd_step`; :func:`adapt` repeats it. The compiled path
+(``metagrad.compiled``, ``loop="scan"``) runs the same step as the body of a torch
+``scan`` loop, batched over tasks, and hands the result to the method as a
+:class:`KnownInnerLoop`, so that the method's remaining per-task code runs unchanged.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ import torch
 from torch import Tensor
 from torch.func import grad_and_value
 
-from . import _pytree as pt
 from ._hvp import Loss
 from ._pytree import Params
 
@@ -41,6 +45,39 @@ class InnerResult:
     """θ⁽⁰⁾, θ⁽ᶜ⁾, θ⁽²ᶜ⁾, … (k < K) when ``keep_every=c`` is asked for (memory-lean MAML)."""
 
 
+def gd_step(loss: Loss, theta: Params, phi: Params, batch: Any, inner_lr: float,
+            lam: float | None = None) -> tuple[Params, Tensor, Params]:
+    """One step from φ: ``(φ − α∇L(φ), L(φ), ∇L(φ))``, or with ``lam`` the proximal step
+    ``φ − α(∇L(φ) + λ(φ − θ))`` first, L the loss on ``batch``."""
+    g, value = grad_and_value(loss)(phi, batch)
+    if lam is None:
+        return {k: torch.add(phi[k], g[k], alpha=-inner_lr) for k in phi}, value, g
+    # φ − αλ(φ − θ) − α∇L = lerp(φ, θ, αλ) − α∇L: two fused passes instead of five.
+    shrink = inner_lr * lam
+    return {k: torch.add(torch.lerp(phi[k], theta[k], shrink), g[k], alpha=-inner_lr)
+            for k in phi}, value, g
+
+
+@dataclass(frozen=True)
+class KnownInnerLoop:
+    """A task loss whose inner loop has already been run.
+
+    Called, it is ``loss(params, batch)``; :func:`adapt` given one returns ``result``
+    instead of running the loop again (after checking that the loop asked for is the one
+    that was run). The compiled path uses it to run the K inner steps as one ``scan``
+    loop whose body is traced once, instead of tracing K copies of the step.
+    """
+
+    loss: Loss
+    result: InnerResult
+    steps: int
+    inner_lr: float
+    lam: float | None
+
+    def __call__(self, params: Params, batch: Any) -> Tensor:
+        return self.loss(params, batch)
+
+
 def adapt(
     loss: Loss,
     theta: Params,
@@ -54,19 +91,21 @@ def adapt(
 
     ``keep_every=c > 0`` keeps every c-th iterate θ⁽ᵏ⁾, k < K, as ``trajectory``.
     """
-    step = grad_and_value(loss)
+    if isinstance(loss, KnownInnerLoop):
+        if (steps, inner_lr, lam, keep_every) != (loss.steps, loss.inner_lr, loss.lam, 0):
+            raise ValueError(
+                f"the inner loop was run with steps={loss.steps}, inner_lr={loss.inner_lr}, "
+                f"lam={loss.lam}; asked for steps={steps}, inner_lr={inner_lr}, lam={lam}, "
+                f"keep_every={keep_every}")
+        return loss.result
     phi = theta
     losses: list[Tensor] = []
     trajectory: list[Params] | None = [] if keep_every > 0 else None
     for k in range(steps):
         if trajectory is not None and k % keep_every == 0:
             trajectory.append(phi)
-        g, value = step(phi, batch)
+        phi, value, _ = gd_step(loss, theta, phi, batch, inner_lr, lam)
         losses.append(value)
-        if lam is not None:
-            # gradient of the proximal term λ/2 ‖φ − θ‖²
-            g = pt.axpy(lam, pt.sub(phi, theta), g)
-        phi = pt.axpy(-inner_lr, g, phi)
     if losses:
         pre = losses[0]
         inner_losses = torch.stack(losses)

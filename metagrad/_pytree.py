@@ -3,6 +3,12 @@
 Every solver and method in metagrad works on these dicts rather than on a
 flattened vector, so that ``torch.func`` transforms (``vmap``, ``grad``,
 ``jvp``) see the original parameter shapes.
+
+Each update is one fused ATen call per leaf where one exists (``torch.add`` with
+``alpha``, ``addcmul``): on a large model the task-batched weight stacks are
+tens of MB, and ``y + c * x`` as two calls reads and writes them twice and allocates a
+temporary of the same size. ``torch._foreach_*`` would fuse across leaves too, but has no
+``vmap`` batching rule (torch 2.13), and every path here must run under ``vmap``.
 """
 
 from __future__ import annotations
@@ -34,12 +40,46 @@ def scale(c: float | Tensor, a: Params) -> Params:
 
 
 def axpy(c: float | Tensor, x: Params, y: Params) -> Params:
-    """``y + c x``."""
-    return {k: y[k] + c * x[k] for k in y}
+    """``y + c x``: ``torch.add(y, x, alpha=c)`` for a number c, ``torch.addcmul`` for a
+    (0-dim, e.g. per-task under ``vmap``) tensor c."""
+    if isinstance(c, Tensor):
+        return {k: torch.addcmul(y[k], c, x[k]) for k in y}
+    return {k: torch.add(y[k], x[k], alpha=c) for k in y}
+
+
+def axpy_(c: float, x: Params, y: Params) -> Params:
+    """``y ← y + c x`` in place for a number c (returns ``y``). Only for buffers the caller
+    owns and no autograd graph needs (see :func:`tracks_grad`). A tensor c has no in-place
+    form here: ``addcmul_`` has no ``vmap`` batching rule (torch 2.13 loops over tasks)."""
+    for k in y:
+        y[k].add_(x[k], alpha=c)
+    return y
+
+
+def xpay_(x: Params, c: Tensor, y: Params) -> Params:
+    """``y ← x + c y`` in place (returns ``y``): CG's new search direction."""
+    for k in y:
+        y[k].mul_(c).add_(x[k])
+    return y
+
+
+def clone(a: Mapping[str, Tensor]) -> Params:
+    return {k: v.clone() for k, v in a.items()}
+
+
+def tracks_grad(a: Mapping[str, Tensor]) -> bool:
+    """True when any leaf is part of an autograd graph (including ``torch.func.grad``'s),
+    where overwriting a tensor in place could destroy a value its backward needs."""
+    return any(v.requires_grad for v in a.values())
 
 
 def vdot(a: Params, b: Params) -> Tensor:
-    """Euclidean inner product ``<a, b>`` of the flattened dicts (a 0-dim tensor)."""
+    """Euclidean inner product ``<a, b>`` of the flattened dicts (a 0-dim tensor).
+
+    ``(a * b).sum()`` per leaf, not ``torch.dot``: the reduction's pairwise summation
+    keeps float32 accurate where BLAS ``sdot`` accumulates serially; with ``torch.dot``
+    the float32 iMAML meta-gradient of a 1-512-512-1 MLP (5 CG iterations, λ = 1) moved
+    7e-2 away from the float64 one, against 5e-5 with the reduction."""
     return sum((a[k] * b[k]).sum() for k in a)  # type: ignore[return-value]
 
 
@@ -51,6 +91,13 @@ def norm(a: Params) -> Tensor:
     acc = torch.promote_types(first.dtype, torch.float32)
     return torch.linalg.vector_norm(
         torch.stack([torch.linalg.vector_norm(v, dtype=acc) for v in a.values()]))
+
+
+def norm_per_task(a: Params) -> Tensor:
+    """:func:`norm` of each task's slice of task-batched leaves (leading dim T), shape (T,),
+    without ``vmap`` (about 3× cheaper eagerly for a handful of leaves)."""
+    return torch.sqrt(sum((v * v).reshape(v.shape[0], -1).sum(1)  # type: ignore[arg-type]
+                          for v in a.values()))
 
 
 def zeros_like(a: Params) -> Params:

@@ -88,15 +88,26 @@ def cg(matvec: MatVec, b: Params, iters: int) -> tuple[Params, CGInfo]:
 
     No data-dependent stopping (it must run under ``vmap``): once a residual is
     exactly zero the iterate is kept, instead of dividing 0 by 0.
+
+    Each update is one fused pass per parameter tensor (``addcmul``), and from the second
+    iteration on the search direction p is updated in place (``mul_``, ``add_``; x and r
+    are not: ``addcmul_`` has no ``vmap`` batching rule). The first iteration is out of
+    place: it makes the buffers, with the task dimension of A p under ``vmap`` (b alone
+    may lack it, e.g. a parameter the validation loss does not use). Nothing is updated
+    in place where b or A p is part of an autograd graph, whose backward may need the
+    values.
     """
+    graph = pt.tracks_grad(b)
     x = pt.zeros_like(b)
     r = b
     p = b
     rr = pt.vdot(r, r)
     norms = [torch.sqrt(rr)]
     curvatures = []
-    for _ in range(iters):
+    for i in range(iters):
         Ap = matvec(p)
+        graph = graph or pt.tracks_grad(Ap)
+        inplace = i > 0 and not graph
         pAp = pt.vdot(p, Ap)
         pp = pt.vdot(p, p)
         done = rr == 0
@@ -106,7 +117,7 @@ def cg(matvec: MatVec, b: Params, iters: int) -> tuple[Params, CGInfo]:
         r = pt.axpy(-alpha, Ap, r)
         rr_new = pt.vdot(r, r)
         beta = torch.where(done, torch.zeros_like(rr), rr_new / torch.where(done, 1, rr))
-        p = pt.axpy(beta, p, r)
+        p = pt.xpay_(r, beta, p) if inplace else pt.axpy(beta, p, r)
         rr = rr_new
         norms.append(torch.sqrt(rr))
     curv = torch.stack(curvatures) if curvatures else torch.ones_like(rr).reshape(1)
@@ -121,17 +132,26 @@ def neumann(matvec: MatVec, b: Params, terms: int, step: float = 1.0) -> tuple[P
     exact in the limit iff the spectral radius of ``I − ηA`` is below 1; the
     error then decays like that radius^(J+1). With A = I + H/λ and η = 1 the
     terms are (−H/λ)ʲ b: the series alternates in sign.
+
+    From the second term on, the running term and sum are updated in place, except
+    where b or A t is part of an autograd graph (as in :func:`cg`).
     """
+    graph = pt.tracks_grad(b)
     term = b
     total = b
     norms = [pt.norm(term)]
     curvatures = []
-    for _ in range(terms):
+    for j in range(terms):
         At = matvec(term)
+        graph = graph or pt.tracks_grad(At)
         # Rayleigh quotients come free with the series; they diagnose divergence.
         curvatures.append(_rayleigh(term, At))
-        term = pt.axpy(-step, At, term)  # (I − ηA) term
-        total = pt.add(total, term)
+        if j > 0 and not graph:
+            pt.axpy_(-step, At, term)
+            pt.axpy_(1.0, term, total)
+        else:
+            term = pt.axpy(-step, At, term)  # (I − ηA) term
+            total = pt.add(total, term)
         norms.append(pt.norm(term))
     norms_t = step * torch.stack(norms)
     curv = torch.stack(curvatures) if curvatures else torch.ones_like(norms_t[:1])

@@ -399,3 +399,6 @@ CASES = {
     "imaml": _cached,
     "imaml (jaxopt)": lambda problem, spec: _cached(problem, spec, implicit="jaxopt"),
 }
+BUILD_OPTIONS = {"imaml (jaxopt)": {"implicit": "jaxopt"}}
+"""``build`` options per ``CASES`` key: the peers harness builds each case once and times
+the prepared call alone (``JaxRun.call``), without converting arrays."""

@@ -8,26 +8,34 @@ iMAML also through jaxopt's ``custom_root`` (Blondel et al. 2022) with ``tol=0``
 large net, MLP 1-512-512-1, for MAML K = 5 and iMAML, where arithmetic rather than
 per-operation overhead decides.
 
-Per case every implementation is called once cold (JAX: tracing + XLA compilation + one
-run; ``mg.compile``: dynamo + inductor C++ code generation + one run), once more to warm
-up, then ``--repeats`` times interleaved round-robin, so load drifts on a shared machine
-hit all alike; the table gives medians. ``--threads 1`` sets ``torch.set_num_threads(1)``
-and, before jax is imported, ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
-intra_op_parallelism_threads=1`` and pins the process to one CPU (``--pin``, default the
-first allowed one; ``os.sched_setaffinity``, like ``taskset -c``). The pin is needed: with
-the flags alone jax 0.10.2 still ran the 1-512-512-1 meta-gradients on 1.7-1.8 cores of
-this 2-core machine (CPU time / wall time of the calls; XLA sizes its thread pool from the
-CPUs the process may use; ``intra_op_parallelism_threads`` is not an XLA flag: written
-``--intra_op_parallelism_threads=1`` XLA aborts with "Unknown flag", without the dashes
-it is skipped, so it is kept only as the commonly quoted recipe). That ratio is printed
-for every implementation to show each used one core. Agreement is
-‖g_jax − g_metagrad‖/‖g_metagrad‖ of the mean meta-gradient in float32 (the same numbers
-in float64 agree to 1e-10: ``tests/test_peer_jax.py``).
+Per case every implementation is called once cold (JAX: tracing + XLA compilation + one run;
+``mg.compile``: dynamo + inductor C++ code generation + one run), once more to warm up, then
+``--repeats`` times interleaved round-robin (the order rotating from round to round), so
+load drifts on a shared machine hit all alike; the table gives medians. ``--threads 1`` sets
+``torch.set_num_threads(1)`` and, before jax is imported,
+``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`` and pins the
+process to one CPU (``--pin``, default the first allowed one; ``os.sched_setaffinity``, like
+``taskset -c``). The pin is needed: with the flags alone jax 0.10.2 still ran the
+1-512-512-1 meta-gradients on 1.7-1.8 cores of this 2-core machine (CPU time / wall time of
+the calls; XLA sizes its thread pool from the CPUs the process may use;
+``intra_op_parallelism_threads`` is not an XLA flag: written
+``--intra_op_parallelism_threads=1`` XLA aborts with "Unknown flag", without the dashes it
+is skipped, so it is kept only as the commonly quoted recipe). That ratio is printed for
+every implementation to show each used one core. Agreement is ‖g_jax −
+g_metagrad‖/‖g_metagrad‖ of the mean meta-gradient in float32 (the same numbers in float64
+agree to 1e-10: ``tests/test_peer_jax.py``).
 
 ``mg.compile`` cold times are cold: inductor's on-disk caches would otherwise make a graph
-compiled by an earlier run (or test) load in seconds, so each run points
-``TORCHINDUCTOR_CACHE_DIR`` at a fresh temporary directory (removed at exit). JAX keeps no
-persistent compilation cache unless one is configured.
+compiled by an earlier run, case or test load in seconds, so each run points
+``TORCHINDUCTOR_CACHE_DIR`` at a fresh temporary directory (removed at exit) and every
+cold call runs inside ``torch._inductor.utils.fresh_cache()`` (an empty cache folder and
+inductor's in-memory caches cleared). Before the first case, one one-line function is
+compiled, so that the one-off costs of the first ``torch.compile`` in a process (importing
+dynamo and inductor, probing the CPU's vector instructions: ~5 s here) are not charged to
+whichever case comes first; ``python -m metagrad_bench.compile_time`` measures new
+processes, with and without a warm cache. JAX keeps no persistent compilation cache
+unless one is configured. ``--compile-loops unrolled scan`` times ``mg.compile`` with
+each inner-loop form (see ``metagrad.compiled``) instead of its default (``auto``).
 
 ``--loops`` instead measures what the inner-loop form costs: JAX compile and run time of
 MAML at K = 1, 5, 10, 25 with the inner loop as ``lax.scan`` versus an unrolled Python
@@ -97,16 +105,25 @@ def _metagrad_method(case):
     return replace(method, diagnose="off")
 
 
-def _metagrad_impl(label: str, fn, problem) -> Impl:
+def _metagrad_impl(label: str, fn, problem, fresh: bool = False) -> Impl:
+    import contextlib
+
+    from torch._inductor.utils import fresh_cache
+
     last: list = []
 
     def call():
         last[:] = [fn(problem.loss, problem.params, problem.tasks)]
 
     start = time.perf_counter()
-    call()
+    with fresh_cache() if fresh else contextlib.nullcontext():
+        call()
     cold = time.perf_counter() - start
     return Impl(label, call, lambda: [t.detach() for t in last[0].grad.values()], cold, [], [])
+
+
+def _compile_label(loop: str) -> str:
+    return "mg.compile" if loop == "auto" else f"mg.compile {loop}"
 
 
 def _jax_impl(label: str, problem, case, **options) -> Impl:
@@ -125,10 +142,16 @@ def _rel_error(g, ref) -> float:
 
 
 def _time_round_robin(impls: list[Impl], repeats: int) -> None:
+    """``repeats`` rounds, each calling every implementation once. The order rotates from
+    round to round: a call runs slower right after another implementation's (its caches
+    are cold; measured here: mg.compile's MAML K=1 call took 435 µs alone, 505 µs after a
+    JAX call and 560 µs after an eager one), so each implementation follows each other
+    one equally often."""
     for impl in impls:  # warm-up after the cold call
         impl.call()
-    for _ in range(repeats):
-        for impl in impls:
+    for round_ in range(repeats):
+        shift = round_ % len(impls)
+        for impl in impls[shift:] + impls[:shift]:
             c0, t0 = time.process_time(), time.perf_counter()
             impl.call()
             impl.times.append(time.perf_counter() - t0)
@@ -166,7 +189,9 @@ def run_table(args) -> str:
         impls = [_jax_impl(label, problem, case, **opts) for label, opts in variants]
         impls.append(_metagrad_impl("metagrad eager", method, problem))
         if not args.no_compile:
-            impls.append(_metagrad_impl("mg.compile", mg.compile(method), problem))
+            for loop in args.compile_loops:
+                impls.append(_metagrad_impl(_compile_label(loop), mg.compile(method, loop=loop),
+                                            problem, fresh=True))
         _time_round_robin(impls, args.repeats)
         by = {i.label: i for i in impls}
         med = {i.label: 1e3 * statistics.median(i.times) for i in impls}
@@ -181,13 +206,20 @@ def run_table(args) -> str:
                 "JAX jit ms": f"{jx:.3g}",
                 "metagrad eager ms (× JAX)": f"{med['metagrad eager']:.3g} "
                                              f"({med['metagrad eager'] / jx:.2g}×)",
-                "mg.compile ms (× JAX)": (f"{med['mg.compile']:.3g} ({med['mg.compile'] / jx:.2g}×)"
-                                          if "mg.compile" in med else "–"),
-                "JAX compile s": f"{by[label].cold_s:.2f}",
-                "mg.compile cold s": (f"{by['mg.compile'].cold_s:.1f}"
-                                      if "mg.compile" in by else "–"),
-                "‖g_jax − g_mg‖/‖g_mg‖": f"{_rel_error(by[label].grads(), ref):.1e}",
             }
+            for loop in args.compile_loops:
+                c = _compile_label(loop)
+                row[f"{c} ms (× JAX)"] = (f"{med[c]:.3g} ({med[c] / jx:.2g}×)" if c in med
+                                          else "–")
+            row["JAX compile s"] = f"{by[label].cold_s:.2f}"
+            for loop in args.compile_loops:
+                c = _compile_label(loop)
+                row[f"{c} cold s"] = f"{by[c].cold_s:.1f}" if c in by else "–"
+            row["‖g_jax − g_mg‖/‖g_mg‖"] = f"{_rel_error(by[label].grads(), ref):.1e}"
+            for loop in args.compile_loops:
+                c = _compile_label(loop)
+                if c in by:
+                    row[f"‖g_{c} − g_eager‖/‖g_eager‖"] = f"{_rel_error(by[c].grads(), ref):.1e}"
             rows.append(row)
         print(f"[jax_timing] {name}: " + ", ".join(f"{k} {v:.3g} ms" for k, v in med.items()),
               flush=True)
@@ -254,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", nargs="*", default=None, help="subset of row names")
     ap.add_argument("--no-large", action="store_true", help="skip the 1-512-512-1 rows")
     ap.add_argument("--no-compile", action="store_true", help="skip mg.compile")
+    ap.add_argument("--compile-loops", nargs="+", default=["auto"],
+                    choices=["auto", "unrolled", "scan"],
+                    help="mg.compile's loop= forms to time (default: auto)")
     ap.add_argument("--loops", action="store_true",
                     help="measure lax.scan vs Python loop and the HVP modes instead")
     ap.add_argument("--out", default=None, help="also write the markdown to this file")
@@ -288,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
+    if not args.no_compile and not args.loops:
+        # The first torch.compile of a process imports dynamo and inductor and probes the
+        # CPU (a few C++ builds): one-off costs, not any case's (see the module docstring).
+        torch.compile(lambda x: x + 1)(torch.ones(3))
     md = run_loops(args) if args.loops else run_table(args)
     print(md)
     if args.out:

@@ -174,15 +174,9 @@ class Method:
         returns ``final_inner_loss`` = L_tr(φ) per task: one forward pass, so that the last
         inner iterate, the only one for K = 1, is checked like the others.
         """
-        checks = self.diagnose != "off"
 
         def one(theta: Params, train: Any, val: Any):
-            out = self._per_task(loss, theta, train, val)
-            diag = {**out.diagnostics, "pre_update_loss": out.pre_update_loss,
-                    "post_update_loss": out.post_update_loss, "grad_norm": pt.norm(out.grad)}
-            if checks:
-                diag["final_inner_loss"] = loss(pt.detach(out.phi), train)
-            return out.grad, diag
+            return self._task_result(loss, theta, train, val)
 
         def run(theta: Params, train: Any, val: Any):
             if self.batching == "vmap":
@@ -207,6 +201,17 @@ class Method:
             return pt.mean0(grads), diag
 
         return run
+
+    def _task_result(self, loss: Loss, theta: Params, train: Any,
+                     val: Any) -> tuple[Params, dict[str, Tensor]]:
+        """One task's gᵢ and diagnostics: what :meth:`batched` maps over the tasks. With the
+        checks on, ``final_inner_loss`` = L_tr(φ) too (one forward pass)."""
+        out = self._per_task(loss, theta, train, val)
+        diag = {**out.diagnostics, "pre_update_loss": out.pre_update_loss,
+                "post_update_loss": out.post_update_loss, "grad_norm": pt.norm(out.grad)}
+        if self.diagnose != "off":
+            diag["final_inner_loss"] = loss(pt.detach(out.phi), train)
+        return out.grad, diag
 
     def prepare(self, loss: Loss, params: Mapping[str, Tensor], tasks: Task) -> Params:
         """Validate the call's inputs; return the detached parameters."""

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.func import grad_and_value
 
 from .. import _pytree as pt
-from .._hvp import Loss, hvp
+from .._hvp import Loss, hvp_operator
 from .._inner import adapt
 from .._pytree import Params
 from .._solvers import ConjugateGradient, NeumannSeries
@@ -57,8 +57,10 @@ class ImplicitMethod(Method):
         inner = adapt(loss, theta, train, self.steps, self.inner_lr, lam=self.lam)
         b, post = grad_and_value(loss)(inner.phi, val)
 
+        hessian = hvp_operator(loss, inner.phi, train, self.hvp)  # v ↦ H(φ) v, built once
+
         def matvec(v: Params) -> Params:  # v ↦ (I + H(φ)/λ) v
-            return pt.axpy(1.0 / self.lam, hvp(loss, inner.phi, train, v, self.hvp), v)
+            return pt.axpy(1.0 / self.lam, hessian(v), v)
 
         x, info = self.solver.solve(matvec, b)
         return TaskOutput(x, inner.pre_update_loss, post,
