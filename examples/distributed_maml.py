@@ -62,6 +62,9 @@ def main() -> None:
           f"{flat.norm().item():.17g}", flush=True)
     if rank == 0 and args.save:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, args.save)
+    # Every rank waits here so none closes its connections while another still uses them
+    # (a gloo process whose peer hangs up early can abort).
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -154,7 +154,7 @@ def signature(loss: Any, params: Any, tasks: Any) -> tuple | None:
     if (type(train) is tuple and type(val) is tuple  # the common (x, y) batches, quickly
             and all(type(x) is Tensor for x in train) and all(type(x) is Tensor for x in val)):
         structure: Any = (len(train), len(val))
-        leaves = (*train, *val)
+        leaves: Any = (*train, *val)
     else:
         leaves, structure = torch_pytree.tree_flatten((train, val))
     return (_loss_key(loss), tuple(param_keys), structure, tuple(_leaf_key(x) for x in leaves))

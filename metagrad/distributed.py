@@ -65,6 +65,7 @@ is unusable: end the job (torchrun's ``--max-restarts`` can restart it).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from collections.abc import Mapping
@@ -362,10 +363,13 @@ def _base(method: Method | CompiledMethod) -> Method:
 
 
 def _recording(method: Method | CompiledMethod) -> Method | CompiledMethod:
-    """The same method with ``diagnose="record"`` where it would warn or raise (the
-    compiled wrapper keeps its caches: ``dataclasses.replace`` passes them on)."""
+    """The same method with ``diagnose="record"`` where it would warn or raise. A compiled
+    wrapper is copied shallowly, so the copy shares its caches of compiled programs (the
+    programs do not depend on warn vs record: both run the checks)."""
     if isinstance(method, CompiledMethod):
-        return replace(method, method=_recording_method(method.method))
+        recording = copy.copy(method)
+        recording.method = _recording_method(method.method)
+        return recording
     return _recording_method(method)
 
 

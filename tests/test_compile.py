@@ -187,7 +187,7 @@ def test_first_call_validates_like_the_eager_method():
         compiled(loss, [], tasks)
     with pytest.raises(ValueError, match="float32 but params are torch.float64"):
         compiled(loss, params, tasks.to(torch.float32))
-    with pytest.raises(ValueError, match="must return a scalar"):
+    with pytest.raises(ValueError, match="must return a 0-dim scalar"):
         compiled(lambda p, b: b[1] * p["2.bias"], params, tasks)
     assert compiled.signatures == []
 
