@@ -57,10 +57,10 @@ if ls .whl/*.whl >/dev/null 2>&1; then
         && export PYTHONPATH=/tmp/peers${PYTHONPATH:+:$PYTHONPATH}
 fi
 
-step gpu_check 90 $PY -m metagrad_bench.gpu_check --device "$DEVICE" --out "$WORK/gpu_check" --no-speed
+step gpu_check 60 $PY -m metagrad_bench.gpu_check --device "$DEVICE" --out "$WORK/gpu_check" --no-speed
 if [ "$PEERS" = 1 ]; then
-    step peers 230 $PY -m metagrad_bench.peers --device "$DEVICE" --repeats 7 --out "$WORK/peers"
+    step peers 160 $PY -m metagrad_bench.peers --device "$DEVICE" --repeats 7 --out "$WORK/peers"
 fi
-step hvp_modes 60 $PY -m metagrad_bench.hvp_modes --device "$DEVICE" --repeats 7 --out "$WORK/hvp_modes"
-step sweep 150 $PY -m metagrad sweep --preset "$PRESET" --device "$DEVICE" --repeats 5 --out "$WORK/sweep"
+step hvp_modes 45 $PY -m metagrad_bench.hvp_modes --device "$DEVICE" --repeats 7 --out "$WORK/hvp_modes"
+step sweep 110 $PY -m metagrad sweep --preset "$PRESET" --device "$DEVICE" --repeats 5 --out "$WORK/sweep"
 echo "[gpu_bench] done" | tee -a "$LOG"
