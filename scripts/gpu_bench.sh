@@ -59,7 +59,7 @@ fi
 
 step gpu_check 60 $PY -m metagrad_bench.gpu_check --device "$DEVICE" --out "$WORK/gpu_check" --no-speed
 if [ "$PEERS" = 1 ]; then
-    step peers 160 $PY -m metagrad_bench.peers --device "$DEVICE" --repeats 7 --out "$WORK/peers"
+    step peers 160 $PY -m metagrad_bench.peers --device "$DEVICE" --repeats 5 --out "$WORK/peers"
 fi
 step hvp_modes 45 $PY -m metagrad_bench.hvp_modes --device "$DEVICE" --repeats 7 --out "$WORK/hvp_modes"
 step sweep 110 $PY -m metagrad sweep --preset "$PRESET" --device "$DEVICE" --repeats 5 --out "$WORK/sweep"
