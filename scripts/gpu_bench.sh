@@ -15,11 +15,13 @@ set -u
 DEVICE=cuda
 PRESET=gpu-quick
 PEERS=1
+ONLY=
 while [ $# -gt 0 ]; do
     case "$1" in
         --device) DEVICE=$2; shift 2 ;;
         --preset) PRESET=$2; shift 2 ;;
         --no-peers) PEERS=0; shift ;;
+        --only) ONLY=$2; shift 2 ;;  # run this one step (a rerun of what a first call missed)
         *) echo "gpu_bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -33,6 +35,7 @@ export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false NO_MKDOCS_2_WARNIN
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, pack $WORK/NAME
     local name=$1 limit=$2 start rc
     shift 2
+    if [ -n "$ONLY" ] && [ "$ONLY" != "$name" ]; then return; fi
     start=$(date +%s)
     echo "[gpu_bench] $name (limit ${limit} s)" | tee -a "$LOG"
     timeout "$limit" "$@" >>"$LOG" 2>&1
@@ -53,7 +56,7 @@ $PY -m pip install -q --no-deps --no-index --no-build-isolation -e . >>"$LOG" 2>
     || echo "[gpu_bench] editable install failed" | tee -a "$LOG"
 # Optional peers carried as wheels in .whl/ (pure Python ones only).
 if ls .whl/*.whl >/dev/null 2>&1; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/peers .whl/*.whl >>"$LOG" 2>&1 \
+    $PY -m pip install -q --no-index --no-deps --no-compile --ignore-requires-python --target /tmp/peers .whl/*.whl >>"$LOG" 2>&1 \
         && export PYTHONPATH=/tmp/peers${PYTHONPATH:+:$PYTHONPATH}
 fi
 

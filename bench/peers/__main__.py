@@ -115,7 +115,7 @@ def rel_error(g: list, ref: list) -> float:
 
     a = torch.cat([t.reshape(-1) for t in g]).double()
     b = torch.cat([t.reshape(-1) for t in ref]).double()
-    return float((a - b).norm() / b.norm())
+    return float((a.to(b.device, b.dtype) - b).norm() / b.norm())  # jax returns host arrays
 
 
 def _version(name: str) -> str:

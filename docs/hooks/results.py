@@ -34,6 +34,8 @@ TITLES = {
     "scaling_cpu": "Scaling across processes (2-core CPU)",
     "scaling_cpu16_h200host": "Scaling across processes (16-core CPU)",
     "scaling_cuda_h200": "Distributed on one H200 (NCCL)",
+    "gpu_h200": "GPU run: one NVIDIA H200",
+    "asv": "asv history",
     "study": "The method comparison study",
     "finn2017": "Finn et al. 2017's sinusoid protocol",
 }
