@@ -28,6 +28,8 @@ from torch import nn
 
 import metagrad as mg
 
+# Spelled out, not read from mg.METHOD_NAMES: asv imports this file against every commit
+# of the history, including those from before the registry existed.
 METHODS = ["maml", "fomaml", "reptile", "imaml", "neumann", "penalty"]
 CLASS_NAMES = {"maml": "MAML", "fomaml": "FOMAML", "reptile": "Reptile", "imaml": "IMAML",
                "neumann": "Neumann", "penalty": "Penalty"}

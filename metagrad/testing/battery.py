@@ -51,6 +51,7 @@ import torch
 from metagrad_reference import dense
 
 from .._task import Task
+from ..methods import is_implicit
 from ..problems import Problem
 
 
@@ -150,7 +151,7 @@ def scaled(loss, c: float):
 def curvature_target(method: str, settings: dict[str, Any]) -> float:
     """s, the spectral radius the scaled train-loss Hessian gets at θ (module docstring)."""
     lr = settings["inner_lr"]
-    if method in ("imaml", "neumann"):
+    if is_implicit(method):
         lam = settings["lam"]
         if method == "imaml":
             s = 2 * lam
@@ -188,7 +189,7 @@ def scale_for(label: str, tasks: int, method: str, settings: dict[str, Any]) -> 
     eigenvalues above about 1/2 (positive definite: CG and the series are well defined)."""
     radius, negative = _spectrum(label, tasks)
     c = curvature_target(method, settings) / radius
-    if method in ("imaml", "neumann") and negative > 0:
+    if is_implicit(method) and negative > 0:
         c = min(c, 0.5 * settings["lam"] / negative)
     return c
 

@@ -24,6 +24,7 @@ import torch
 from metagrad_reference import variants as wrong
 from torch import Tensor
 
+from ..methods import METHOD_NAMES, is_implicit
 from ..problems import Problem
 from ..verify.compare import flat, reference_result, rel_error
 
@@ -61,9 +62,9 @@ class Mistake:
     compute: Callable[[Context], Tensor | None]
 
 
-ALL = ("maml", "fomaml", "reptile", "imaml", "neumann", "penalty")
-GD = ("maml", "fomaml", "reptile", "penalty")
-IMPLICIT = ("imaml", "neumann")
+ALL = METHOD_NAMES
+GD = tuple(name for name in METHOD_NAMES if not is_implicit(name))
+IMPLICIT = tuple(name for name in METHOD_NAMES if is_implicit(name))
 
 
 def _count(ctx: Context, name: str, delta: int) -> Tensor | None:

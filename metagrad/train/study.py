@@ -53,7 +53,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..methods import is_implicit, method_class
+from ..methods import METHOD_NAMES, is_implicit, method_class
 from . import outdir
 from .baseline import BaselineResult, train_baseline
 from .config import SETTING_DEFAULTS, TrainConfig
@@ -188,7 +188,7 @@ def point_id(point: dict[str, Any]) -> str:
     return ",".join(f"{k}={v:g}" for k, v in sorted(point.items())) or "default"
 
 
-COMPILED_METHODS = ("imaml", "neumann")
+COMPILED_METHODS = tuple(name for name in METHOD_NAMES if is_implicit(name))
 """Methods whose meta-gradient a study compiles when ``base.compile`` is set. Compiling a
 new configuration took 20-80 s on the shared 2-core machine (each λ is a new graph), more
 than the whole 2000-step eager run of MAML, FOMAML, Reptile or Penalty (2-15 ms per
