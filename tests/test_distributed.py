@@ -452,7 +452,10 @@ def test_example_runs_under_torchrun(tmp_path):
     proc = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=GUARD_S)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    sums = sorted(re.findall(r"rank (\d): parameter checksum (\S+) (\S+)", proc.stdout))
+    # The two processes share one stdout, so a line of one can run into the other's: read
+    # the numbers alone.
+    number = r"(-?\d+\.?\d*(?:e[-+]?\d+)?)"
+    sums = sorted(re.findall(rf"rank (\d): parameter checksum {number} {number}", proc.stdout))
     assert [s[0] for s in sums] == ["0", "1"] and sums[0][1:] == sums[1][1:]
 
     from metagrad.models import mlp
