@@ -450,6 +450,29 @@ def test_numerical_warnings_are_counted_not_flooded(tmp_path, capsys):
     assert err.count("Neumann series diverges") == 1  # shown once, not once per step
 
 
+@pytest.mark.parametrize("method", ["maml", "fomaml"])
+def test_one_inner_step_that_raises_the_train_loss_is_reported(method, tmp_path):
+    # K = 1: the only inner iterate is φ itself, so the check must read L_tr(φ). The
+    # independent numbers: L_tr(θ) and L_tr(φ) of the first step's tasks, by plain
+    # float64 autograd, with φ = θ − α∇L_tr(θ).
+    cfg = small(method, meta_steps=2, steps=1, inner_lr=5.0)
+    params = init_params(cfg)
+    tasks = next(task_stream(cfg))
+    rose = []
+    for i in range(cfg.meta_batch):
+        train_b, _ = tasks.task(i)
+        theta = [p.clone().requires_grad_() for p in params]
+        grads = torch.autograd.grad(mse(theta, train_b), theta)
+        phi = [t.detach() - 5.0 * g for t, g in zip(theta, grads, strict=True)]
+        rose.append(float(mse(phi, train_b)) > float(mse(params, train_b)))
+    assert any(rose)
+
+    res = train(cfg, tmp_path, progress=False)
+    log = read_log(tmp_path / FILES["log"])
+    assert log["warnings"][0] > 0 and "inner_loop_rise" in log["findings"][0]
+    assert any("inner loss rose" in w for w in res.summary["first_warnings"])
+
+
 def test_divergence_stops_before_the_bad_update(tmp_path, capsys):
     # α = 1e30: one inner step sends φ to ~1e30, so L_val(φ) ~ 1e60 overflows float32 (max
     # ~3.4e38) to inf at the very first meta-step.

@@ -48,7 +48,6 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .. import _pytree as pt
 from .._files import atomic_write_bytes
 from .._module import module_loss, params_of, set_grads
 from ..compiled import compile as compile_method
@@ -264,16 +263,20 @@ def _meta_gradient(cfg: TrainConfig, method: Method):
     Every compiled method traces the same Python function with other constants, and
     torch.compile allows only a few recompilations of one function (8 on torch 2.13; with
     ``fullgraph=True`` the next one is an error). So a new configuration starts from a
-    reset compiler cache, keeping only the one in use; recompiling a configuration seen
-    before is then served by inductor's on-disk cache (under a second here).
+    reset compiler cache, keeping only the one in use (in its checked and unchecked forms,
+    which differ by the final inner loss L_tr(φ) the checks read); recompiling a
+    configuration seen before is then served by inductor's on-disk cache (under a second
+    here).
     """
     if not cfg.compile:
         return method
-    key = ("method", repr(method), tuple(cfg.hidden), cfg.device)
+    config = ("method", repr(replace(method, diagnose="off")), tuple(cfg.hidden), cfg.device)
+    key = (*config, method.diagnose)
     if key not in _COMPILED:
-        for old in [k for k in _COMPILED if k[0] == "method"]:
+        for old in [k for k in _COMPILED if k[0] == "method" and k[:4] != config]:
             del _COMPILED[old]
-        torch._dynamo.reset()
+        if not any(k[:4] == config for k in _COMPILED):
+            torch._dynamo.reset()
         _COMPILED[key] = compile_method(method)
     return _COMPILED[key]
 
@@ -286,14 +289,23 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
 
     model = make_model(cfg)
     loss = shared_loss(cfg)
-    # The method's numerical checks still run; their findings are counted in the log and
-    # shown once per kind below, instead of once per meta-step.
+    # The method's numerical checks run on every check_every-th meta-step (the checked
+    # call also computes the final inner loss L_tr(φ), so K = 1 is checked too); their
+    # findings are counted in the log and shown once per kind below, not once per step.
     method = replace(make_method(cfg), diagnose="record")
-    call = _meta_gradient(cfg, replace(method, diagnose="off"))
+    checked = _meta_gradient(cfg, method)
+    fast = _meta_gradient(cfg, replace(method, diagnose="off")) if cfg.check_every > 1 \
+        else checked
+    calls = [checked] if fast is checked else [checked, fast]
+
+    def compiling() -> float:
+        return sum(sum(c.compile_seconds.values()) for c in calls) if cfg.compile else 0.0
+
     # A compiled method is shared by the runs of a process: count only this run's compiling.
-    compiled_before = sum(call.compile_seconds.values()) if cfg.compile else 0.0
-    # Under torchrun: the mean over the meta-batch from every rank's slice of it.
-    meta_gradient = distributed(call) if ranks.distributed else call
+    compiled_before = compiling()
+    # Under torchrun: the mean over the meta-batch from every rank's slice of it, with the
+    # findings of every rank.
+    meta_gradients = {c: distributed(c) if ranks.distributed else c for c in (checked, fast)}
     assert cfg.meta_lr is not None  # filled by TrainConfig.resolved()
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.meta_lr)
@@ -389,16 +401,13 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
             # The whole meta-batch, drawn alike by every rank; each computes its own slice.
             tasks = family.sample(cfg.meta_batch, generator=gen, device=cfg.device)
             mine = shard_tasks(tasks, ranks.rank, ranks.world) if ranks.distributed else tasks
-            out_mg = meta_gradient(loss, params_of(model), mine)
             check = meta_step % cfg.check_every == 0
+            out_mg = meta_gradients[checked if check else fast](loss, params_of(model), mine)
             diag = out_mg.diagnostics
-            if ranks.distributed and (check or reductions):
+            if ranks.distributed and reductions:
                 diag = ranks.gather_tasks(diag, tasks)  # every task's row, in task order
-            found = []
-            if check:
-                # The method's own checks on this step's numbers (no recomputation).
-                found = method.finish(loss, pt.detach(params_of(model)), tasks, out_mg.grad,
-                                      diag).findings
+            # One finding per kind (under torchrun each rank reports its own tasks).
+            found = list({f.kind: f for f in out_mg.findings}.values())
             pre, post = float(out_mg.pre_update_loss), float(out_mg.post_update_loss)
             grad_finite = all(bool(torch.isfinite(g).all()) for g in out_mg.grad.values())
             finite = math.isfinite(pre) and math.isfinite(post) and grad_finite
@@ -474,7 +483,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
         "checked_steps": sum(1 for s in log["meta_step"] if s % cfg.check_every == 0),
         "finding_steps": kinds,
         "first_warnings": list(first_findings.values()),
-        "compile_seconds": sum(call.compile_seconds.values()) - compiled_before
+        "compile_seconds": compiling() - compiled_before
         if cfg.compile else 0.0,
         "first_step_time_s": float(log["step_time_s"][0]) if log["step_time_s"] else math.nan,
         "torch": torch.__version__,

@@ -23,10 +23,14 @@ def status(summary: dict[str, Any]) -> str:
         if _bad(evaluation.get("pre_update_mse")):
             bad.insert(0, "0")
         if bad:
+            # A method adapts with its inner_lr; the baseline with the step size chosen
+            # per number of steps.
             lr = evaluation.get("inner_lr")
+            if lr is None:
+                lr = (evaluation.get("eval_lr_by_steps") or {}).get(bad[-1])
+            what = f"eval_lr {lr:g}" if isinstance(lr, (int, float)) else "the step size"
             return (f"{split} MSE not finite after {', '.join(bad)} step(s): the adaptation "
-                    f"diverged on the trained model (eval_lr {lr} too large for its "
-                    "curvature?)")
+                    f"diverged on the trained model ({what} too large for its curvature?)")
     kinds = summary.get("finding_steps") or {}
     n = summary.get("warning_steps", 0)
     if not n:
