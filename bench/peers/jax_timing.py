@@ -57,6 +57,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import SimpleNamespace
 
 ONE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -291,12 +292,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="mg.compile's loop= forms to time (default: auto)")
     ap.add_argument("--loops", action="store_true",
                     help="measure lax.scan vs Python loop and the HVP modes instead")
-    ap.add_argument("--out", default=None, help="also write the markdown to this file")
+    ap.add_argument("--out", default=None, help="also write the markdown to this file (or, "
+                    "for a folder, to jax_timing.md in it)")
     args = ap.parse_args(argv)
     if args.repeats < 3:
         ap.error(f"--repeats must be at least 3, got {args.repeats}")
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads must be a positive integer, got {args.threads}")
+    if args.out is not None:
+        # Checked before the minutes of timing, not after.
+        out = Path(args.out)
+        if out.is_dir():
+            out = out / "jax_timing.md"
+        if not out.parent.is_dir():
+            ap.error(f"--out {args.out}: the folder {out.parent} does not exist")
+        args.out = str(out)
     if args.threads == 1:
         if "jax" in sys.modules:
             ap.error("jax was imported before XLA_FLAGS and the CPU pin could be set")
