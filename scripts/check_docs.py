@@ -32,6 +32,7 @@ PAGES = {
     "methods": "methods/",
     "api": "reference/api/",
     "results_sweep": "results/sweep_cpu_quick/",
+    "results_gpu": "results/gpu_h200/",
 }
 RAW_TEX = re.compile(r"\$[^$\n]{1,200}\$|\\(frac|nabla|lambda|alpha|theta|phi|sum|mathrm|left|right)\b")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -114,6 +115,8 @@ def run(site: Path, out: Path, chromium: str) -> int:
                         f"{results['methods']['math']}")
     if results["results_sweep"]["images"] < 3:
         failures.append("results_sweep: expected the sweep's figures")
+    if results["results_gpu"]["images"] < 3:
+        failures.append("results_gpu: expected the GPU sweep's figures")
     if outside:
         failures.append(f"requests outside the local server: {sorted(set(outside))[:5]}")
     report = {"pages": results, "outside_requests": sorted(set(outside)), "failures": failures}
