@@ -127,8 +127,10 @@ def test_installed_wheel_works_beside_a_decoy_reference(tmp_path):
     # A plain path entry: this environment's packages, but not its editable install of
     # metagrad (that is a .pth *inside* it, which a path entry does not execute).
     (site / "_deps_from_test_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # --force-reinstall: the test environment's own (editable) metagrad of the same version
+    # is visible through the .pth, and some pip releases would then skip the wheel.
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                    str(wheel)], check=True, capture_output=True)
+                    "--force-reinstall", str(wheel)], check=True, capture_output=True)
     user = tmp_path / "user_project"
     (user / "bench").mkdir(parents=True)
     (user / "reference.py").write_text("raise ImportError('the user reference.py was imported')\n")
