@@ -42,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from metagrad import timing as mg_timing
-from metagrad._app import UsageError, check_device, markdown_table
+from metagrad._app import UsageError, check_device, markdown_table, prepare_out
 from metagrad.methods import METHOD_NAMES, is_implicit, method_class
 from metagrad.problems import make_problem
 from metagrad.verify.compare import exact_target, rel_error
@@ -608,7 +608,7 @@ def run(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise UsageError(f"--repeats must be ≥ 1, got {args.repeats}")
     blocks = blocks_from_args(args)
-    out = Path(args.out)
+    out = prepare_out(args.out)  # before the work, not after it
     df = sweep(blocks, out, device=device, repeats=args.repeats, seed=args.seed,
                with_error=not args.no_error)
     print(f"wrote {out / 'sweep.csv'} ({len(df)} rows)")

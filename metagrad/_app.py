@@ -1,9 +1,13 @@
 """What the command-line applications (report, verify, train, sweep) share: the usage
-error that becomes one line on stderr with exit status 2, the device check, and the
-markdown table. The library proper never imports this module."""
+error that becomes one line on stderr with exit status 2, the device check, the check
+that ``--out`` can be written (before any work), and the markdown table. The library
+proper never imports this module."""
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,3 +33,30 @@ def check_device(device: str) -> str:
 def markdown_table(frame: Any, floatfmt: str = ".4g") -> str:
     """A pandas frame as a markdown table (``tabulate`` is a dependency)."""
     return frame.to_markdown(index=False, floatfmt=floatfmt)
+
+
+def prepare_out(out: str | os.PathLike) -> Path:
+    """Create ``out`` (and its parents) and prove it is writable by writing and removing a
+    probe file; a :class:`UsageError` naming the folder and the reason otherwise."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".metagrad-probe-{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"probe")
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"--out {str(out)!r} cannot be written: {describe_os_error(err)}") \
+            from None
+    return out
+
+
+def describe_os_error(err: OSError) -> str:
+    """``strerror`` with the file concerned, e.g. ``No space left on device (run/x.csv)``."""
+    what = err.strerror or str(err)
+    if err.errno in (errno.EEXIST, errno.ENOTDIR) and err.filename:
+        what += " (a file is in the way of the folder)"
+    where = err.filename or ""
+    return f"{what} ({where})" if where else what

@@ -28,9 +28,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 """name → (module providing ``add_parser``, one-line help)."""
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+class Parser(argparse.ArgumentParser):
+    """argparse with one line on stderr for a bad flag (not the whole usage block): the
+    error, and where the usage is. Subcommand parsers are of this class too."""
+
+    def error(self, message: str):  # noqa: D102  (argparse.ArgumentParser.error)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser(command: str | None = None) -> Parser:
     """The parser, with ``command``'s own arguments loaded (the others listed by name)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="metagrad",
         description="Fast, verified meta-gradients for MAML-family bilevel learning.",
     )
@@ -40,6 +48,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             importlib.import_module(module).add_parser(sub)
         else:
             sub.add_parser(name, help=help_text)
+    parser.set_defaults(_commands=sub.choices)
     return parser
 
 
@@ -50,7 +59,9 @@ def _command_in(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_command_in(argv))
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the subcommand, whose flags they were meant to be
+        args._commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except (UsageError, ValueError) as err:

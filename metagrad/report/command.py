@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .._app import UsageError, check_device
+from .._app import UsageError, check_device, prepare_out
 
 SECTIONS = [
     "metagrad.report.core:meta_gradients",
@@ -26,8 +26,13 @@ SECTIONS = [
 ]
 
 
+def _section_name(spec: str) -> str:
+    """The name ``--sections`` takes: the function's, without a ``_section`` suffix."""
+    return spec.split(":")[1].removesuffix("_section")
+
+
 def section_names() -> list[str]:
-    return [spec.split(":")[1] for spec in SECTIONS]
+    return [_section_name(spec) for spec in SECTIONS]
 
 
 @dataclass
@@ -40,10 +45,14 @@ class ReportContext:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "report", help="compute, verify and time all methods; write a markdown report")
+        "report", help="compute, verify and time all methods; write a markdown report",
+        description="The main job: every method's meta-gradient on the sinusoid problem, "
+        "their check against the float64 oracle, a short meta-training run of each, and a "
+        "sweep of time, memory and error; written as OUT/report.md with its figures.")
     p.add_argument("--out", default="report", help="output folder (default: report/)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the sampled tasks and of the training runs (default: 0)")
     p.add_argument("--full", action="store_true", help="longer runs in every section")
     p.add_argument("--sections", nargs="+", default=None, metavar="SECTION",
                    help=f"only these sections, of {', '.join(section_names())}")
@@ -56,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"--sections: unknown {', '.join(unknown)}; choose from "
                          f"{', '.join(section_names())}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out(args.out)
     ctx = ReportContext(out=out, device=device, seed=args.seed, quick=not args.full)
     started = time.time()
     parts = [
@@ -69,12 +77,13 @@ def run(args: argparse.Namespace) -> int:
     ]
     for spec in SECTIONS:
         module, func = spec.split(":")
-        if args.sections and func not in args.sections:
+        name = _section_name(spec)
+        if args.sections and name not in args.sections:
             continue
-        print(f"[report] {func} ...", flush=True)
+        print(f"[report] {name} ...", flush=True)
         t0 = time.time()
         parts.append(getattr(importlib.import_module(module), func)(ctx))
-        print(f"[report] {func} done in {time.time() - t0:.1f} s", flush=True)
+        print(f"[report] {name} done in {time.time() - t0:.1f} s", flush=True)
     parts.append(f"\n_Report written in {time.time() - started:.1f} s._\n")
     path = out / "report.md"
     path.write_text("\n".join(parts))

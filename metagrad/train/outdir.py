@@ -23,7 +23,6 @@ writes the outputs calls these functions.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import math
@@ -35,7 +34,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .._app import UsageError
+from .._app import UsageError, describe_os_error
+from .._app import prepare_out as prepare
 from .._files import atomic_write_bytes
 
 LOCK = ".metagrad.lock"
@@ -52,33 +52,6 @@ _HELD: dict[Path, tuple[int, int]] = {}
 
 class FolderBusy(UsageError):
     """Another live process holds the output folder."""
-
-
-def prepare(out: str | os.PathLike) -> Path:
-    """Create ``out`` (and its parents) and prove it is writable by writing and removing a
-    probe file; a :class:`UsageError` naming the folder and the reason otherwise."""
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".metagrad-probe-{os.getpid()}"
-        with open(probe, "wb") as f:
-            f.write(b"probe")
-            f.flush()
-            os.fsync(f.fileno())
-        probe.unlink()
-    except OSError as err:
-        raise UsageError(f"--out {str(out)!r} cannot be written: {describe_os_error(err)}") \
-            from None
-    return out
-
-
-def describe_os_error(err: OSError) -> str:
-    """``strerror`` with the file concerned, e.g. ``No space left on device (run/x.csv)``."""
-    what = err.strerror or str(err)
-    if err.errno in (errno.EEXIST, errno.ENOTDIR) and err.filename:
-        what += " (a file is in the way of the folder)"
-    where = err.filename or ""
-    return f"{what} ({where})" if where else what
 
 
 @contextmanager

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
-from .._app import UsageError
+from .._app import UsageError, prepare_out
 from ..methods import METHOD_NAMES
 from .table import (
     ALL_PROBLEMS,
@@ -48,11 +47,12 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(problems) - set(ALL_PROBLEMS))
     if unknown:
         raise UsageError(f"unknown problem(s) {unknown}; choose from {list(ALL_PROBLEMS)}")
+    out = prepare_out(args.out)  # before the work, not after it
     started = time.time()
     cases = default_cases(problems, args.methods)
     df = run_cases(cases, fd=not args.no_fd)
     print(markdown_table(df))
-    csv, md = write_outputs(df, Path(args.out))
+    csv, md = write_outputs(df, out)
     failed = int((~df["passed"].astype(bool)).sum())
     print(f"\n{len(df) - failed}/{len(df)} cases passed in {time.time() - started:.1f} s; "
           f"wrote {csv} and {md}")
