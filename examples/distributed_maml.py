@@ -58,8 +58,11 @@ def main() -> None:
                   f"post-update loss {float(out.post_update_loss):.4f}", flush=True)
 
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double()
-    print(f"rank {rank}: parameter checksum {flat.sum().item():.17g} "
-          f"{flat.norm().item():.17g}", flush=True)
+    for turn in range(world):  # one rank at a time, so the lines do not run together
+        dist.barrier()
+        if turn == rank:
+            print(f"rank {rank}: parameter checksum {flat.sum().item():.17g} "
+                  f"{flat.norm().item():.17g}", flush=True)
     if rank == 0 and args.save:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, args.save)
     # Every rank waits here so none closes its connections while another still uses them
