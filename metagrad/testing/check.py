@@ -265,9 +265,16 @@ def _notes(method: str, settings: dict[str, Any], cases: list[CaseResult],
            factory: bool) -> list[str]:
     notes = []
     if not factory:
-        notes.append(f"the target has fixed settings, so only K = {settings['steps']} was "
-                     "run; pass a factory (settings -> target) to run K = 0, 1 and several "
-                     "inner steps too")
+        given = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in settings.items())
+        notes.append(f"the target takes no settings, so it was compared with {method} at "
+                     f"{given} (the audit's settings; the method's defaults where none was "
+                     f"given) and only K = {settings['steps']} was run; pass a factory "
+                     "(keyword-only settings -> target) to run K = 0, 1 and several inner "
+                     "steps too")
+        if cases and not any(c.passed for c in cases):
+            notes.append("every case failed: if the target computes other settings than "
+                         f"these ({given}), give the audit the settings it uses")
     best: dict[str, float] = {}
     for c in cases:
         for key, sep in c.separations.items():
