@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 from helpers import rel, tanh_mlp_problem
@@ -231,3 +232,26 @@ def test_findings_are_values_and_record_mode_does_not_emit():
     assert finding.message == "CG stopped in task 0 and 1 other(s)"
     assert finding.offset(5).tasks == (5, 7) and finding.offset(5).message.startswith(
         "CG stopped in task 5")
+
+
+def test_report_meta_gradient_section(tmp_path):
+    """The report's first section: every method on the sinusoid tasks, the implicit ones at
+    settings where the checks find nothing, and what the checks say at their defaults."""
+    from metagrad.models import mlp
+    from metagrad.problems import make_problem
+    from metagrad.report.command import ReportContext
+    from metagrad.report.core import meta_gradients
+
+    text = meta_gradients(ReportContext(out=tmp_path, device="cpu", seed=0, quick=True))
+    frame = pd.read_csv(tmp_path / "meta_gradients.csv").set_index("method")
+    assert list(frame.index) == list(mg.METHOD_NAMES)
+    assert frame.loc["maml", "cosine_to_maml"] == pytest.approx(1.0, abs=1e-6)
+    assert (frame["warnings"] == 0).all(), frame["warnings"]
+    # The pre-update loss is the plain mean of the per-task train MSEs at θ (float64 here).
+    problem = make_problem("sinusoid", seed=0)
+    model = mlp((1, 40, 40, 1), seed=0).double()
+    x, y = problem.tasks.train
+    expected = float(((model(x.double()) - y.double()) ** 2).mean(dim=(1, 2)).mean())
+    assert frame["pre_update_loss"].to_numpy() == pytest.approx(expected, rel=1e-5)
+    assert "No numerical problems were diagnosed at these settings" in text
+    assert "not positive definite" in text and "Neumann series diverges" in text

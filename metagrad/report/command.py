@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         f"- torch {torch.__version__}, Python {platform.python_version()}, "
         f"device `{device}`"
         + (f" ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else "")
-        + f", {torch.get_num_threads()} CPU threads, seed {args.seed}\n",
+        + f", {torch.get_num_threads()} CPU thread(s), seed {args.seed}\n",
     ]
     for spec in SECTIONS:
         module, func = spec.split(":")
