@@ -57,7 +57,26 @@ def training_section(ctx) -> str:
         "stream, fine-tuned the same way. One seed: differences of a few percent are within "
         "seed-to-seed variation.\n\n"
         f"{markdown_table(frame)}\n\n"
+        + _findings_text(results)
         + "".join(f"![{title}]({figures[key].name})\n\n" for key, title in
                   (("curves", "learning curves"), ("heldout", "held-out MSE"),
                    ("predictions", "adapted predictions")) if key in figures)
     )
+
+
+def _findings_text(results) -> str:
+    """What the status column counts, said once per kind and method: the first finding of
+    each kind in each run (``summary["first_warnings"]``)."""
+    lines = [f"- **{name}**, {text}" for name, result in results.items()
+             for text in result.summary.get("first_warnings", [])]
+    if not lines:
+        return ""
+    return ("The numerical checks during training (the first finding of each kind per "
+            "method; the status column counts the checked meta-steps with findings):\n\n"
+            + "\n".join(lines) + "\n\n"
+            "Meta-training sharpens the network (the largest Hessian eigenvalue L grows "
+            "several-fold over the run), so the fixed inner_lr comes to overshoot on some "
+            "tasks; and with one proximal step at a large lam the implicit methods never "
+            "solve their inner problem (at K = 1 that is Finn et al.'s regime, not iMAML's: "
+            "see the study's two regimes).\n\n")
+
