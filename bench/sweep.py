@@ -464,13 +464,19 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
         if d.empty:
             return
         probs = [p for p in problems if p in set(d["problem"])]
-        fig, axes = plt.subplots(1, len(probs), figsize=(6.2 * len(probs), 4.2), squeeze=False)
+        fig, axes = plt.subplots(1, len(probs), figsize=(max(6.2 * len(probs), 8.0), 4.2),
+                                 squeeze=False)
         for ax, prob in zip(axes[0], probs):
             dp = d[d["problem"] == prob].sort_values(axis)
-            sns.lineplot(dp, x=axis, y=y, hue="series", palette=_colors(dp), marker="o", ax=ax)
+            # Dashes and markers per series too: methods that coincide (IMAML and Neumann
+            # at convergence, MAML's two backward modes) stay visible on top of each other.
+            sns.lineplot(dp, x=axis, y=y, hue="series", style="series", markers=True,
+                         palette=_colors(dp), ax=ax)
             has_zero = bool((dp[axis] == 0).any())
             ax.set_xscale(("symlog" if has_zero else "log") if logx else "linear")
             ax.set_yscale("log")
+            plotting.value_ticks(ax, dp[axis])
+            plotting.plain_log_labels(ax, "y")
             ax.set_xlabel(AXIS_LABEL[axis])
             ax.set_ylabel(ylabel)
             batch = int(dp["meta_batch"].iloc[0])
@@ -508,6 +514,8 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
                     label="Pareto front")
             ax.set_xscale("log")
             ax.set_yscale("log")
+            plotting.plain_log_labels(ax, "x")
+            plotting.plain_log_labels(ax, "y")
             ax.set_xlabel("median ms per meta-gradient")
             ax.set_ylabel("‖g − g*‖ / ‖g*‖")
             ax.set_title(f"{prob}, {dp['device'].iloc[0]}")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from .. import plotting
 from ..methods import METHOD_NAMES
@@ -49,8 +50,10 @@ def plot_learning_curves(logs: Mapping[str, pd.DataFrame], path: Path) -> Path:
         ax.set_yscale("log")
         ax.set_xlabel("meta-step")
         ax.set_title(title)
+        plotting.plain_log_labels(ax, "y")
     axes[0].set_ylabel("MSE (meta-batch mean)")
-    axes[1].legend(loc="upper right", fontsize="small")
+    # Beside the panels, not over the curves.
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
     return plotting.save(fig, path)
 
 
@@ -71,6 +74,8 @@ def plot_heldout(summaries: Mapping[str, Mapping[str, Any]], path: Path) -> Path
         held = first["heldout"]
         ax.set_title(f"held-out tasks ({held['tasks']}, {held['query']} query points each)")
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+    plotting.plain_log_labels(ax, "y")
     ax.set_xlabel(r"adaptation steps (plain GD, inner_lr)")
     ax.set_ylabel("held-out MSE")
     ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -112,8 +117,15 @@ def plot_predictions(predictions: Mapping[str, pd.DataFrame], path: Path) -> Pat
                        label="support points")
             if row == 0:
                 ax.set_title(name)
-    axes[0][-1].legend(fontsize="x-small", loc="best")
-    return plotting.save(fig, path)
+            if row == len(tasks) - 1:
+                ax.set_xlabel("x")
+            if col == 0:
+                ax.set_ylabel(f"y (task {task})")
+    # One legend for the figure, below the panels, not over any curve.
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize="small",
+               frameon=False)
+    return plotting.save(fig, path, rect=(0, 0.07, 1, 1))
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pandas as pd
-from matplotlib.ticker import ScalarFormatter
 
 from .. import plotting
 from .._app import markdown_table
@@ -47,23 +46,43 @@ def verify_section(ctx) -> str:
     )
 
 
+def _fixed(part: pd.DataFrame, varied: str) -> str:
+    """The settings held fixed in one panel, as ``steps=100, lam=2``; ``inner_lr`` that
+    follows λ (the fastest convergent proximal step, 2/(2λ + lo + hi)) is said so."""
+    said = []
+    for key in ("steps", "inner_lr", "lam", "cg_iters", "terms"):
+        if key == varied or key not in part:
+            continue
+        values = sorted(set(part[key].dropna()))
+        if len(values) == 1:
+            said.append(f"{key}={values[0]:g}")
+        elif key == "inner_lr" and varied == "lam":
+            said.append("inner_lr=2/(2λ+lo+hi)")
+        elif values:  # e.g. lam: the implicit methods' and the penalty's
+            said.append(f"{key}={' or '.join(f'{v:g}' for v in values)}")
+    return ", ".join(said)
+
+
 def _figure(level2: pd.DataFrame, path):
     plotting.setup()
     colors = plotting.palette()
-    fig, axes = plotting.plt.subplots(2, 2, figsize=(11, 7.5))
+    fig, axes = plotting.plt.subplots(2, 2, figsize=(12, 8))
     for ax, (name, label) in zip(axes.flat, SWEEP_LABELS.items()):
         part = level2[level2.sweep == name].copy()
         part["approx_error"] = part["approx_error"].clip(lower=1e-17)
-        plotting.sns.lineplot(part, x=name, y="approx_error", hue="method", style="problem",
-                              palette={m: colors[m] for m in part.method.unique()}, marker="o",
+        # Dashes and markers per method too: IMAML and Neumann coincide where both converge.
+        plotting.sns.lineplot(part, x=name, y="approx_error", hue="method", style="method",
+                              markers=True, palette={m: colors[m] for m in part.method.unique()},
                               ax=ax)
         ax.set_yscale("log")
         if name == "lam":
             ax.set_xscale("log")
-            ax.minorticks_off()
-            ax.set_xticks(sorted(part.lam.unique()))
-            ax.xaxis.set_major_formatter(ScalarFormatter())
+        plotting.value_ticks(ax, part[name])
+        plotting.plain_log_labels(ax, "y")
         ax.set_xlabel(label)
         ax.set_ylabel("relative error vs bilevel target")
+        ax.set_title(_fixed(part, name), fontsize=9)
         ax.legend(fontsize=7)
+    problems = ", ".join(sorted(level2.problem.unique()))
+    fig.suptitle(f"approximation error, one setting varied at a time ({problems})")
     return plotting.save(fig, path)
