@@ -31,8 +31,10 @@ def check_device(device: str) -> str:
 
 
 def markdown_table(frame: Any, floatfmt: str = ".4g") -> str:
-    """A pandas frame as a markdown table (``tabulate`` is a dependency)."""
-    return frame.to_markdown(index=False, floatfmt=floatfmt)
+    """A pandas frame as a markdown table (``tabulate`` is a dependency); missing values
+    (NaN: a setting the method does not read, an error not computed) are empty cells."""
+    return frame.astype(object).where(frame.notna(), None).to_markdown(
+        index=False, floatfmt=floatfmt, missingval="")
 
 
 def prepare_out(out: str | os.PathLike) -> Path:
