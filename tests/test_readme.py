@@ -37,6 +37,9 @@ def test_python_examples_run():
         exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102
     # The diagnostics example promises a divergence report for λ = 1 on this MLP.
     assert any("Neumann series diverges" in w for w in namespace["out"].warnings)
+    # The gradcheck example: every case against the oracle passes on the small model.
+    report = namespace["report"]
+    assert report.passed and len(report.cases) >= 1
 
 
 def test_exactly_two_setup_commands_and_ci_runs_the_test_command():
