@@ -27,14 +27,13 @@ import importlib.metadata
 import os
 import platform
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-ONE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+from .jax_timing import one_core  # stdlib only: nothing heavy before the pinning
 
 
 @dataclass
@@ -139,17 +138,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="pin the process to this CPU (default with --threads 1: the first "
                          "allowed one)")
     args = ap.parse_args(argv)
-    if args.threads == 1:
-        if "jax" in sys.modules:
-            ap.error("jax was imported before XLA_FLAGS and the CPU pin could be set")
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + ONE_THREAD_XLA).strip()
-        if args.pin is None:
-            args.pin = min(os.sched_getaffinity(0))
-    if args.pin is not None:
-        if args.pin not in os.sched_getaffinity(0):
-            ap.error(f"--pin {args.pin}: not one of the CPUs this process may use "
-                     f"{sorted(os.sched_getaffinity(0))}")
-        os.sched_setaffinity(0, {args.pin})
+    if args.repeats < 2:  # a median and an interquartile range need two calls at least
+        ap.error(f"--repeats must be at least 2, got {args.repeats}")
+    one_core(ap, args)
 
     import pandas as pd
     import torch

@@ -273,6 +273,23 @@ def run_loops(args) -> str:
             f"{args.repeats} interleaved calls.\n\n" + "\n".join(lines) + "\n")
 
 
+def one_core(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--threads 1``: XLA's one-thread flags and, unless ``--pin`` says otherwise, the
+    first allowed CPU; ``--pin``: this process on that CPU alone. Before jax and torch
+    start their thread pools (the peer runner uses it too)."""
+    if args.threads == 1:
+        if "jax" in sys.modules:
+            ap.error("jax was imported before XLA_FLAGS and the CPU pin could be set")
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + ONE_THREAD_XLA).strip()
+        if args.pin is None:
+            args.pin = min(os.sched_getaffinity(0))
+    if args.pin is not None:
+        if args.pin not in os.sched_getaffinity(0):
+            ap.error(f"--pin {args.pin}: not one of the CPUs this process may use "
+                     f"{sorted(os.sched_getaffinity(0))}")
+        os.sched_setaffinity(0, {args.pin})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m metagrad_bench.peers.jax_timing",
                                  description=__doc__,
@@ -307,20 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         if not out.parent.is_dir():
             ap.error(f"--out {args.out}: the folder {out.parent} does not exist")
         args.out = str(out)
-    if args.threads == 1:
-        if "jax" in sys.modules:
-            ap.error("jax was imported before XLA_FLAGS and the CPU pin could be set")
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + ONE_THREAD_XLA).strip()
-        if args.pin is None:
-            args.pin = min(os.sched_getaffinity(0))
+    one_core(ap, args)
     cache = tempfile.mkdtemp(prefix="jax_timing_inductor_")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # before torch is imported
     atexit.register(shutil.rmtree, cache, ignore_errors=True)
-    if args.pin is not None:
-        if args.pin not in os.sched_getaffinity(0):
-            ap.error(f"--pin {args.pin}: not one of the CPUs this process may use "
-                     f"{sorted(os.sched_getaffinity(0))}")
-        os.sched_setaffinity(0, {args.pin})
 
     import torch
 
