@@ -396,6 +396,9 @@ def sweep(blocks: list[Block], out: Path, *, device: str = "cpu", repeats: int =
             r["meta_batch"] = make_problem_meta_batch(r["problem"])
     done = done_keys(csv_path)
     todo = [r for r in grid if row_key({**r, "device": device, "seed": seed}) not in done]
+    if progress and len(todo) < len(grid):
+        print(f"resuming {csv_path}: {len(grid) - len(todo)} of {len(grid)} runs are already "
+              f"in it, {len(todo)} to go", file=sys.stderr)
     bar = tqdm(todo, desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
     for r in bar:
         label = " ".join(f"{k}={r[k]}" for k in ("steps", "lam", "cg_iters", "terms")
