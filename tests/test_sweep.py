@@ -154,3 +154,27 @@ def test_flags_that_would_do_nothing_are_refused(argv, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "metagrad sweep: error:" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "sweep.csv").exists()
+
+
+def test_asv_history_reads_every_parameter_combination(tmp_path):
+    """asv stores one result list per benchmark in the order of the product of its
+    parameter lists; the history must pair each time with its own combination."""
+    import json
+
+    from metagrad_bench.asv_history import read
+
+    machine = tmp_path / "m"
+    machine.mkdir()
+    (machine / "machine.json").write_text("{}")
+    columns = ["result", "params", "version"]
+    for commit, date, scale in (("a" * 40, 1_000_000, 1.0), ("b" * 40, 2_000_000, 2.0)):
+        (machine / f"{commit[:8]}-env.json").write_text(json.dumps({
+            "commit_hash": commit, "date": date, "result_columns": columns,
+            "results": {"benchmarks.T.time_x": [
+                [0.001 * scale, 0.002 * scale, None, 0.004 * scale],
+                [["'maml'", "'imaml'"], ["1", "5"]], "v"]}}))
+    frame = read(machine).sort_values(["commit", "params"])
+    first = frame[frame.commit == "aaaaaaaa"].set_index("params")["ms"].to_dict()
+    assert first == pytest.approx({"maml 1": 1.0, "maml 5": 2.0, "imaml 5": 4.0})
+    second = frame[frame.commit == "bbbbbbbb"].set_index("params")["ms"].to_dict()
+    assert second == pytest.approx({"maml 1": 2.0, "maml 5": 4.0, "imaml 5": 8.0})
