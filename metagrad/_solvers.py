@@ -263,12 +263,12 @@ class NeumannSeries:
                 tasks_of(norms[:, 0] > 0))]
         rounding = 8 * torch.finfo(norms.dtype).eps
         growing = (norms[:, -2] > 0) & (norms[:, -1] > norms[:, -2] * (1 + rounding))
-        if not growing.any():
-            return []
         ratio = norms[:, -1] / torch.where(norms[:, -2] == 0, 1, norms[:, -2])
         ratio = finite_or(ratio, 0.0)
-        worst = int(torch.argmax(ratio))
         mu_max = float(finite_or(info.max_curvature, 0.0).max())
+        if not growing.any():
+            return self._truncation(norms, ratio, mu_max)
+        worst = int(torch.argmax(ratio))
         head = (f"the Neumann series diverges in {{where}}: its terms grow (last ratio "
                 f"{float(ratio[worst]):.3g}), so the spectral radius of I − step·(I + H/λ) "
                 f"is ≥ 1 with step = {step:g}; ")
@@ -282,3 +282,29 @@ class NeumannSeries:
                       f"μ ≈ {implied:.3g} ≤ 0 of I + H/λ: the system is not positive definite "
                       f"and no step helps; use a larger lam")
         return [Finding("neumann_divergence", head + advice, tasks_of(growing))]
+
+    def _truncation(self, norms: Tensor, ratio: Tensor, mu_max: float) -> list[Finding]:
+        """A series that does not grow but is cut far from its limit. With M = I − ηA and
+        x_J = η Σ_{j≤J} Mʲb, the residual is b − A x_J = Mᴶ⁺¹b: the next term, estimated as
+        the last term times the last ratio, ‖Mᴶb‖·(‖Mᴶb‖/‖Mᴶ⁻¹b‖). Relative to ‖b‖ above
+        the threshold CG uses, the truncated sum is not the solve it stands for (a ratio of
+        exactly 1, terms that alternate in sign, gives 0 or 2b)."""
+        first = norms[:, 0]
+        rel = finite_or(norms[:, -1] * ratio / torch.where(first == 0, 1, first), 0.0)
+        bad = (first > 0) & (rel > CG_RESIDUAL_WARN)
+        if not bad.any():
+            return []
+        worst = int(torch.argmax(torch.where(bad, rel, 0)))
+        shrink = float(ratio[worst])
+        how = (f"its terms do not shrink (ratio {shrink:.3g})" if shrink >= 1 else
+               f"its terms shrink by only {shrink:.3g} per term")
+        advice = "increase terms"
+        if mu_max > 0 and self.step < 1 / mu_max:
+            advice += (f", or a larger step (it may go up to 2/λ_max(I + H/λ) ≈ "
+                       f"{2 / mu_max:.3g})")
+        return [Finding(
+            "neumann_unconverged",
+            f"the Neumann series stopped after {norms.shape[1] - 1} terms with an estimated "
+            f"relative residual {float(rel[worst]):.3g} > {CG_RESIDUAL_WARN} in {{where}}: "
+            f"{how}, so the sum is not yet the solve it stands for; {advice}",
+            tasks_of(bad))]

@@ -96,6 +96,7 @@ KINDS = {
     "indefinite_system": "I + H/λ is not positive definite: the implicit gradient is undefined",
     "cg_unconverged": "CG stopped with a large relative residual",
     "neumann_divergence": "the Neumann series diverges",
+    "neumann_unconverged": "the Neumann series was cut far from its limit",
 }
 """The kinds of :class:`Finding`, with what each means."""
 

@@ -536,3 +536,40 @@ def test_dropout_draws_an_independent_mask_per_task():
     model.eval()
     out = mg.MAML(steps=1, inner_lr=0.1)(loss, mg.params_of(model), same)
     assert torch.equal(out.diagnostics["grad_norm"][0], out.diagnostics["grad_norm"][1])
+
+
+def _unit_hessian_problem():
+    """L_tr = ½‖w − mean(x)‖² per task: H = I, so A = I + H/λ = 2I at λ = 1, and the
+    implicit solve is x = A⁻¹b = b/2 for b = ∇L_val(φ)."""
+    dtype = torch.float64
+    gen = torch.Generator().manual_seed(0)
+
+    def loss(p, batch):
+        return 0.5 * ((p["w"] - batch[0].mean(0)) ** 2).sum() + 0 * batch[1].sum()
+
+    tasks = mg.Task(train=(torch.randn(2, 4, 3, generator=gen, dtype=dtype),
+                           torch.zeros(2, 4, dtype=dtype)),
+                    val=(torch.randn(2, 4, 3, generator=gen, dtype=dtype),
+                         torch.zeros(2, 4, dtype=dtype)))
+    return loss, {"w": torch.randn(3, generator=gen, dtype=dtype)}, tasks
+
+
+@pytest.mark.parametrize("step, terms, warned", [
+    (1.0, 4, True), (1.0, 5, True),    # M = −I: partial sums b, 0, b, … never b/2
+    (0.01, 50, True),                  # M = 0.98 I: cut at 0.98⁵¹ ≈ 0.36 of the way
+    (0.01, 200, False),                # 0.98²⁰¹ ≈ 0.017: close to the limit
+    (0.5, 3, False),                   # M = 0: exact after the first term
+])
+def test_neumann_cut_far_from_its_limit_is_reported(step, terms, warned):
+    loss, params, tasks = _unit_hessian_problem()
+    common = dict(steps=20, inner_lr=0.3, lam=1.0, diagnose="record")
+    exact = mg.IMAML(cg_iters=3, **common)(loss, params, tasks)  # CG is exact on 2I at once
+    assert exact.findings == []
+    out = mg.Neumann(terms=terms, step=step, **common)(loss, params, tasks)
+    # Closed form: x_J = η Σ_{j≤J} (1 − 2η)ʲ b = (b/2)(1 − (1 − 2η)^{J+1}).
+    expected = exact.grad["w"] * (1 - (1 - 2 * step) ** (terms + 1))
+    assert torch.allclose(out.grad["w"], expected, rtol=1e-9, atol=1e-12)
+    kinds = [f.kind for f in out.findings]
+    assert kinds == (["neumann_unconverged"] if warned else []), out.warnings
+    if warned:
+        assert "increase terms" in out.warnings[0]
