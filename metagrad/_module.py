@@ -52,7 +52,27 @@ def module_loss(module: nn.Module, criterion: Callable[[Tensor, Tensor], Tensor]
     statistics without updating the running ones (see the module docstring).
     """
 
+    checked: set[frozenset[str]] = set()
+
+    def check_names(params: Mapping[str, Tensor]) -> None:
+        # functional_call ignores a name the module does not have: a typo would leave the
+        # module's own tensor in place as a constant and give that name a zero gradient.
+        names = frozenset(params)
+        if names in checked:
+            return
+        known = {n for n, _ in module.named_parameters(remove_duplicate=False)}
+        known |= {n for n, _ in module.named_buffers(remove_duplicate=False)}
+        unknown = sorted(names - known)
+        if unknown:
+            raise ValueError(
+                f"params has {len(unknown)} name(s) that {type(module).__name__} does not "
+                f"have: {unknown[:5]}; its parameters are named {sorted(known)[:8]} (use "
+                "mg.params_of(model), or keys of this model's named_parameters())")
+        checked.add(names)
+
     def loss(params: Mapping[str, Tensor], batch: Any) -> Tensor:
+        if not torch.compiler.is_compiling():  # checked on the eager first call
+            check_names(params)
         x, y = batch
         with batch_statistics(module):
             return criterion(functional_call(module, dict(params), (x,)), y)

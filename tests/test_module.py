@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -65,3 +66,17 @@ def test_softmax_regression_runs_on_classification_tasks():
     assert rel(pt.flatten(a.grad), pt.flatten(b.grad)) < 1e-12
 
 
+
+
+@pytest.mark.parametrize("rename", [("2.weight", "2.weigth"), ("0.weight", "net.0.weight")])
+def test_a_parameter_name_the_module_does_not_have_is_refused(rename):
+    # functional_call would silently keep the module's own tensor as a constant and give
+    # the misspelt name a zero gradient; the error names it and the real names.
+    model = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    loss = mg.module_loss(model, torch.nn.functional.mse_loss)
+    params = mg.params_of(model)
+    params[rename[1]] = params.pop(rename[0])
+    tasks = mg.Sinusoid(shots=5, query=5).sample(3, seed=0)
+    with pytest.raises(ValueError, match=rf"does not have: \['{re.escape(rename[1])}'\]"):
+        mg.MAML(steps=1, inner_lr=0.05)(loss, params, tasks)
+    assert (model[2].weight.grad is None) and (model[0].weight.grad is None)
