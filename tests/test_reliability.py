@@ -573,3 +573,17 @@ def test_neumann_cut_far_from_its_limit_is_reported(step, terms, warned):
     assert kinds == (["neumann_unconverged"] if warned else []), out.warnings
     if warned:
         assert "increase terms" in out.warnings[0]
+
+
+def test_a_loss_writing_into_its_batch_is_refused_and_the_tasks_stay_as_they_were():
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(2, 4, 3, generator=gen), torch.randn(2, 4, generator=gen)
+    tasks = mg.Task(train=(x, y), val=(x.clone(), y.clone()))
+    before = x.clone()
+
+    def loss(p, batch):
+        return (batch[0].mul_(2) @ p["w"] - batch[1]).pow(2).mean()
+
+    with pytest.raises(ValueError, match="wrote into the batch in place"):
+        mg.MAML(steps=1, inner_lr=0.1)(loss, {"w": torch.randn(3, generator=gen)}, tasks)
+    assert torch.equal(x, before)

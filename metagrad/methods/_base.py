@@ -317,16 +317,25 @@ def _check_loss(loss: Any, theta: Params, tasks: Task) -> None:
     tensors, module buffers or random stream."""
     if not callable(loss):
         raise TypeError(f"loss must be callable as loss(params, batch), got {type(loss).__name__}")
-    train, _ = tasks.task(0)
+    train, _ = tasks.task(0)  # views of the caller's task tensors
+    batch = torch_pytree.tree_map(
+        lambda x: x.clone() if isinstance(x, torch.Tensor) else x, train)
     copies = {k: v.clone() for k, v in theta.items()}
     devices = [v.device for v in theta.values() if v.device.type == "cuda"][:1]
     with torch.no_grad(), torch.random.fork_rng(devices=devices):
-        value = loss(copies, train)
+        value = loss(copies, batch)
     changed = [k for k in theta if not torch.equal(copies[k], theta[k])]
     if changed:
         raise ValueError(
             f"loss(params, batch) wrote into params {changed} in place; a loss must be a pure "
             "function of the parameters (use out-of-place operations, e.g. w = w + 1)")
+    wrote = any(not torch.equal(a, b) for a, b in zip(
+        torch_pytree.tree_leaves(batch), torch_pytree.tree_leaves(train), strict=True)
+        if isinstance(a, torch.Tensor) and not (a.isnan().any() or b.isnan().any()))
+    if wrote:
+        raise ValueError(
+            "loss(params, batch) wrote into the batch in place; a loss must not change its "
+            "inputs (use out-of-place operations, e.g. x = x * 2 instead of x.mul_(2))")
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"loss(params, batch) must return a tensor, got {type(value).__name__}")
     if value.dim() != 0:
