@@ -6,6 +6,7 @@ computed independently of metagrad."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import subprocess
@@ -587,3 +588,25 @@ def test_a_loss_writing_into_its_batch_is_refused_and_the_tasks_stay_as_they_wer
     with pytest.raises(ValueError, match="wrote into the batch in place"):
         mg.MAML(steps=1, inner_lr=0.1)(loss, {"w": torch.randn(3, generator=gen)}, tasks)
     assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("method, name", [
+    (mg.MAML(steps=2, inner_lr=1e39), "inner_lr"), (mg.IMAML(lam=1e-39), "lam"),
+    (mg.Penalty(lam=1e39), "lam"), (mg.Neumann(step=1e39), "step"),
+])
+def test_a_setting_beyond_the_float32_range_is_refused_by_name(method, name):
+    # float32 holds 1.18e-38 … 3.40e38 (torch.finfo); beyond it the value would overflow
+    # inside the computation with a message that names no setting.
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.randn(2, 4, 3, generator=gen), torch.randn(2, 4, generator=gen)
+    tasks = mg.Task(train=(x, y), val=(x.clone(), y.clone()))
+
+    def loss(p, b):
+        return (b[0] @ p["w"] - b[1]).pow(2).mean()
+
+    with pytest.raises(ValueError, match=rf"^{name}=\S+ is outside what torch.float32"):
+        method(loss, {"w": torch.randn(3, generator=gen)}, tasks)
+    # float64 holds it: the same setting is accepted there (the checks report the rest).
+    method = dataclasses.replace(method, diagnose="record")
+    method(loss, {"w": torch.randn(3, dtype=torch.float64, generator=gen)},
+           mg.Task(train=(x.double(), y.double()), val=(x.double(), y.double())))

@@ -216,9 +216,22 @@ class Method:
     def prepare(self, loss: Loss, params: Mapping[str, Tensor], tasks: Task) -> Params:
         """Validate the call's inputs; return the detached parameters."""
         theta = _check_params(params)
+        self._check_settings_fit(next(iter(theta.values())).dtype)
         _check_tasks(tasks, theta)
         _check_loss(loss, theta, tasks)
         return theta
+
+    def _check_settings_fit(self, dtype: torch.dtype) -> None:
+        """Step sizes and λ are multipliers in the parameters' dtype (and 1/λ too): a value
+        beyond its range would overflow inside the computation, not name itself."""
+        info = torch.finfo(dtype)
+        for name in self.setting_names():
+            value = getattr(self, name)
+            if isinstance(value, float) and value > 0 and not info.tiny <= value <= info.max:
+                raise ValueError(
+                    f"{name}={value:g} is outside what {dtype} parameters can hold "
+                    f"({info.tiny:.3g} to {info.max:.3g}); choose {name} in that range or "
+                    "use a wider dtype")
 
     def finish(self, loss: Loss, theta: Params, tasks: Task, grad: Params,
                diag: dict[str, Tensor]) -> MetaGradient:
