@@ -12,9 +12,12 @@ from dataclasses import dataclass
 import torch
 
 from ._task import Task
+from ._validate import positive_int, settle
 
 
-def _generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator:
+def _generator(generator: torch.Generator | None, seed: int | None,
+               num_tasks: int) -> torch.Generator:
+    positive_int("num_tasks", num_tasks)  # sample(0), sample(2.5): refused by name
     if generator is not None:
         return generator
     g = torch.Generator()
@@ -22,12 +25,24 @@ def _generator(generator: torch.Generator | None, seed: int | None) -> torch.Gen
     return g
 
 
+class _Family:
+    """What every task family checks at construction: its sizes are positive integers
+    (``shots=0`` would make an empty batch, whose mean loss is NaN)."""
+
+    SIZES = ("dim", "ways", "shots", "query", "image_size")
+
+    def __post_init__(self) -> None:
+        for name in self.SIZES:
+            if hasattr(self, name):
+                settle(self, name, positive_int)
+
+
 def _uniform(shape, low: float, high: float, g: torch.Generator, dtype) -> torch.Tensor:
     return low + (high - low) * torch.rand(shape, generator=g, dtype=dtype)
 
 
 @dataclass(frozen=True)
-class Sinusoid:
+class Sinusoid(_Family):
     """y = A sin(x − φ) with A ~ U[0.1, 5], φ ~ U[0, π], x ~ U[−5, 5] (Finn et al. 2017, §5.1).
 
     ``shots`` support points form the train split, ``query`` points the val split.
@@ -43,7 +58,7 @@ class Sinusoid:
     def sample(self, num_tasks: int, *, generator: torch.Generator | None = None,
                seed: int | None = None, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu") -> Task:
-        g = _generator(generator, seed)
+        g = _generator(generator, seed, num_tasks)
         amp = _uniform((num_tasks, 1, 1), *self.amplitude, g, torch.float64)
         phase = _uniform((num_tasks, 1, 1), *self.phase, g, torch.float64)
         x = _uniform((num_tasks, self.shots + self.query, 1), *self.x_range, g, torch.float64)
@@ -59,7 +74,7 @@ class Sinusoid:
 
 
 @dataclass(frozen=True)
-class LinearRegression:
+class LinearRegression(_Family):
     """y = x wᵢ + σ ε with wᵢ = w̄ + τ δ, x ~ N(0, I): a quadratic loss per task.
 
     With the MSE loss, L_tr is quadratic in w and its Hessian (2/n) XᵀX is
@@ -76,7 +91,7 @@ class LinearRegression:
     def sample(self, num_tasks: int, *, generator: torch.Generator | None = None,
                seed: int | None = None, dtype: torch.dtype = torch.float64,
                device: str | torch.device = "cpu") -> Task:
-        g = _generator(generator, seed)
+        g = _generator(generator, seed, num_tasks)
         n = self.shots + self.query
         mean_w = torch.ones(self.dim, 1, dtype=torch.float64)
         w = mean_w + self.task_spread * torch.randn(num_tasks, self.dim, 1, generator=g,
@@ -89,7 +104,7 @@ class LinearRegression:
 
 
 @dataclass(frozen=True)
-class GaussianClusters:
+class GaussianClusters(_Family):
     """N-way k-shot classification: class c of task i is N(μᵢ_c, σ² I) in ``dim`` dimensions.
 
     Class means μᵢ_c ~ N(0, spread² I) are drawn per task, so labels mean nothing
@@ -107,7 +122,7 @@ class GaussianClusters:
     def sample(self, num_tasks: int, *, generator: torch.Generator | None = None,
                seed: int | None = None, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu") -> Task:
-        g = _generator(generator, seed)
+        g = _generator(generator, seed, num_tasks)
         per_class = self.shots + self.query
         means = self.spread * torch.randn(num_tasks, self.ways, 1, self.dim, generator=g,
                                           dtype=torch.float64)
@@ -125,7 +140,7 @@ class GaussianClusters:
 
 
 @dataclass(frozen=True)
-class SyntheticImages:
+class SyntheticImages(_Family):
     """N-way k-shot image tasks with Omniglot's shapes (1×28×28 by default): each class of
     each task is a random prototype image, its examples the prototype plus N(0, noise²)
     pixel noise. Only the shapes and the cost matter (benchmarks of the 4-block conv net
@@ -144,7 +159,7 @@ class SyntheticImages:
     def sample(self, num_tasks: int, *, generator: torch.Generator | None = None,
                seed: int | None = None, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu") -> Task:
-        g = _generator(generator, seed)
+        g = _generator(generator, seed, num_tasks)
         per_class, size = self.shots + self.query, self.image_size
         protos = torch.randn(num_tasks, self.ways, 1, 1, size, size, generator=g)
         images = protos + self.noise * torch.randn(num_tasks, self.ways, per_class, 1, size, size,

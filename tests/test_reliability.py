@@ -610,3 +610,16 @@ def test_a_setting_beyond_the_float32_range_is_refused_by_name(method, name):
     method = dataclasses.replace(method, diagnose="record")
     method(loss, {"w": torch.randn(3, dtype=torch.float64, generator=gen)},
            mg.Task(train=(x.double(), y.double()), val=(x.double(), y.double())))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: mg.Sinusoid(shots=0), "shots must be a positive integer, got 0"),
+    (lambda: mg.Sinusoid(query=-1), "query must be a positive integer, got -1"),
+    (lambda: mg.LinearRegression(dim=0), "dim must be a positive integer, got 0"),
+    (lambda: mg.Sinusoid().sample(0), "num_tasks must be a positive integer, got 0"),
+    (lambda: mg.Sinusoid().sample(2.5), "num_tasks must be a positive integer, got 2.5"),
+])
+def test_task_families_refuse_empty_or_fractional_sizes(make, message):
+    # An empty support set makes the mean train loss 0/0 (NaN) deep inside a backward pass.
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
