@@ -369,7 +369,12 @@ class CompiledMethod:
         self._cache.move_to_end(key)
         if entry.program is None:
             return self.method(loss, params, tasks)
-        return self._run(entry, loss, pt.detach(params), tasks)
+        theta = pt.detach(params)
+        try:
+            return self._run(entry, loss, theta, tasks)
+        except _ProgramFailed as failed:
+            assert isinstance(failed.__cause__, Exception)
+            return self._fall_back(key, entry, failed.__cause__, loss, theta, tasks)
 
     def _first_call(self, key: tuple, loss: Loss, theta: Params, tasks: Task) -> MetaGradient:
         device = next(iter(theta.values())).device
@@ -392,19 +397,25 @@ class CompiledMethod:
         except _TaskDataError:
             raise
         except Exception as err:  # noqa: BLE001 - any failure to trace or compile
-            message = self._failure(err)
-            if not self.fallback:
-                raise RuntimeError(message) from err
-            entry.program = None
-            self._insert(key, entry)
-            if not self._warned:
-                self._warned = True
-                warnings.warn(message + " Running the eager method for this signature "
-                              "(shown once per compiled method).", CompileFallbackWarning,
-                              stacklevel=3)
-            return self.method(loss, theta, tasks)
+            return self._fall_back(key, entry, err, loss, theta, tasks)
         self._insert(key, entry)
         return out
+
+    def _fall_back(self, key: tuple, entry: _Entry, err: Exception, loss: Loss,
+                   theta: Params, tasks: Task) -> MetaGradient:
+        """Raise what failed or, with ``fallback=True``, run this signature eagerly from now
+        on (warning once per compiled method)."""
+        message = self._failure(err)
+        if not self.fallback:
+            raise RuntimeError(message) from err
+        entry.program = None
+        self._insert(key, entry)
+        if not self._warned:
+            self._warned = True
+            warnings.warn(message + " Running the eager method for this signature "
+                          "(shown once per compiled method).", CompileFallbackWarning,
+                          stacklevel=4)
+        return self.method(loss, theta, tasks)
 
     def _insert(self, key: tuple, entry: _Entry) -> None:
         self._cache[key] = entry
@@ -420,7 +431,7 @@ class CompiledMethod:
         except Exception as err:
             if first:
                 raise
-            raise RuntimeError(self._failure(err)) from err
+            raise _ProgramFailed from err  # a recompilation failed: see __call__
         if not bool(finite):
             _check_tasks(tasks, theta)  # raises the eager method's message, naming the tensor
             raise _TaskDataError("tasks contain NaN or infinite values")
@@ -469,6 +480,11 @@ def _cpp_build_failed(err: BaseException | None) -> bool:
             return True
         err = err.__cause__ or err.__context__
     return False
+
+
+class _ProgramFailed(Exception):
+    """A compiled program failed on a later call (e.g. a recompilation for a changed
+    closure); its cause is the original error."""
 
 
 class _TaskDataError(ValueError):

@@ -246,6 +246,21 @@ def test_recompiling_every_call_is_reported_as_such():
                 compiled(lambda p, b, s=scale: loss(p, b) * s, params, tasks)
 
 
+def test_a_later_call_that_cannot_compile_falls_back_when_asked():
+    # The first call of the signature compiles; later ones recompile (an int the loss
+    # closes over) until the limit, then fallback=True runs them eagerly instead of raising.
+    loss, params, tasks = tanh_mlp_problem(tasks=2, sizes=(1, 3, 1))
+    method = mg.FOMAML(steps=1, inner_lr=0.1)
+    compiled = mg.compile(method, backend="aot_eager", fallback=True)
+    with torch._dynamo.config.patch(recompile_limit=2):
+        with pytest.warns(CompileFallbackWarning, match="recompiled fomaml"):
+            for scale in range(1, 5):
+                scaled = (lambda p, b, s=scale: loss(p, b) * s)
+                out = compiled(scaled, params, tasks)
+                ref = method(scaled, params, tasks)
+                assert rel(pt.flatten(out.grad), pt.flatten(ref.grad)) < 1e-12
+
+
 def test_compile_rejects_bad_options():
     with pytest.raises(ValueError, match="batching='vmap'"):
         mg.compile(mg.MAML(steps=1, inner_lr=0.1, batching="loop"))
