@@ -469,8 +469,9 @@ class CompiledMethod:
                     f"{', '.join(VERIFIED_TORCH)}. The eager method gives the same numbers.")
         return (f"torch.compile could not trace {name}'s batched meta-gradient ({text}). "
                 "A loss must be traceable as one graph: no data-dependent Python control "
-                "flow (if on a tensor's value), no .item() or .tolist(), no printing. The "
-                "eager method gives the same numbers.")
+                "flow (if on a tensor's value), no .item() or .tolist(), no printing; if the "
+                "loss has none of these, the failure is torch.compile's own. The eager "
+                "method gives the same numbers (fallback=True runs it for such signatures).")
 
 
 def _cpp_build_failed(err: BaseException | None) -> bool:
