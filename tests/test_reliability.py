@@ -327,6 +327,12 @@ def test_zero_neumann_terms_and_zero_proximal_steps_are_reported():
     out = mg.IMAML(steps=0, inner_lr=0.1, lam=4.0, cg_iters=2, diagnose="record")(
         loss, params, tasks)
     assert [f.kind for f in out.findings] == ["not_solved"] and "steps=0" in out.warnings[0]
+    # Reptile's direction θ − φ is identically zero without an inner step.
+    out = mg.Reptile(steps=0, inner_lr=0.1, diagnose="record")(loss, params, tasks)
+    assert torch.equal(out.grad["w"], torch.zeros_like(out.grad["w"]))
+    assert [f.kind for f in out.findings] == ["not_solved"] and "steps=0" in out.warnings[0]
+    out = mg.Reptile(steps=1, inner_lr=0.1, diagnose="record")(loss, params, tasks)
+    assert out.findings == []
 
 
 # ------------------------------------------------------------------ no false alarms

@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from torch import Tensor
+
 from .. import _pytree as pt
 from .._hvp import Loss
 from .._inner import adapt
 from .._pytree import Params
+from .._task import Task
+from ..diagnose import Finding
 from ._base import Method, TaskOutput
 
 
@@ -36,6 +40,15 @@ class Reptile(Method):
 
     def gradient_equivalents(self) -> float:
         return self.steps
+
+    def _findings(self, loss: Loss, theta: Params, tasks: Task,
+                  diag: dict[str, Tensor]) -> list[Finding]:
+        found = super()._findings(loss, theta, tasks, diag)
+        if self.steps == 0:
+            found.append(Finding(
+                "not_solved", "steps=0: no inner step ran, so Reptile's direction θ − φ is "
+                "zero in {where}; use steps ≥ 1", tuple(range(tasks.num_tasks))))
+        return found
 
     def _per_task(self, loss: Loss, theta: Params, train: Any, val: Any) -> TaskOutput:
         inner = adapt(loss, theta, train, self.steps, self.inner_lr)
