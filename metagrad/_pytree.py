@@ -83,12 +83,14 @@ def vdot(a: Params, b: Params) -> Tensor:
     return sum((a[k] * b[k]).sum() for k in a)  # type: ignore[return-value]
 
 
-def norm(a: Params) -> Tensor:
-    """Euclidean norm of the flattened dict, accumulated in at least float32: squares of
-    float16 entries overflow at 256, so a half-precision meta-gradient with finite entries
-    would otherwise read as infinite. The result has that accumulation dtype."""
+def norm(a: Params, at_least: torch.dtype = torch.float32) -> Tensor:
+    """Euclidean norm of the flattened dict, accumulated in at least ``at_least``: squares
+    of float16 entries overflow at 256, so a half-precision meta-gradient with finite
+    entries would otherwise read as infinite (float32 squares overflow at 1.8e19: pass
+    float64 where such values must still read as finite). The result has the
+    accumulation dtype."""
     first = next(iter(a.values()))
-    acc = torch.promote_types(first.dtype, torch.float32)
+    acc = torch.promote_types(first.dtype, at_least)
     return torch.linalg.vector_norm(
         torch.stack([torch.linalg.vector_norm(v, dtype=acc) for v in a.values()]))
 

@@ -185,7 +185,7 @@ def check_finite(diag: dict[str, Tensor]) -> list[Finding]:
     present = [diag[k].reshape(-1) for k in FINITE_KEYS if diag.get(k) is not None]
     # One reduction for the healthy case (the common one): small tensor ops cost
     # microseconds each, which is most of what the checks add to a small call.
-    if bool(torch.isfinite(torch.cat([t.to(present[0].dtype) for t in present])).all()):
+    if bool(torch.isfinite(torch.cat([t.to(torch.float64) for t in present])).all()):
         return []
     found = []
     inner = diag.get("inner_losses")

@@ -207,8 +207,10 @@ class Method:
         """One task's gᵢ and diagnostics: what :meth:`batched` maps over the tasks. With the
         checks on, ``final_inner_loss`` = L_tr(φ) too (one forward pass)."""
         out = self._per_task(loss, theta, train, val)
+        # float64: a finite meta-gradient with entries beyond 1.8e19 must not read as inf.
         diag = {**out.diagnostics, "pre_update_loss": out.pre_update_loss,
-                "post_update_loss": out.post_update_loss, "grad_norm": pt.norm(out.grad)}
+                "post_update_loss": out.post_update_loss,
+                "grad_norm": pt.norm(out.grad, torch.float64)}
         if self.diagnose != "off":
             diag["final_inner_loss"] = loss(pt.detach(out.phi), train)
         return out.grad, diag
