@@ -192,15 +192,32 @@ def check_finite(diag: dict[str, Tensor]) -> list[Finding]:
     if inner is not None and inner.numel() and not torch.isfinite(inner).all():
         bad = ~torch.isfinite(inner)
         step = int(torch.nonzero(bad)[:, 1].min())
-        found.append(Finding(
-            "non_finite",
-            f"non-finite inner-loop loss L_tr(θ⁽{step}⁾) from inner step {step} on in {{where}}: "
-            "the inner loop diverged", tasks_of(bad)))
+        if step == 0:
+            # Before any inner step: the loss at θ itself, so the data or the loss.
+            at_theta = bad[:, 0]
+            found.append(Finding(
+                "non_finite",
+                "non-finite train loss L_tr(θ) at the parameters themselves, before any inner "
+                "step, in {where}: the loss cannot be evaluated on this task's data (e.g. a "
+                "batch whose every label is ignored, a log of zero), not a diverging inner "
+                "loop", tasks_of(at_theta)))
+            bad = bad & ~at_theta.unsqueeze(1)
+        if bad.any():
+            later = int(torch.nonzero(bad)[:, 1].min())
+            found.append(Finding(
+                "non_finite",
+                f"non-finite inner-loop loss L_tr(θ⁽{later}⁾) from inner step {later} on in "
+                "{where}: the inner loop diverged", tasks_of(bad)))
     final = diag.get("final_inner_loss")
-    if final is not None and not torch.isfinite(final).all():
-        found.append(Finding(
-            "non_finite", "non-finite train loss L_tr(φ) after the last inner step in {where}: "
-            "the inner loop diverged", tasks_of(~torch.isfinite(final))))
+    if final is not None:
+        # Tasks whose loss is already non-finite at θ were reported above, as such.
+        start_ok = (torch.isfinite(inner[:, 0]) if inner is not None and inner.numel()
+                    else torch.ones_like(final, dtype=torch.bool))
+        bad_final = ~torch.isfinite(final) & start_ok
+        if bad_final.any():
+            found.append(Finding(
+                "non_finite", "non-finite train loss L_tr(φ) after the last inner step in "
+                "{where}: the inner loop diverged", tasks_of(bad_final)))
     for key, what in (("pre_update_loss", "pre-update loss"),
                       ("post_update_loss", "post-update loss"),
                       ("grad_norm", "meta-gradient")):
@@ -240,7 +257,10 @@ def check_inner_loop(diag: dict[str, Tensor], loss: Loss, theta: Params, tasks: 
         rise = path[:, 1:] > path[:, :-1] + RISE_TOL * scale
     else:
         rise = path[:, 1:] > path[:, :1] + RISE_TOL * scale
-    blown = ~torch.isfinite(path[:, 1:]) | rise
+    # A task whose loss is non-finite at θ itself is the data's or the loss's problem
+    # (check_finite says so), not the inner loop's.
+    start_ok = torch.isfinite(path[:, :1])
+    blown = (~torch.isfinite(path[:, 1:]) | rise) & start_ok
     if not blown.any():
         return []
     noise = loss_noise(loss, pt.detach(theta), tasks.train, batching)
@@ -252,7 +272,7 @@ def check_inner_loop(diag: dict[str, Tensor], loss: Loss, theta: Params, tasks: 
             rise = path[:, 1:] > path[:, :-1] + RISE_TOL * scale + slack
         else:
             rise = path[:, 1:] > path[:, :1] + RISE_TOL * scale + slack
-        blown = ~torch.isfinite(path[:, 1:]) | rise
+        blown = (~torch.isfinite(path[:, 1:]) | rise) & start_ok
         if not blown.any():
             return []
     L = largest_curvature(loss, pt.detach(theta), tasks.train, mode=hvp_mode,

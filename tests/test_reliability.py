@@ -629,3 +629,22 @@ def test_task_families_refuse_empty_or_fractional_sizes(make, message):
     # An empty support set makes the mean train loss 0/0 (NaN) deep inside a backward pass.
     with pytest.raises(ValueError, match=re.escape(message)):
         make()
+
+
+def test_a_loss_already_nan_at_theta_is_blamed_on_the_data_not_the_inner_loop():
+    # Task 0's labels are all ignore_index: its mean cross-entropy is 0/0 before any step.
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 3, generator=gen)
+    y = torch.full((2, 4), -100, dtype=torch.long)
+    y[1] = 1
+    tasks = mg.Task(train=(x, y), val=(x.clone(), torch.ones(2, 4, dtype=torch.long)))
+    params = {"w": torch.randn(3, 2, generator=gen)}
+
+    def loss(p, b):
+        return torch.nn.functional.cross_entropy(b[0] @ p["w"], b[1])
+
+    assert torch.isnan(loss(params, (x[0], y[0]))) and torch.isfinite(loss(params, (x[1], y[1])))
+    out = mg.MAML(steps=2, inner_lr=0.1, diagnose="record")(loss, params, tasks)
+    assert "at the parameters themselves, before any inner step, in task 0" in out.warnings[0]
+    assert not any("inner loop diverged" in w or "rose" in w for w in out.warnings)
+    assert {f.kind for f in out.findings} == {"non_finite"}
