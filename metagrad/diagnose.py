@@ -247,16 +247,20 @@ def check_inner_loop(diag: dict[str, Tensor], loss: Loss, theta: Params, tasks: 
     α < 2/L decreases the loss at every step (descent lemma), so any rise from one iterate
     to the next is a symptom. Proximal GD with α(λ + L) < 2 decreases L_tr + λ/2‖φ − θ‖²,
     which starts at L_tr(θ) and bounds L_tr(φ⁽ᵏ⁾) from above, so a rise of L_tr above
-    L_tr(θ) is. Rises below ``RISE_TOL`` (relative) are rounding.
+    L_tr(θ) is. Rises below ``RISE_TOL`` (relative), or below 8 units of rounding of the
+    losses' dtype, are rounding.
     """
     path = inner_path(diag)
     if path.shape[1] < 2:
         return []
+    # Relative rises below RISE_TOL, or below a few units of the losses' own rounding
+    # (bfloat16 keeps 8 bits: a flat loss moves by 0.4 % from rounding alone), are noise.
+    tol = max(RISE_TOL, 8 * torch.finfo(path.dtype).eps)
     scale = path.abs().amax(1, keepdim=True)
     if lam is None:
-        rise = path[:, 1:] > path[:, :-1] + RISE_TOL * scale
+        rise = path[:, 1:] > path[:, :-1] + tol * scale
     else:
-        rise = path[:, 1:] > path[:, :1] + RISE_TOL * scale
+        rise = path[:, 1:] > path[:, :1] + tol * scale
     # A task whose loss is non-finite at θ itself is the data's or the loss's problem
     # (check_finite says so), not the inner loop's.
     start_ok = torch.isfinite(path[:, :1])
@@ -269,9 +273,9 @@ def check_inner_loop(diag: dict[str, Tensor], loss: Loss, theta: Params, tasks: 
         # its own noise are symptoms (four standard deviations of a difference of two).
         slack = 4 * (2 ** 0.5) * noise.reshape(-1, 1).to(path.dtype)
         if lam is None:
-            rise = path[:, 1:] > path[:, :-1] + RISE_TOL * scale + slack
+            rise = path[:, 1:] > path[:, :-1] + tol * scale + slack
         else:
-            rise = path[:, 1:] > path[:, :1] + RISE_TOL * scale + slack
+            rise = path[:, 1:] > path[:, :1] + tol * scale + slack
         blown = (~torch.isfinite(path[:, 1:]) | rise) & start_ok
         if not blown.any():
             return []

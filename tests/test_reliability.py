@@ -648,3 +648,18 @@ def test_a_loss_already_nan_at_theta_is_blamed_on_the_data_not_the_inner_loop():
     assert "at the parameters themselves, before any inner step, in task 0" in out.warnings[0]
     assert not any("inner loop diverged" in w or "rose" in w for w in out.warnings)
     assert {f.kind for f in out.findings} == {"non_finite"}
+
+
+def test_bfloat16_rounding_is_not_an_inner_loop_rise_but_a_real_one_still_is():
+    # bfloat16 keeps 8 significant bits (eps = 2⁻⁷): a tiny step moves the loss by less than
+    # its rounding, which must not read as a rise; a step far beyond 2/L still must.
+    from metagrad.models import mlp
+
+    model = mlp((1, 40, 40, 1), seed=0).to(torch.bfloat16)
+    loss = mg.module_loss(model, lambda a, b: ((a - b) ** 2).mean())
+    tasks = mg.Sinusoid().sample(25, seed=0, dtype=torch.bfloat16)
+    params = mg.params_of(model)
+    quiet = mg.MAML(steps=5, inner_lr=1e-4, diagnose="record")(loss, params, tasks)
+    assert "inner_loop_rise" not in {f.kind for f in quiet.findings}, quiet.warnings
+    loud = mg.MAML(steps=3, inner_lr=5.0, diagnose="record")(loss, params, tasks)
+    assert {f.kind for f in loud.findings} & {"inner_loop_rise", "non_finite"}
