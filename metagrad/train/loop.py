@@ -305,7 +305,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
     compiled_before = compiling()
     # Under torchrun: the mean over the meta-batch from every rank's slice of it, with the
     # findings of every rank.
-    meta_gradients = {c: distributed(c) if ranks.distributed else c for c in (checked, fast)}
+    runs = {True: checked, False: fast}  # by whether the meta-step is checked
+    if ranks.distributed:
+        runs = {check: distributed(call) for check, call in runs.items()}
     assert cfg.meta_lr is not None  # filled by TrainConfig.resolved()
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.meta_lr)
@@ -402,7 +404,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
             tasks = family.sample(cfg.meta_batch, generator=gen, device=cfg.device)
             mine = shard_tasks(tasks, ranks.rank, ranks.world) if ranks.distributed else tasks
             check = meta_step % cfg.check_every == 0
-            out_mg = meta_gradients[checked if check else fast](loss, params_of(model), mine)
+            out_mg = runs[check](loss, params_of(model), mine)
             diag = out_mg.diagnostics
             if ranks.distributed and reductions:
                 diag = ranks.gather_tasks(diag, tasks)  # every task's row, in task order
