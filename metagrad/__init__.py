@@ -11,7 +11,7 @@ fields). ``METHODS`` is the registry of all six.
 """
 
 from ._hvp import Loss, hvp
-from ._inner import InnerResult, adapt
+from ._inner import GD, InnerLoop, InnerResult, adapt
 from ._module import module_loss, params_of, set_grads
 from ._pytree import Params
 from ._solvers import CGInfo, ConjugateGradient, NeumannInfo, NeumannSeries, cg, neumann
@@ -46,8 +46,10 @@ __all__ = [
     "DistributedMethod",
     "FOMAML",
     "Finding",
+    "GD",
     "GaussianClusters",
     "IMAML",
+    "InnerLoop",
     "InnerResult",
     "LinearRegression",
     "Loss",

@@ -16,7 +16,7 @@ from torch.func import vmap
 import metagrad as mg
 from metagrad import _pytree as pt
 from metagrad._hvp import hvp_operator
-from metagrad._inner import gd_step
+from metagrad._inner import InnerLoop
 
 F64 = torch.float64
 
@@ -98,7 +98,9 @@ def test_proximal_step_is_the_written_formula():
     train, _ = tasks.task(0)
     phi = {k: v + 0.1 for k, v in params.items()}
     alpha, lam = 0.05, 3.0
-    new, value, g = gd_step(loss, params, phi, train, alpha, lam)
+    loop = InnerLoop(1, alpha, lam=lam)
+    g = torch.func.grad(loss)(phi, train)
+    new, _, value = loop.step(loss, params, phi, loop.init(params), train)
     # φ − α(∇L(φ) + λ(φ − θ)), with ∇L by plain autograd
     leaves = {k: v.clone().requires_grad_(True) for k, v in phi.items()}
     out = loss(leaves, train)

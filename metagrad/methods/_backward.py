@@ -19,14 +19,15 @@ and differ only in memory and time:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from torch.func import grad, grad_and_value
+import torch
+from torch.func import grad, grad_and_value, vmap
 
 from .. import _pytree as pt
 from .._hvp import Loss, hvp
-from .._inner import adapt
+from .._inner import InnerLoop
 from .._pytree import Params
 from .._validate import positive_int, settle
 from ._base import TaskOutput
@@ -42,10 +43,10 @@ class Unrolled:
         """Inner-loop gradients evaluated a second time during the backward pass."""
         return 0
 
-    def per_task(self, loss: Loss, theta: Params, train: Any, val: Any, steps: int,
-                 inner_lr: float, hvp_mode: str) -> TaskOutput:
+    def per_task(self, loss: Loss, theta: Params, train: Any, val: Any, loop: InnerLoop,
+                 hvp_mode: str) -> TaskOutput:
         def objective(theta: Params):
-            inner = adapt(loss, theta, train, steps, inner_lr)
+            inner = loop.run(loss, theta, train)
             post = loss(inner.phi, val)
             return post, (inner.pre_update_loss, post, inner.inner_losses, inner.phi)
 
@@ -72,10 +73,11 @@ class Trajectory:
         every = self.checkpoint or 1
         return steps - math.ceil(steps / every)
 
-    def per_task(self, loss: Loss, theta: Params, train: Any, val: Any, steps: int,
-                 inner_lr: float, hvp_mode: str) -> TaskOutput:
+    def per_task(self, loss: Loss, theta: Params, train: Any, val: Any, loop: InnerLoop,
+                 hvp_mode: str) -> TaskOutput:
         every = self.checkpoint or 1
-        inner = adapt(loss, theta, train, steps, inner_lr, keep_every=every)
+        steps, inner_lr = loop.steps, loop.inner_lr
+        inner = loop.run(loss, theta, train, keep_every=every)
         v, post = grad_and_value(loss)(inner.phi, val)
         stored = inner.trajectory or []
         for index in reversed(range(len(stored))):
@@ -84,12 +86,31 @@ class Trajectory:
             if length == 1:
                 segment = [stored[index]]
             else:  # recompute θ⁽ˢᵗᵃʳᵗ⁾ … θ⁽ˢᵗᵃʳᵗ⁺ˡᵉⁿᵍᵗʰ⁻¹⁾ from the stored checkpoint
-                run = adapt(loss, stored[index], train, length - 1, inner_lr, keep_every=1)
+                run = replace(loop, steps=length - 1).run(loss, stored[index], train,
+                                                          keep_every=1)
                 segment = (run.trajectory or []) + [run.phi]
             for point in reversed(segment):
                 v = pt.axpy(-inner_lr, hvp(loss, point, train, v, hvp_mode), v)
         return TaskOutput(v, inner.pre_update_loss, post, {"inner_losses": inner.inner_losses},
                           inner.phi)
+
+
+def sweep_scanned(loss: Loss, train: Any, trajectory: Params, v: Params, inner_lr: float,
+                  hvp_mode: str) -> Params:
+    """The reverse sweep v ← v − αH(θ⁽ᵏ⁾)v, k = K−1 … 0, over the stored iterates of every
+    task at once (``trajectory``: leaves ``(K, T, …)``, ``v``: ``(T, …)``), as one torch
+    ``scan`` whose body is traced once: the compiled form of :class:`Trajectory`'s sweep."""
+    from torch._higher_order_ops.scan import scan
+
+    def back(u, point):
+        def one(p, b, w):
+            return pt.axpy(-inner_lr, hvp(loss, p, b, w, hvp_mode), w)
+
+        new = vmap(one)(point, train, u)
+        return new, torch.zeros((), device=next(iter(u.values())).device)
+
+    v, _ = scan(back, v, trajectory, reverse=True)
+    return v
 
 
 BACKWARD_MODES: dict[str, type[Unrolled] | type[Trajectory]] = {

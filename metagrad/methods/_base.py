@@ -22,10 +22,11 @@ from torch.utils import _pytree as torch_pytree
 
 from .. import _pytree as pt
 from .._hvp import HVP_MODES, Loss, resolve_mode
+from .._inner import InnerLoop, InnerResult
 from .._pytree import Params
 from .._task import Task
 from .._validate import non_negative_int, positive_float, settle
-from ..diagnose import DIAGNOSE_MODES, Finding, check_finite, check_inner_loop, emit
+from ..diagnose import DIAGNOSE_MODES, Finding, check_finite, emit
 
 BATCHING_MODES = ("vmap", "loop")
 
@@ -145,7 +146,29 @@ class Method:
         return self.target == "implicit"
 
     # -- per-task work, supplied by each method -------------------------------------------
+    @property
+    def inner_loop(self) -> InnerLoop:
+        """The inner loop this method runs on every task (:class:`metagrad.InnerLoop`), made
+        once per method object: it is read inside compiled code, which must not build it."""
+        loop = self.__dict__.get("_inner_loop")
+        if loop is None:
+            loop = self._build_inner_loop()
+            object.__setattr__(self, "_inner_loop", loop)
+        return loop
+
+    def _build_inner_loop(self) -> InnerLoop:
+        """``steps`` plain gradient descent steps of size ``inner_lr``."""
+        return InnerLoop(self.steps, self.inner_lr)
+
     def _per_task(self, loss: Loss, theta: Params, train: Any, val: Any) -> TaskOutput:
+        """One task: the inner loop, then :meth:`_from_inner`. MAML, which differentiates
+        through the loop, replaces this whole function."""
+        return self._from_inner(loss, theta, train, val, self.inner_loop.run(loss, theta, train))
+
+    def _from_inner(self, loss: Loss, theta: Params, train: Any, val: Any,
+                    inner: InnerResult) -> TaskOutput:
+        """One task's gᵢ from its finished inner loop (the methods that treat the loop as a
+        constant)."""
         raise NotImplementedError
 
     def gradient_equivalents(self) -> float:
@@ -153,17 +176,36 @@ class Method:
         the loss on one task batch; a Hessian-vector product counts as two)."""
         raise NotImplementedError
 
-    # -- the public call -----------------------------------------------------------------
-    def _inner_lam(self) -> float | None:
-        """λ of the proximal inner problem, or None for plain gradient descent."""
+    # -- the compiled path's scanned form (``metagrad.compile``) ------------------------------
+    scan_needs_trajectory: ClassVar[bool] = False
+    """Whether :meth:`batched_from_scan` needs the inner iterates θ⁽ᵏ⁾ (MAML's sweep does)."""
+
+    @property
+    def scannable(self) -> str | None:
+        """None when the inner loop can run as one ``scan`` (see :meth:`batched_from_scan`),
+        else why not."""
         return None
 
+    def batched_from_scan(self, loss: Loss, theta: Params, train: Any, val: Any,
+                          inner: InnerResult, trajectory: Params | None
+                          ) -> tuple[Params, dict[str, Tensor]]:
+        """``(mean gᵢ, per-task diagnostics)`` from every task's inner loop, run beforehand
+        by :meth:`InnerLoop.scan` (batched over tasks). By default each task's
+        :meth:`_from_inner`, under ``vmap``."""
+
+        def one(tr, va, phi, losses):
+            return self._task_result(loss, theta, tr, va, InnerResult(phi, losses[0], losses))
+
+        grads, diag = vmap(one)(train, val, inner.phi, inner.inner_losses)
+        return pt.mean0(grads), diag
+
+    # -- the public call -----------------------------------------------------------------
     def _findings(self, loss: Loss, theta: Params, tasks: Task,
                   diag: dict[str, Tensor]) -> list[Finding]:
         """Numerical problems visible in the per-task diagnostics (extended by subclasses)."""
         mode = resolve_mode(self.hvp, next(iter(theta.values())).device)
-        return check_finite(diag) + check_inner_loop(
-            diag, loss, theta, tasks, self.inner_lr, self._inner_lam(), mode, self.batching)
+        return check_finite(diag) + self.inner_loop.check(diag, loss, theta, tasks, mode,
+                                                          self.batching)
 
     def batched(self, loss: Loss) -> Callable[[Params, Any, Any],
                                               tuple[Params, dict[str, Tensor]]]:
@@ -202,11 +244,13 @@ class Method:
 
         return run
 
-    def _task_result(self, loss: Loss, theta: Params, train: Any,
-                     val: Any) -> tuple[Params, dict[str, Tensor]]:
-        """One task's gᵢ and diagnostics: what :meth:`batched` maps over the tasks. With the
-        checks on, ``final_inner_loss`` = L_tr(φ) too (one forward pass)."""
-        out = self._per_task(loss, theta, train, val)
+    def _task_result(self, loss: Loss, theta: Params, train: Any, val: Any,
+                     inner: InnerResult | None = None) -> tuple[Params, dict[str, Tensor]]:
+        """One task's gᵢ and diagnostics: what :meth:`batched` maps over the tasks (from the
+        task's finished inner loop when ``inner`` is given). With the checks on,
+        ``final_inner_loss`` = L_tr(φ) too (one forward pass)."""
+        out = (self._per_task(loss, theta, train, val) if inner is None
+               else self._from_inner(loss, theta, train, val, inner))
         # float64: a finite meta-gradient with entries beyond 1.8e19 must not read as inf.
         diag = {**out.diagnostics, "pre_update_loss": out.pre_update_loss,
                 "post_update_loss": out.post_update_loss,
@@ -218,6 +262,7 @@ class Method:
     def prepare(self, loss: Loss, params: Mapping[str, Tensor], tasks: Task) -> Params:
         """Validate the call's inputs; return the detached parameters."""
         theta = _check_params(params)
+        self.inner_loop  # noqa: B018 - built here, outside any compiled code
         self._check_settings_fit(next(iter(theta.values())).dtype)
         _check_tasks(tasks, theta)
         _check_loss(loss, theta, tasks)

@@ -23,7 +23,7 @@ from torch.func import grad_and_value
 
 from .. import _pytree as pt
 from .._hvp import Loss, hvp_operator
-from .._inner import adapt
+from .._inner import InnerLoop, InnerResult
 from .._pytree import Params
 from .._solvers import ConjugateGradient, NeumannSeries
 from .._task import Task
@@ -47,14 +47,15 @@ class ImplicitMethod(Method):
         """The linear solver for (I + H(φ)/λ) x = ∇L_val(φ), configured from this method."""
         raise NotImplementedError
 
-    def _inner_lam(self) -> float | None:
-        return self.lam
+    def _build_inner_loop(self) -> InnerLoop:
+        """K steps of proximal gradient descent on L_tr(φ) + λ/2‖φ − θ‖² from φ = θ."""
+        return InnerLoop(self.steps, self.inner_lr, lam=self.lam)
 
     def gradient_equivalents(self) -> float:
-        return self.steps + 1 + self.solver.gradient_equivalents()
+        return self.inner_loop.gradient_equivalents() + 1 + self.solver.gradient_equivalents()
 
-    def _per_task(self, loss: Loss, theta: Params, train: Any, val: Any) -> TaskOutput:
-        inner = adapt(loss, theta, train, self.steps, self.inner_lr, lam=self.lam)
+    def _from_inner(self, loss: Loss, theta: Params, train: Any, val: Any,
+                    inner: InnerResult) -> TaskOutput:
         b, post = grad_and_value(loss)(inner.phi, val)
 
         hessian = hvp_operator(loss, inner.phi, train, self.hvp)  # v ↦ H(φ) v, built once

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from torch.func import grad_and_value
 
 from .._hvp import Loss
-from .._inner import adapt
+from .._inner import InnerResult
 from .._pytree import Params
 from ._base import Method, TaskOutput
 
@@ -35,10 +35,10 @@ class FOMAML(Method):
     gradient_of: ClassVar[str | None] = "val_at_phi"
 
     def gradient_equivalents(self) -> float:
-        return self.steps + 1
+        return self.inner_loop.gradient_equivalents() + 1
 
-    def _per_task(self, loss: Loss, theta: Params, train: Any, val: Any) -> TaskOutput:
-        inner = adapt(loss, theta, train, self.steps, self.inner_lr)
+    def _from_inner(self, loss: Loss, theta: Params, train: Any, val: Any,
+                    inner: InnerResult) -> TaskOutput:
         g, post = grad_and_value(loss)(inner.phi, val)
         return TaskOutput(g, inner.pre_update_loss, post, {"inner_losses": inner.inner_losses},
                           inner.phi)

@@ -5,9 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .._hvp import Loss
+from torch import Tensor
+from torch.func import grad_and_value, vmap
+
+from .. import _pytree as pt
+from .._hvp import Loss, resolve_mode
+from .._inner import InnerResult
 from .._pytree import Params
-from ._backward import BACKWARD_MODES, Trajectory, Unrolled
+from ._backward import BACKWARD_MODES, Trajectory, Unrolled, sweep_scanned
 from ._base import Method, TaskOutput
 
 
@@ -70,9 +75,37 @@ class MAML(Method):
 
     def gradient_equivalents(self) -> float:
         assert not isinstance(self.backward, str)  # normalised in __post_init__
-        return 3 * self.steps + 1 + self.backward.recomputed_gradients(self.steps)
+        # the loop's K gradients, K Hessian-vector products back through it, ∇L_val(φ)
+        return (3 * self.inner_loop.gradient_equivalents() + 1
+                + self.backward.recomputed_gradients(self.steps))
 
     def _per_task(self, loss: Loss, theta: Params, train: Any, val: Any) -> TaskOutput:
         assert not isinstance(self.backward, str)
-        return self.backward.per_task(loss, theta, train, val, self.steps, self.inner_lr,
-                                      self.hvp)
+        return self.backward.per_task(loss, theta, train, val, self.inner_loop, self.hvp)
+
+    # -- the scanned form (metagrad.compile) -----------------------------------------------
+    scan_needs_trajectory: ClassVar[bool] = True
+
+    @property
+    def scannable(self) -> str | None:
+        if isinstance(self.backward, Trajectory) and self.backward.checkpoint not in (None, 1):
+            return ("the scanned loop stores every inner iterate for the backward sweep, so a "
+                    "checkpointed trajectory cannot use it")
+        return None
+
+    def batched_from_scan(self, loss: Loss, theta: Params, train: Any, val: Any,
+                          inner: InnerResult, trajectory: Params | None
+                          ) -> tuple[Params, dict[str, Tensor]]:
+        """The reverse sweep v ← v − αH(θ⁽ᵏ⁾)v from v = ∇L_val(φ) over the stored iterates
+        (the ``backward="trajectory"`` algorithm: the same meta-gradient as autograd through
+        the loop), for all tasks at once."""
+        assert trajectory is not None
+        mode = resolve_mode(self.hvp, next(iter(theta.values())).device)
+        v, post = vmap(grad_and_value(loss))(inner.phi, val)
+        v = sweep_scanned(loss, train, trajectory, v, self.inner_lr, mode)
+        # The eager method's diagnostics (Method._task_result), batched.
+        diag = {"inner_losses": inner.inner_losses, "pre_update_loss": inner.pre_update_loss,
+                "post_update_loss": post, "grad_norm": pt.norm_per_task(v)}
+        if self.diagnose != "off":  # the last iterate is checked too, as in the eager call
+            diag["final_inner_loss"] = vmap(loss)(inner.phi, train)
+        return pt.mean0(v), diag

@@ -9,7 +9,7 @@ from torch.func import grad, grad_and_value
 
 from .. import _pytree as pt
 from .._hvp import Loss, hvp
-from .._inner import adapt
+from .._inner import InnerResult
 from .._pytree import Params
 from .._validate import non_negative_float, settle
 from ._base import Method, TaskOutput
@@ -50,10 +50,10 @@ class Penalty(Method):
         settle(self, "lam", non_negative_float)
 
     def gradient_equivalents(self) -> float:
-        return self.steps + 4
+        return self.inner_loop.gradient_equivalents() + 4
 
-    def _per_task(self, loss: Loss, theta: Params, train: Any, val: Any) -> TaskOutput:
-        inner = adapt(loss, theta, train, self.steps, self.inner_lr)
+    def _from_inner(self, loss: Loss, theta: Params, train: Any, val: Any,
+                    inner: InnerResult) -> TaskOutput:
         g_val, post = grad_and_value(loss)(inner.phi, val)
         g_tr = grad(loss)(inner.phi, train)
         curvature = hvp(loss, inner.phi, train, g_tr, self.hvp)

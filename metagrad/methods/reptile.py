@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .. import _pytree as pt
 from .._hvp import Loss
-from .._inner import adapt
+from .._inner import InnerResult
 from .._pytree import Params
 from .._task import Task
 from ..diagnose import Finding
@@ -39,7 +39,7 @@ class Reptile(Method):
     gradient_of: ClassVar[str | None] = "train_along_path"
 
     def gradient_equivalents(self) -> float:
-        return self.steps
+        return self.inner_loop.gradient_equivalents()
 
     def _findings(self, loss: Loss, theta: Params, tasks: Task,
                   diag: dict[str, Tensor]) -> list[Finding]:
@@ -50,8 +50,8 @@ class Reptile(Method):
                 "zero in {where}; use steps ≥ 1", tuple(range(tasks.num_tasks))))
         return found
 
-    def _per_task(self, loss: Loss, theta: Params, train: Any, val: Any) -> TaskOutput:
-        inner = adapt(loss, theta, train, self.steps, self.inner_lr)
+    def _from_inner(self, loss: Loss, theta: Params, train: Any, val: Any,
+                    inner: InnerResult) -> TaskOutput:
         post = loss(inner.phi, val)
         g = pt.sub(theta, inner.phi)
         return TaskOutput(g, inner.pre_update_loss, post, {"inner_losses": inner.inner_losses},

@@ -1,0 +1,246 @@
+"""``CompiledMethod``: a method whose batched meta-gradient runs compiled, one compiled
+program per input signature, in a bounded least-recently-used cache, with the eager
+method as the fallback where torch.compile fails."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import _pytree as pt
+from .._hvp import Loss
+from .._pytree import Params
+from .._task import Task
+from ..methods._base import MetaGradient, Method, _check_tasks
+from ._messages import cpp_build_failed, failure
+from ._programs import own_code, scan_available, scanned, unrolled
+from ._signature import signature
+
+LOOPS = ("auto", "unrolled", "scan")
+SCAN_FROM = 6
+"""``loop="auto"`` scans the inner loop from this many inner steps on: below it the
+unrolled form's compile time is short and its graphs are kept by torch's persistent
+caches, from it on the scanned form's flat compile time wins (measured:
+``python -m metagrad_bench.compile_time``, results page *compile_cpu*)."""
+
+DEFAULT_CACHE_SIZE = 32
+
+
+class CompileFallbackWarning(UserWarning):
+    """``mg.compile(..., fallback=True)`` is running the eager method for some signature."""
+
+
+@dataclass
+class _Entry:
+    program: Callable | None  # None: this signature runs the eager method (fallback)
+    loss: Any  # kept alive: the key holds its code object, guards may refer to it
+    loop: str = "unrolled"
+
+
+class CompiledMethod:
+    """A metagrad method whose batched meta-gradient runs compiled (see :func:`compile`).
+
+    Call it like the method. ``compile_seconds`` maps each compiled signature to the wall
+    time of its first call (tracing + code generation + one run); ``signatures`` lists the
+    cached ones, least recently used first; ``eager_signatures`` those running eagerly after
+    a fallback.
+    """
+
+    def __init__(self, method: Method, backend: str = "inductor", mode: str | None = None,
+                 loop: str = "auto", fallback: bool = False,
+                 cache_size: int = DEFAULT_CACHE_SIZE):
+        self.method = method
+        self.backend = backend
+        self.mode = mode
+        self.loop = loop
+        self.fallback = fallback
+        self.cache_size = cache_size
+        self.compile_seconds: dict[tuple, float] = {}
+        self._cache: OrderedDict[tuple, _Entry] = OrderedDict()
+        self._warned = False
+
+    def __repr__(self) -> str:
+        return (f"CompiledMethod({self.method!r}, backend={self.backend!r}, mode={self.mode!r}, "
+                f"loop={self.loop!r}, fallback={self.fallback}, cache_size={self.cache_size})")
+
+    @property
+    def name(self) -> str:
+        return self.method.name
+
+    @property
+    def signatures(self) -> list[tuple]:
+        return list(self._cache)
+
+    @property
+    def eager_signatures(self) -> list[tuple]:
+        return [k for k, e in self._cache.items() if e.program is None]
+
+    def loop_form(self, device: torch.device | str = "cpu") -> str:
+        """``"unrolled"`` or ``"scan"``: the form this method compiles to on ``device``."""
+        device = torch.device(device)
+        if self.loop != "auto":
+            return self.loop
+        if (self.method.steps < SCAN_FROM or self.method.scannable is not None
+                or self._mode(device) == "reduce-overhead" or not scan_available()):
+            return "unrolled"
+        return "scan"
+
+    def _mode(self, device: torch.device) -> str | None:
+        if self.mode is None and device.type == "cuda" and self.backend == "inductor":
+            return "reduce-overhead"  # CUDA graphs: launch overhead dominates small tasks
+        return self.mode
+
+    def _program(self, device: torch.device, cpp_wrapper: bool = True) -> tuple[Callable, str]:
+        loop = self.loop_form(device)
+        self.method.inner_loop  # noqa: B018 - built before tracing, which cannot build it
+        fn = scanned(self.method) if loop == "scan" else unrolled(self.method)
+        mode = self._mode(device)
+        options: dict[str, Any] = {}
+        if cpp_wrapper and self.backend == "inductor" and device.type == "cpu" and mode is None:
+            # One C++ build per graph instead of one per fused kernel, and the scan loop
+            # runs in C++ rather than in Python.
+            options["cpp_wrapper"] = True
+        compiled = torch.compile(own_code(fn), backend=self.backend, mode=mode,
+                                 options=options or None, dynamic=False, fullgraph=True)
+        return compiled, loop
+
+    # -- the call --------------------------------------------------------------------
+    def __call__(self, loss: Loss, params: Mapping[str, Tensor], tasks: Task) -> MetaGradient:
+        key = signature(loss, params, tasks)
+        entry = self._cache.get(key) if key is not None else None
+        if key is None or entry is None:
+            # First call of this signature: the eager method's full validation.
+            theta = self.method.prepare(loss, params, tasks)
+            key = signature(loss, theta, tasks)
+            assert key is not None
+            return self._first_call(key, loss, theta, tasks)
+        self._cache.move_to_end(key)
+        if entry.program is None:
+            return self.method(loss, params, tasks)
+        theta = pt.detach(params)
+        try:
+            return self._run(entry, loss, theta, tasks)
+        except _ProgramFailed as failed:
+            assert isinstance(failed.__cause__, Exception)
+            return self._fall_back(key, entry, failed.__cause__, loss, theta, tasks)
+
+    def _first_call(self, key: tuple, loss: Loss, theta: Params, tasks: Task) -> MetaGradient:
+        device = next(iter(theta.values())).device
+        entry = _Entry(None, loss)
+        start = time.perf_counter()
+        try:
+            try:
+                entry.program, entry.loop = self._program(device)
+                out = self._run(entry, loss, theta, tasks, first=True)
+            except Exception as err:  # noqa: BLE001
+                if not cpp_build_failed(err):
+                    raise
+                # inductor's C++ wrapper does not build some graphs (torch 2.13: duplicate
+                # buffer declarations around a scan of length 1); its Python wrapper does.
+                entry.program, entry.loop = self._program(device, cpp_wrapper=False)
+                out = self._run(entry, loss, theta, tasks, first=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            self.compile_seconds[key] = time.perf_counter() - start
+        except _TaskDataError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any failure to trace or compile
+            return self._fall_back(key, entry, err, loss, theta, tasks)
+        self._insert(key, entry)
+        return out
+
+    def _fall_back(self, key: tuple, entry: _Entry, err: Exception, loss: Loss,
+                   theta: Params, tasks: Task) -> MetaGradient:
+        """Raise what failed or, with ``fallback=True``, run this signature eagerly from now
+        on (warning once per compiled method)."""
+        message = failure(err, self.method.name, self.method.hvp)
+        if not self.fallback:
+            raise RuntimeError(message) from err
+        entry.program = None
+        self._insert(key, entry)
+        if not self._warned:
+            self._warned = True
+            warnings.warn(message + " Running the eager method for this signature "
+                          "(shown once per compiled method).", CompileFallbackWarning,
+                          stacklevel=4)
+        return self.method(loss, theta, tasks)
+
+    def _insert(self, key: tuple, entry: _Entry) -> None:
+        self._cache[key] = entry
+        while len(self._cache) > self.cache_size:
+            old, _ = self._cache.popitem(last=False)
+            self.compile_seconds.pop(old, None)
+
+    def _run(self, entry: _Entry, loss: Loss, theta: Params, tasks: Task,
+             first: bool = False) -> MetaGradient:
+        assert entry.program is not None
+        try:
+            grad, diag, finite, means = entry.program(loss, theta, tasks.train, tasks.val)
+        except Exception as err:
+            if first:
+                raise
+            raise _ProgramFailed from err  # a recompilation failed: see __call__
+        if not bool(finite):
+            _check_tasks(tasks, theta)  # raises the eager method's message, naming the tensor
+            raise _TaskDataError("tasks contain NaN or infinite values")
+        if self._mode(next(iter(theta.values())).device) == "reduce-overhead":
+            # CUDA-graph outputs live in a buffer the next replay overwrites.
+            grad = {k: v.clone() for k, v in grad.items()}
+            diag = {k: v.clone() for k, v in diag.items()}
+            means = (means[0].clone(), means[1].clone())
+        if self.method.diagnose != "off":
+            return self.method.finish(loss, theta, tasks, grad, diag)
+        # What Method.finish returns without diagnostics, with the task means taken in
+        # the graph.
+        return MetaGradient(grad=grad, pre_update_loss=means[0], post_update_loss=means[1],
+                            diagnostics=diag, method=self.method.name)
+
+
+class _ProgramFailed(Exception):
+    """A compiled program failed on a later call (e.g. a recompilation for a changed
+    closure); its cause is the original error."""
+
+
+class _TaskDataError(ValueError):
+    """Task data with NaN or infinite values (raised as the eager method's ValueError)."""
+
+
+def compile(  # noqa: A001  (mirrors torch.compile)
+    method: Method, *, backend: str = "inductor", mode: str | None = None,
+    loop: str = "auto", fallback: bool = False, cache_size: int = DEFAULT_CACHE_SIZE,
+) -> CompiledMethod:
+    """Compile ``method``'s batched meta-gradient (see the package docstring).
+
+    ``backend``, ``mode``: passed to ``torch.compile``. ``loop``: ``"auto"``,
+    ``"unrolled"`` or ``"scan"``. ``fallback``: run the eager method (warning once)
+    where compilation fails, instead of raising. ``cache_size``: how many input
+    signatures to keep compiled (least recently used evicted).
+    """
+    if not isinstance(method, Method):
+        raise TypeError(f"compile() takes a metagrad method, got {type(method).__name__}")
+    if method.batching != "vmap":
+        raise ValueError("compile() needs batching='vmap' (the loop fallback is not traced)")
+    if loop not in LOOPS:
+        raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
+    if loop == "scan":
+        if not scan_available():
+            raise ValueError(f"loop='scan' needs torch's scan operator with reverse=, which "
+                             f"torch {torch.__version__} does not have; use loop='unrolled'")
+        if method.steps < 2:
+            raise ValueError(f"loop='scan' needs steps >= 2 (a loop to scan), got "
+                             f"steps={method.steps}")
+        if method.scannable is not None:
+            raise ValueError(f"loop='scan' cannot run {method.name} here: "
+                             f"{method.scannable}; use loop='unrolled'")
+    if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
+        raise ValueError(f"cache_size must be a positive integer, got {cache_size!r}")
+    if not isinstance(fallback, bool):
+        raise TypeError(f"fallback must be True or False, got {fallback!r}")
+    return CompiledMethod(method, backend, mode, loop, fallback, cache_size)
