@@ -18,14 +18,20 @@ Modules:
   whose gradients they are.
 * :mod:`metagrad_reference.finite_diff`: central differences (with Richardson extrapolation).
 * :mod:`metagrad_reference.closed_form`: closed forms for the linear-regression family.
+* :mod:`metagrad_reference.rates` and :mod:`metagrad_reference.inner_loops`: the inner loops
+  people meta-learn (learned step sizes one per tensor, per entry as in Meta-SGD or per step
+  as in MAML++; parameters left out as in ANIL; momentum, Nesterov and Adam inner loops;
+  MAML++'s multi-step loss) and every method's exact quantity for them, MAML's derivatives
+  in θ, the rates and the momentum β by forward accumulation of dense Jacobians.
 * :mod:`metagrad_reference.variants`: the usual wrong meta-gradients (first order, stale-residual
   CG, a non-alternating Neumann series, …), for diagnosing a failing implementation.
 """
 
-from . import closed_form, dense, finite_diff, methods, targets, variants
+from . import closed_form, dense, finite_diff, inner_loops, methods, rates, targets, variants
 from .dense import gradient, hessian
 from .finite_diff import central_difference, directional_difference
 from .flat import flat_loss, flatten, unflatten
+from .inner_loops import LearnedResult, Rule
 from .methods import METHODS, RefResult, meta_batch
 from .targets import (
     implicit_gradient,
@@ -37,7 +43,9 @@ from .targets import (
 
 __all__ = [
     "METHODS",
+    "LearnedResult",
     "RefResult",
+    "Rule",
     "central_difference",
     "closed_form",
     "dense",
@@ -49,11 +57,13 @@ __all__ = [
     "hessian",
     "implicit_gradient",
     "implicit_objective",
+    "inner_loops",
     "maml_gradient",
     "maml_objective",
     "meta_batch",
     "methods",
     "penalty_objective",
+    "rates",
     "targets",
     "unflatten",
     "variants",
