@@ -42,8 +42,8 @@ from .targets import (
 )
 
 __all__ = [
-    "METHODS",
     "LearnedResult",
+    "METHODS",
     "RefResult",
     "Rule",
     "central_difference",

@@ -288,6 +288,17 @@ def maml(f: FlatLoss, theta: Tensor, layout: Layout, train: Any, val: Any, *, st
     """MAML's exact gradients of F = L_val(φ⁽ᴷ⁾) (Finn et al. 2017, eq. 1-2) or of MAML++'s
     F = Σ_{k=1..K} w_k L_val(φ⁽ᵏ⁾) (Antoniou et al. 2019, §4) in θ, the rates and β.
 
+    Parameters
+    ----------
+    f, theta, layout
+        The flat loss, flat θ and its layout, as for :func:`trajectory`.
+    train, val : Any
+        The task's batches.
+    steps, rates, rule
+        K, the step sizes (:mod:`metagrad_reference.rates`) and the :class:`Rule`.
+    weights : sequence of K floats, optional
+        w_1 … w_K of the multi-step loss; None for F = L_val(φ⁽ᴷ⁾).
+
     Returns
     -------
     LearnedResult

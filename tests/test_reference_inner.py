@@ -387,6 +387,16 @@ def test_multi_step_loss_is_the_weighted_sum_of_shorter_loops():
     assert float(got.post_update_loss) == float(plain.post_update_loss)
 
 
+def test_zero_steps_is_the_validation_gradient_at_theta():
+    """K = 0: φ = θ, so ∂F/∂θ = ∇L_val(θ) and a rate that is never used has derivative 0."""
+    f, theta, tasks = mlp()
+    train, val = tasks[0]
+    out = inner_loops.maml(f, theta, LAYOUT, train, val, steps=0,
+                           rates=torch.tensor(0.1, dtype=F64), rule=RULES["momentum"])
+    assert torch.equal(out.grad, dense.gradient(f, theta, val))
+    assert float(out.hyper_grad["inner_lr"]) == 0.0 and float(out.hyper_grad["beta"]) == 0.0
+
+
 # --- MAML's exact derivatives against reverse mode through a loop written here ------------
 
 def _autograd_loop(f, theta, train, steps, alphas, kind, beta, *, detach_gradients=False,
