@@ -1,7 +1,7 @@
 """asv benchmarks (``asv run``; see bench/README.md): the history of metagrad's speed.
 
 asv runs this file from the working tree against every commit it benchmarks, so it uses
-metagrad's public API only (``import metagrad as mg``: the six method classes,
+metagrad's public API only (``import metagrad as mg``: the method classes,
 ``mg.module_loss``, ``mg.params_of``, ``mg.Sinusoid``) and builds its own workload from
 ``torch.nn``: it runs unchanged against older commits. A method or option a commit does
 not have raises ``NotImplementedError`` in ``setup`` (asv skips the point).

@@ -3,7 +3,7 @@ meta-gradient on CUDA, and the compiled path (CUDA graphs) gives the eager one.
 
     python -m metagrad_bench.gpu_check --device cuda --out OUT
 
-Part 1 (exactness, float64): each of the six methods (and MAML's trajectory and
+Part 1 (exactness, float64): each method (and MAML's trajectory and
 checkpointed backward modes, the loop batching and both HVP modes) on the
 ``sinusoid_small`` problem (d = 141) on CUDA and on the CPU; the relative difference
 must be ≤ 1e-9 (the Level-1 tolerance: CUDA kernels reorder float64 sums, which moves

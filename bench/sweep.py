@@ -550,7 +550,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=sorted(presets()), default=None,
                    help="a named grid (default cpu-quick when no axis is given)")
     p.add_argument("--methods", nargs="+", default=None, metavar="NAME",
-                   help=f"methods/variants: {', '.join(variants.VARIANTS)} (default: the six)")
+                   help=f"methods/variants: {', '.join(variants.VARIANTS)} "
+                        "(default: every registered method)")
     p.add_argument("--problem", choices=PROBLEMS, default=None,
                    help="workload of an axis grid (default: sinusoid)")
     p.add_argument("--steps", nargs="+", type=int, default=None, help="K values, 0..100")

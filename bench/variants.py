@@ -1,6 +1,6 @@
 """Method names used by the benchmarks → configured metagrad methods.
 
-A *variant* is one of metagrad's six methods with fixed options, e.g.
+A *variant* is one of metagrad's methods with fixed options, e.g.
 ``maml-trajectory`` = ``MAML(backward="trajectory")``. Each variant names its
 ``family`` (the method whose cost model and exact target apply); the settings a
 variant reads are its family's (``Method.setting_names``), so a grid never runs

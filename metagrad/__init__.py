@@ -4,10 +4,10 @@
     out = mg.MAML(steps=5, inner_lr=0.01)(loss, params, mg.Task(train=..., val=...))
     out.grad, out.pre_update_loss, out.post_update_loss
 
-Six methods share one call, ``method(loss, params, tasks) -> MetaGradient``:
+Every method shares one call, ``method(loss, params, tasks) -> MetaGradient``:
 :class:`MAML`, :class:`FOMAML`, :class:`Reptile`, :class:`IMAML`, :class:`Neumann`
 and :class:`Penalty` (``help(mg.IMAML)`` gives each one's equation, paper and
-fields). ``METHODS`` is the registry of all six.
+fields). ``METHODS`` is the registry; :func:`register_method` adds one.
 """
 
 from ._hvp import Loss, hvp

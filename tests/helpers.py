@@ -119,37 +119,12 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 # the Level-1 case table (tests/test_accuracy.py and tests/test_accuracy_sharpness.py)
 
 PROBLEMS = ("linreg", "softmax", "mlp_softplus", "sinusoid_small")
-ALL_VARIANTS = [dict(batching=b, hvp=h) for b, h in
-                itertools.product(("vmap", "loop"), ("fwdrev", "revrev"))]
-
-
 def settings_for(method: str, problem: str, dim: int) -> list[dict]:
-    """The Level-1 settings of ``method`` on ``problem``: K from 0 to 10 (15 on the
-    quadratic), several λ, m, J, η."""
+    """The Level-1 settings of ``method`` on ``problem``: the method's own test plan
+    (K from 0 to 10; 15 too on the quadratic)."""
     d = DEFAULTS[problem]
-    lr, lam = d.inner_lr, d.lam
-    ks = (0, 1, 3, 10, 15) if problem == "linreg" else (0, 1, 3, 10)
-    if set(mg.METHODS[method].setting_names()) == {"steps", "inner_lr"}:
-        return [dict(steps=k, inner_lr=lr) for k in ks]
-    if method == "imaml":
-        return [dict(steps=0, inner_lr=lr, lam=lam, cg_iters=1),
-                dict(steps=3, inner_lr=lr, lam=lam, cg_iters=2),
-                dict(steps=10, inner_lr=lr, lam=lam, cg_iters=5),
-                # m ≥ d: the reference is the dense solve (m = d on the sinusoid MLP, d = 141,
-                # would cost metagrad 141 HVP rounds for no extra coverage)
-                dict(steps=10, inner_lr=lr, lam=4 * lam, cg_iters=dim if dim <= 60 else 30),
-                dict(steps=3, inner_lr=lr, lam=lam, cg_iters=0)]
-    if method == "neumann":
-        return [dict(steps=0, inner_lr=lr, lam=lam, terms=0),
-                dict(steps=3, inner_lr=lr, lam=lam, terms=2),
-                dict(steps=10, inner_lr=lr, lam=2 * lam, terms=8, step=0.5),
-                dict(steps=10, inner_lr=lr, lam=lam, terms=20, step=0.3)]
-    if method == "penalty":
-        return [dict(steps=0, inner_lr=lr, lam=0.1),
-                dict(steps=0, inner_lr=lr, lam=0.0),
-                dict(steps=3, inner_lr=lr, lam=1.0),
-                dict(steps=10, inner_lr=lr, lam=0.01)]
-    raise ValueError(method)
+    steps = (0, 1, 3, 10, 15) if problem == "linreg" else (0, 1, 3, 10)
+    return mg.METHODS[method].test_plan(d.inner_lr, d.lam, dim, steps)
 
 
 DIMS = {"linreg": 5, "softmax": 15, "mlp_softplus": 51, "sinusoid_small": 141}
@@ -157,18 +132,21 @@ DIMS = {"linreg": 5, "softmax": 15, "mlp_softplus": 51, "sinusoid_small": 141}
 
 def table() -> list[Case]:
     """The Level-1 table: every method on every problem, its settings (``settings_for``),
-    every code path on one setting, and several meta-batch sizes."""
+    each with every value of the method's own code-path options (MAML's backward), every
+    code path on one setting, and several meta-batch sizes."""
     cases = []
     for problem in PROBLEMS:
         for method in mg.METHOD_NAMES:
+            paths = mg.METHODS[method].code_paths
+            extra = {k: v for k, v in paths.items() if k not in ("batching", "hvp")}
+            own = [dict(zip(extra, values)) for values in itertools.product(*extra.values())]
             settings = settings_for(method, problem, DIMS[problem])
-            backwards = ("unrolled", "trajectory") if method == "maml" else ("unrolled",)
-            for s, backward in itertools.product(settings, backwards):
-                cases.append(Case.of(method, problem, backward=backward, **s))
+            for s, options in itertools.product(settings, own):
+                cases.append(Case.of(method, problem, **options, **s))
             # every code path on one non-trivial setting (K > 0)
             s = settings[2]
-            for variant, backward in itertools.product(ALL_VARIANTS, backwards):
-                case = Case.of(method, problem, backward=backward, **variant, **s)
+            for values in itertools.product(*paths.values()):
+                case = Case.of(method, problem, **dict(zip(paths, values)), **s)
                 if case not in cases:
                     cases.append(case)
             cases.append(Case.of(method, problem, hvp="auto", **s))

@@ -214,6 +214,29 @@ def scenario_errors(rank: int) -> dict:
                                                           shard_tasks(lr_tasks)))
     shifted = {k: v + 1e-3 for k, v in params.items()} if rank == 1 else params
     out["values"] = _outcome(lambda: distributed(maml)(loss, shifted, shard))
+    # the same distributed method: values agree at the first call and drift apart later
+    # (before, only a signature's first call compared values)
+    same = distributed(maml)
+    out["values-later-first"] = _outcome(lambda: same(loss, params, shard))
+    out["values-later"] = _outcome(lambda: same(loss, shifted, shard))
+
+    def doubled(p, batch):
+        return 2 * loss(p, batch)
+
+    out["loss"] = _outcome(lambda: distributed(maml)(doubled if rank == 1 else loss, params,
+                                                      shard))
+    # float16: every task's gradient is 2000, 40 tasks per rank; their sum (80 000) is
+    # beyond float16's largest value (65 504), their mean is not
+    half = {"w": torch.zeros(1, dtype=torch.float16)}
+    ones = torch.ones(40, 1, dtype=torch.float16)
+    half_tasks = mg.Task(train=(ones, ones), val=(ones, ones))
+
+    def half_loss(p, batch):
+        x, _ = batch
+        return (2000 * p["w"] * x).mean()
+
+    out["float16"] = _outcome(lambda: distributed(mg.FOMAML(steps=0))(half_loss, half,
+                                                                        half_tasks))
 
     def broken(p, batch):
         if rank == 1:
@@ -384,10 +407,16 @@ def test_errors_are_collective_and_name_what_differs(main_run):
                             ("method", "method: rank 0 has 'maml', rank 1 has 'fomaml'"),
                             ("shapes", "params['w']: rank 0 has shape (5, 1) torch.float64, "
                                        "rank 1 has shape (6, 1) torch.float64"),
-                            ("values", "parameter values at the first call"),
+                            ("values", "parameter values (checksums: rank 0 has"),
+                            ("values-later", "parameter values (checksums: rank 0 has"),
+                            ("loss", "every rank must pass the same loss function"),
                             ("no-tasks", "no rank has any task")):
             assert r[key].get("error") == "ValueError", (key, r[key])
             assert needle in r[key]["message"], (key, r[key]["message"])
+        assert "ok" in r["values-later-first"], r["values-later-first"]
+        # the float16 mean over 80 tasks of a gradient of 2000 is 2000 (its sum overflows)
+        assert r["float16"]["ok"]["grad"].dtype == torch.float16
+        assert r["float16"]["ok"]["grad"].tolist() == [2000.0], r["float16"]
     # the failing rank raises its own exception; the other names the rank and the cause
     assert (r1["raises"]["error"], r1["raises"]["message"]) == ("RuntimeError",
                                                                 "boom on purpose")

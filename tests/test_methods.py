@@ -116,7 +116,7 @@ def test_checkpointed_trajectory_equals_unrolled(steps, checkpoint):
 
 
 def test_registry_order_and_settings_read_off_the_constructors():
-    """The registry lists the six in the canonical order, and each class's settings are
+    """The registry lists the built-in methods in the canonical order, and each class's settings are
     exactly the numerical parameters of its constructor (read here with inspect)."""
     import inspect
 

@@ -72,7 +72,7 @@ class MetaGradient:
 
 @dataclass(frozen=True)
 class Method:
-    """Base of the six methods. Fields shared by all of them:
+    """Base of every method. Fields shared by all of them:
 
     * ``steps`` (K): inner gradient steps per task;
     * ``inner_lr`` (α): inner step size;
@@ -108,6 +108,14 @@ class Method:
     log_columns: ClassVar[dict[str, str]] = {}
     """Per-task diagnostics worth a column in a training log, each with the reduction
     over tasks (``"min"``, ``"max"`` or ``"mean"``) that flags trouble."""
+    oracle_name: ClassVar[str | None] = None
+    """The name under which the oracle (``metagrad_reference.METHODS``) computes the same
+    quantity densely; None: the method's own ``name``. A new method that computes a known
+    quantity another way names that quantity here."""
+    code_paths: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "batching": BATCHING_MODES, "hvp": ("revrev", "fwdrev")}
+    """Options that select another code path to the same number, with their values; the
+    verification runs each one."""
 
     def __post_init__(self) -> None:
         settle(self, "steps", non_negative_int)
@@ -131,6 +139,23 @@ class Method:
         """The class defaults of :meth:`setting_names`, e.g. ``IMAML``: ``lam=1.0, cg_iters=5``."""
         defaults = {f.name: f.default for f in fields(cls)}
         return {name: defaults[name] for name in cls.setting_names()}
+
+    @classmethod
+    def verify_plan(cls, inner_lr: float, lam: float) -> list[dict[str, Any]]:
+        """The settings ``metagrad verify`` checks this method at, on a problem whose
+        natural step size and λ are ``inner_lr`` and ``lam``: by default one and five inner
+        steps, the other settings at their class defaults."""
+        rest = {k: v for k, v in cls.default_settings().items() if k not in ("steps", "inner_lr")}
+        return [dict(steps=k, inner_lr=inner_lr, **rest) for k in (1, 5)]
+
+    @classmethod
+    def test_plan(cls, inner_lr: float, lam: float, dim: int,
+                  steps: tuple[int, ...] = (0, 1, 3, 10)) -> list[dict[str, Any]]:
+        """The settings the accuracy suite checks this method at, on a problem of dimension
+        ``dim`` whose natural step size and λ are ``inner_lr`` and ``lam``: by default every
+        inner step count in ``steps``, the other settings at their class defaults."""
+        rest = {k: v for k, v in cls.default_settings().items() if k not in ("steps", "inner_lr")}
+        return [dict(steps=k, inner_lr=inner_lr, **rest) for k in steps]
 
     def settings(self) -> dict[str, Any]:
         """This method's numerical settings as a dict, e.g. ``{"steps": 5, "inner_lr": 0.01}``."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .._solvers import ConjugateGradient
 from .._validate import non_negative_int, settle
@@ -42,6 +42,23 @@ class IMAML(ImplicitMethod):
     paper: ClassVar[str] = ("Rajeswaran, Finn, Kakade & Levine 2019, Meta-Learning with "
                             "Implicit Gradients (NeurIPS)")
     log_columns: ClassVar[dict[str, str]] = ConjugateGradient.log_columns
+
+    @classmethod
+    def verify_plan(cls, inner_lr: float, lam: float) -> list[dict[str, Any]]:
+        # CG stopped short of the solution, and run long enough to solve it
+        return [dict(steps=5, inner_lr=inner_lr, lam=lam, cg_iters=3),
+                dict(steps=20, inner_lr=inner_lr, lam=lam, cg_iters=10)]
+
+    @classmethod
+    def test_plan(cls, inner_lr: float, lam: float, dim: int,
+                  steps: tuple[int, ...] = (0, 1, 3, 10)) -> list[dict[str, Any]]:
+        return [dict(steps=0, inner_lr=inner_lr, lam=lam, cg_iters=1),
+                dict(steps=3, inner_lr=inner_lr, lam=lam, cg_iters=2),
+                dict(steps=10, inner_lr=inner_lr, lam=lam, cg_iters=5),
+                # m ≥ d: the reference is the dense solve (m = d on the sinusoid MLP, d = 141,
+                # would cost 141 HVP rounds for no extra coverage, so 30 there)
+                dict(steps=10, inner_lr=inner_lr, lam=4 * lam, cg_iters=dim if dim <= 60 else 30),
+                dict(steps=3, inner_lr=inner_lr, lam=lam, cg_iters=0)]
 
     def __post_init__(self) -> None:
         super().__post_init__()

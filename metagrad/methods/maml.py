@@ -50,6 +50,13 @@ class MAML(Method):
     paper: ClassVar[str] = ("Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning for "
                             "Fast Adaptation of Deep Networks (ICML)")
     gradient_of: ClassVar[str | None] = "meta_objective"
+    code_paths: ClassVar[dict[str, tuple[Any, ...]]] = {
+        **Method.code_paths, "backward": tuple(BACKWARD_MODES)}
+
+    @classmethod
+    def verify_plan(cls, inner_lr: float, lam: float) -> list[dict[str, Any]]:
+        # K = 0 too: MAML is then the plain gradient of L_val, a limiting case worth a row
+        return [dict(steps=k, inner_lr=inner_lr) for k in (0, 1, 5)]
 
     def __post_init__(self) -> None:
         super().__post_init__()

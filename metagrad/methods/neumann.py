@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .._solvers import NeumannSeries
 from .._validate import non_negative_int, positive_float, settle
@@ -40,6 +40,20 @@ class Neumann(ImplicitMethod):
     paper: ClassVar[str] = ("Lorraine, Vicol & Duvenaud 2020, Optimizing Millions of "
                             "Hyperparameters by Implicit Differentiation (AISTATS)")
     log_columns: ClassVar[dict[str, str]] = NeumannSeries.log_columns
+
+    @classmethod
+    def verify_plan(cls, inner_lr: float, lam: float) -> list[dict[str, Any]]:
+        # a short series, and a long one with a step below 1
+        return [dict(steps=5, inner_lr=inner_lr, lam=lam, terms=3),
+                dict(steps=20, inner_lr=inner_lr, lam=2 * lam, terms=10, step=0.5)]
+
+    @classmethod
+    def test_plan(cls, inner_lr: float, lam: float, dim: int,
+                  steps: tuple[int, ...] = (0, 1, 3, 10)) -> list[dict[str, Any]]:
+        return [dict(steps=0, inner_lr=inner_lr, lam=lam, terms=0),
+                dict(steps=3, inner_lr=inner_lr, lam=lam, terms=2),
+                dict(steps=10, inner_lr=inner_lr, lam=2 * lam, terms=8, step=0.5),
+                dict(steps=10, inner_lr=inner_lr, lam=lam, terms=20, step=0.3)]
 
     def __post_init__(self) -> None:
         super().__post_init__()

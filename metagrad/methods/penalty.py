@@ -44,6 +44,21 @@ class Penalty(Method):
     gradient_of: ClassVar[str | None] = "penalty_at_phi"
     log_columns: ClassVar[dict[str, str]] = {"penalty": "mean"}
 
+    @classmethod
+    def verify_plan(cls, inner_lr: float, lam: float) -> list[dict[str, Any]]:
+        # K = 0 (the exact gradient of the penalised objective) and a few steps
+        return [dict(steps=0, inner_lr=inner_lr, lam=0.1), dict(steps=3, inner_lr=inner_lr,
+                                                                 lam=0.01)]
+
+    @classmethod
+    def test_plan(cls, inner_lr: float, lam: float, dim: int,
+                  steps: tuple[int, ...] = (0, 1, 3, 10)) -> list[dict[str, Any]]:
+        # λ = 0 is FOMAML, a limiting case
+        return [dict(steps=0, inner_lr=inner_lr, lam=0.1),
+                dict(steps=0, inner_lr=inner_lr, lam=0.0),
+                dict(steps=3, inner_lr=inner_lr, lam=1.0),
+                dict(steps=10, inner_lr=inner_lr, lam=0.01)]
+
     def __post_init__(self) -> None:
         super().__post_init__()
         # λ = 0 is allowed here: it is FOMAML, a useful limiting case.

@@ -62,7 +62,7 @@ class Mistake:
     compute: Callable[[Context], Tensor | None]
 
 
-ALL = METHOD_NAMES
+ALL = tuple(METHOD_NAMES)
 GD = tuple(name for name in METHOD_NAMES if not is_implicit(name))
 IMPLICIT = tuple(name for name in METHOD_NAMES if is_implicit(name))
 

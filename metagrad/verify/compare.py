@@ -21,7 +21,8 @@ relative errors ‖a − b‖ / ‖b‖:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import hashlib
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 import metagrad_reference as oracle
@@ -41,8 +42,10 @@ h²F'''/6 + roundoff ε|F|/h at h ≈ 6e-6), so 1e-7 leaves headroom without let
 error through."""
 
 _CACHE: dict[tuple, Any] = {}
-"""Oracle results already computed, keyed by the problem's key and what was computed
-(they are expensive and the same problem is checked many times)."""
+"""Oracle results already computed (they are expensive and the same problem is checked
+many times), keyed on the whole identity of the quantity: the problem (its name, tasks,
+seed, dtype and device), what was computed, and everything that defines it (the
+method, all of its settings, its inner loop)."""
 
 
 def _cached(problem: Problem, key: tuple, compute):
@@ -50,6 +53,31 @@ def _cached(problem: Problem, key: tuple, compute):
     if full not in _CACHE:
         _CACHE[full] = compute()
     return _CACHE[full]
+
+
+def freeze(value: Any) -> Any:
+    """A hashable stand-in for a setting, exact for tensors (their bytes), dicts and
+    frozen option objects alike."""
+    if isinstance(value, Tensor):
+        data = value.detach().cpu().contiguous()
+        return ("tensor", tuple(data.shape), str(data.dtype),
+                hashlib.sha256(data.numpy().tobytes()).hexdigest())
+    if isinstance(value, dict):
+        return ("dict", tuple((k, freeze(v)) for k, v in sorted(value.items())))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(freeze(v) for v in value))
+    if is_dataclass(value) and not isinstance(value, type):
+        return (type(value).__qualname__,
+                tuple((f.name, freeze(getattr(value, f.name))) for f in fields(value)))
+    return value
+
+
+def identity(method: str, settings: dict[str, Any]) -> tuple:
+    """What defines method ``method``'s quantity at ``settings``: its name, the oracle
+    quantity it stands for, every setting, and the inner loop it runs."""
+    cls = method_class(method)
+    loop = cls(**settings).inner_loop
+    return (method, cls.oracle_name or method, freeze(settings), freeze(loop))
 
 
 def get(name: str, meta_batch: int = 2, seed: int = 0,
@@ -73,39 +101,62 @@ def flat(problem: Problem) -> tuple[oracle.flat.FlatLoss, Tensor]:
     return oracle.flat_loss(problem.loss, problem.params), oracle.flatten(problem.params)
 
 
+DEFAULT_OPTIONS = {"batching": "vmap", "hvp": "revrev"}
+"""The code path a case takes unless it says otherwise: the reference path (vmap over
+tasks, double-backward Hessian-vector products)."""
+
+
 @dataclass(frozen=True)
 class Case:
+    """One method at one setting on one problem, through one code path.
+
+    ``settings`` are the method's numerical settings (:data:`metagrad.SETTINGS`);
+    ``options`` the code-path options it is built with (``batching``, ``hvp``, and any of
+    the method's own :attr:`~metagrad.Method.code_paths`, e.g. MAML's ``backward``)."""
+
     method: str
     problem: str
     settings: tuple[tuple[str, Any], ...]
     meta_batch: int = 2
-    batching: str = "vmap"
-    hvp: str = "revrev"
-    backward: str = "unrolled"
+    options: tuple[tuple[str, Any], ...] = tuple(sorted(DEFAULT_OPTIONS.items()))
     seed: int = 0
     dtype: torch.dtype = torch.float64
 
     @staticmethod
-    def of(method: str, problem: str, meta_batch: int = 2, batching: str = "vmap",
-           hvp: str = "revrev", backward: str = "unrolled", **settings: Any) -> Case:
-        unknown = set(settings) - set(SETTINGS)
+    def of(method: str, problem: str, meta_batch: int = 2, **given: Any) -> Case:
+        """``Case.of("maml", "linreg", steps=3, inner_lr=0.1, backward="trajectory")``: the
+        numerical settings and the code-path options in one call."""
+        cls = method_class(method)
+        settings = {k: v for k, v in given.items() if k in SETTINGS}
+        # the method's own code-path options (MAML's backward) at their first value
+        own = {k: values[0] for k, values in cls.code_paths.items() if k not in DEFAULT_OPTIONS}
+        options = {**DEFAULT_OPTIONS, **own,
+                   **{k: v for k, v in given.items() if k not in SETTINGS}}
+        known = {f.name for f in fields(cls)}
+        unknown = set(options) - known
         if unknown:
-            raise ValueError(f"unknown settings {sorted(unknown)}")
-        return Case(method, problem, tuple(sorted(settings.items())), meta_batch, batching,
-                    hvp, backward)
+            raise ValueError(f"{method} has no option or setting {sorted(unknown)}")
+        return Case(method, problem, tuple(sorted(settings.items())), meta_batch,
+                    tuple(sorted(options.items())))
 
     @property
     def config(self) -> dict[str, Any]:
         return dict(self.settings)
 
     @property
-    def _has_backward(self) -> bool:
-        return "backward" in {f.name for f in fields(method_class(self.method))}
+    def option(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    def __getattr__(self, name: str) -> Any:
+        # case.batching, case.hvp, case.backward: the code-path options by name
+        options = self.__dict__.get("options", ())
+        for key, value in options:
+            if key == name:
+                return value
+        raise AttributeError(name)
 
     def build(self):
-        extra: dict[str, Any] = {"backward": self.backward} if self._has_backward else {}
-        return method_class(self.method)(**self.config, batching=self.batching, hvp=self.hvp,
-                                         **extra)
+        return method_class(self.method)(**self.config, **self.option)
 
     def get_problem(self) -> Problem:
         return get(self.problem, self.meta_batch, self.seed, self.dtype)
@@ -116,10 +167,10 @@ class Case:
 
     @property
     def variant(self) -> str:
-        parts = [self.batching, self.hvp]
-        if self._has_backward:
-            parts.append(self.backward)
-        return "/".join(parts)
+        """The code path: ``vmap/revrev``, and the method's own options after it."""
+        option = self.option
+        own = [str(getattr(v, "name", v)) for k, v in self.options if k not in DEFAULT_OPTIONS]
+        return "/".join([option["batching"], option["hvp"], *own])
 
     @property
     def id(self) -> str:
@@ -153,17 +204,26 @@ def run_method(case: Case, method=None) -> Outcome:
 
 
 def reference_result(problem: Problem, method: str, settings: dict[str, Any]) -> oracle.RefResult:
+    """The oracle's dense value of the quantity method ``method`` computes at ``settings``
+    (``metagrad_reference.METHODS[oracle name]``)."""
     f, theta = flat(problem)
-    key = ("reference", method, tuple(sorted(settings.items())))
-    return _cached(problem, key, lambda: oracle.meta_batch(method, f, theta,
+    name = method_class(method).oracle_name or method
+    if name not in oracle.METHODS:
+        raise ValueError(
+            f"the oracle has no reference for {method!r}: set {method_class(method).__name__}"
+            f".oracle_name to the quantity it computes ({', '.join(oracle.METHODS)}) or add "
+            f"a dense reference to metagrad_reference.METHODS[{name!r}]")
+    key = ("reference", *identity(method, settings))
+    return _cached(problem, key, lambda: oracle.meta_batch(name, f, theta,
                                                            problem.task_list(), **settings))
 
 
 def closed_form_result(problem: Problem, method: str, settings: dict[str, Any]) -> Tensor | None:
-    if not problem.closed_form:
+    name = method_class(method).oracle_name or method
+    if not problem.closed_form or name not in cf.METHODS:
         return None
     theta = oracle.flatten(problem.params)
-    per_task = [cf.METHODS[method](_xy(train), _xy(val), theta, **settings)
+    per_task = [cf.METHODS[name](_xy(train), _xy(val), theta, **settings)
                 for train, val in problem.task_list()]
     return torch.stack(per_task).mean(0)
 
@@ -178,13 +238,19 @@ def fd_result(problem: Problem, method: str, settings: dict[str, Any]) -> Tensor
     objective = method_class(method).gradient_of
     if objective is None:
         return None
-    key = ("fd", objective, tuple(sorted(settings.items())))
-    return _cached(problem, key, lambda: _fd(problem, objective, settings))
+    loop = method_class(method)(**settings).inner_loop
+    key = ("fd", objective, *identity(method, settings))
+    return _cached(problem, key, lambda: _fd(problem, objective, loop.steps, loop.inner_lr,
+                                             settings))
 
 
-def _fd(problem: Problem, objective: str, s: dict[str, Any]) -> Tensor:
+def _fd(problem: Problem, objective: str, steps: int, inner_lr: float,
+        s: dict[str, Any]) -> Tensor:
+    """Central differences of ``objective`` with the inner loop of ``steps`` plain gradient
+    descent steps of size ``inner_lr`` (the method's own loop, not its settings' names)."""
     f, theta = flat(problem)
     tasks = problem.task_list()
+    s = {**s, "steps": steps, "inner_lr": inner_lr}
 
     def cd(fun, x):
         return finite_diff.central_difference(fun, x, vectorize=True)
@@ -218,6 +284,7 @@ def exact_target(problem: Problem, method: str, settings: dict[str, Any]) -> Ten
     undefined (no strict proximal minimiser reached, e.g. on a ReLU net)."""
     f, theta = flat(problem)
     key: tuple
+    # The target depends on these settings alone, whichever method approximates it.
     if is_implicit(method):
         key = ("implicit", settings["lam"])
 
@@ -225,11 +292,13 @@ def exact_target(problem: Problem, method: str, settings: dict[str, Any]) -> Ten
             return torch.stack([targets.implicit_gradient(f, theta, tr, val, settings["lam"])
                                 for tr, val in problem.task_list()]).mean(0)
     else:
-        key = ("maml_target", settings["steps"], settings["inner_lr"])
+        # MAML's meta-gradient through the method's own inner loop
+        loop = method_class(method)(**settings).inner_loop
+        key = ("maml_target", freeze(replace(loop, lam=None)))
 
         def compute():
-            return torch.stack([targets.maml_gradient(f, theta, tr, val, settings["steps"],
-                                                      settings["inner_lr"])
+            return torch.stack([targets.maml_gradient(f, theta, tr, val, loop.steps,
+                                                      loop.inner_lr)
                                 for tr, val in problem.task_list()]).mean(0)
     return _cached(problem, key, compute)
 

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from .._app import markdown_table as _markdown
-from ..methods import METHOD_NAMES
+from ..methods import METHOD_NAMES, method_class
 from ..problems import DEFAULTS
 from .compare import Case, evaluate
 
@@ -19,35 +19,32 @@ QUICK_PROBLEMS = ("linreg", "softmax", "mlp_softplus")
 ALL_PROBLEMS = ("linreg", "softmax", "mlp_softplus", "sinusoid_small")
 
 
+def code_path(method: str, index: int) -> dict[str, Any]:
+    """The ``index``-th code path of a method's cycle: batching and HVP mode take the four
+    combinations in an order where consecutive settings differ in both; each of the
+    method's own options (MAML's backward) changes every second setting, so the cycle
+    meets every value of it with both batchings."""
+    cycle = [("vmap", "revrev"), ("loop", "fwdrev"), ("vmap", "fwdrev"), ("loop", "revrev")]
+    batching, hvp = cycle[index % len(cycle)]
+    own = {k: values[((index + 1) // 2) % len(values)]
+           for k, values in method_class(method).code_paths.items()
+           if k not in ("batching", "hvp")}
+    return {"batching": batching, "hvp": hvp, **own}
+
+
 def default_cases(problems: Iterable[str] = ALL_PROBLEMS,
                   methods: Iterable[str] = METHOD_NAMES) -> list[Case]:
-    """Each method on each problem at a few settings, through both batching modes, both HVP
-    modes and both MAML backward modes (one variant per setting, cycled, to stay fast).
-    The settings are a test plan, chosen per method: K = 0 where it is a limiting case,
-    solvers stopped short and run long, a Neumann step below 1."""
+    """Each method on each problem at the settings it asks to be verified at
+    (:meth:`metagrad.Method.verify_plan`), one code path per setting, cycled
+    (:func:`code_path`), to stay fast."""
     methods = tuple(methods)
     cases = []
     for name in problems:
         d = DEFAULTS[name]
-        lr, lam = d.inner_lr, d.lam
-        per_method: dict[str, list[dict[str, Any]]] = {
-            "maml": [dict(steps=0, inner_lr=lr), dict(steps=1, inner_lr=lr),
-                     dict(steps=5, inner_lr=lr)],
-            "fomaml": [dict(steps=1, inner_lr=lr), dict(steps=5, inner_lr=lr)],
-            "reptile": [dict(steps=1, inner_lr=lr), dict(steps=5, inner_lr=lr)],
-            "imaml": [dict(steps=5, inner_lr=lr, lam=lam, cg_iters=3),
-                      dict(steps=20, inner_lr=lr, lam=lam, cg_iters=10)],
-            "neumann": [dict(steps=5, inner_lr=lr, lam=lam, terms=3),
-                        dict(steps=20, inner_lr=lr, lam=2 * lam, terms=10, step=0.5)],
-            "penalty": [dict(steps=0, inner_lr=lr, lam=0.1), dict(steps=3, inner_lr=lr, lam=0.01)],
-        }
-        variants = [("vmap", "revrev", "unrolled"), ("loop", "fwdrev", "trajectory"),
-                    ("vmap", "fwdrev", "trajectory"), ("loop", "revrev", "unrolled")]
         for method in methods:
-            for i, settings in enumerate(per_method[method]):
-                batching, hvp, backward = variants[i % len(variants)]
-                cases.append(Case.of(method, name, batching=batching, hvp=hvp,
-                                     backward=backward, **settings))
+            plan = method_class(method).verify_plan(d.inner_lr, d.lam)
+            for i, settings in enumerate(plan):
+                cases.append(Case.of(method, name, **code_path(method, i), **settings))
     return cases
 
 
