@@ -45,7 +45,7 @@ from metagrad import timing as mg_timing
 from metagrad._app import UsageError, check_device, markdown_table, prepare_out
 from metagrad.methods import METHOD_NAMES, is_implicit, method_class
 from metagrad.problems import make_problem
-from metagrad.verify.compare import exact_target, rel_error
+from metagrad.verify.compare import exact_target, rel_error, target_key
 
 from . import variants
 from .measure import device_name, gradient_time, peak_memory_mb
@@ -207,9 +207,11 @@ class Runner:
         # No dense Hessians at conv-net size; no implicit target on a ReLU net (φ* on a kink).
         if p64.dim > EXACT_MAX_DIM or (implicit and not p64.smooth):
             return None
+        settings = {k: run[k] for k in ("steps", "inner_lr", "lam")}
+        # the whole identity of the target (the problem, and what defines the target: λ, or
+        # the method's own inner loop), as for the oracle's own caches
         spec = (run["problem"], p64.tasks.num_tasks, self.seed, self.device,
-                "implicit" if implicit else "maml",
-                run["lam"] if implicit else (run["steps"], run["inner_lr"]))
+                target_key(family, settings))
         if spec in self._targets:
             return self._targets[spec]
         path = None
@@ -219,7 +221,6 @@ class Runner:
             if path.exists():
                 self._targets[spec] = torch.load(path, map_location=self.device)
                 return self._targets[spec]
-        settings = {k: run[k] for k in ("steps", "inner_lr", "lam")}
         try:
             value = exact_target(p64, family, settings)
         except ValueError:  # no strict proximal minimiser reached: the target is undefined

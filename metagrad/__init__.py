@@ -32,8 +32,10 @@ from .methods import (
     Neumann,
     Penalty,
     Reptile,
+    TaskOutput,
     Trajectory,
     Unrolled,
+    register_method,
 )
 
 __version__ = "0.2.0"
@@ -69,6 +71,7 @@ __all__ = [
     "SETTINGS",
     "Sinusoid",
     "Task",
+    "TaskOutput",
     "Trajectory",
     "Unrolled",
     "adapt",
@@ -79,6 +82,7 @@ __all__ = [
     "module_loss",
     "neumann",
     "params_of",
+    "register_method",
     "set_grads",
     "shard_tasks",
 ]

@@ -14,15 +14,9 @@ Where many products are taken at the same point (a linear solver's iterations),
 :func:`hvp_operator` records the gradient computation once and replays only its
 reverse pass per product (``"revrev"``), which saves one gradient per product.
 ``"auto"`` (the default) picks the mode measured faster for the device
-(``DEFAULT_MODE``). ``python -m metagrad_bench.hvp_modes`` (torch 2.13, 1 CPU thread,
-interleaved medians, bench/results/hvp_modes_cpu): double backward was 1.05–1.25× faster on the
-sinusoid MLP (the workload of the report and the training experiment),
-forward-over-reverse 1.04–1.16× faster on the 4-block conv net. ``auto``
-takes ``revrev`` on CPU: it wins on the small models this CPU path serves, and
-forward-over-reverse fails inside ``F.mse_loss``'s backward on every torch
-release tried ("ZeroTensors are immutable"). On CUDA (one H200, torch 2.11,
-bench/results/gpu_h200) double backward was faster on every workload measured:
-forward-over-reverse took 1.06–1.45× its time, so ``auto`` takes ``revrev`` there too.
+(:data:`DEFAULT_MODE`; the measurements: ``python -m metagrad_bench.hvp_modes``, results
+pages *hvp_modes_cpu* and *gpu_h200*). Forward-over-reverse also fails inside
+``F.mse_loss``'s backward on every torch release tried ("ZeroTensors are immutable").
 """
 
 from __future__ import annotations
@@ -37,8 +31,9 @@ from ._pytree import Params
 
 HVP_MODES = ("auto", "fwdrev", "revrev")
 
-# Measured default per device type (see module docstring and bench/).
 DEFAULT_MODE = {"cpu": "revrev", "cuda": "revrev"}
+"""The mode ``"auto"`` takes per device type: double backward, measured faster on the
+sinusoid workloads on CPU and on an H200 (see the module docstring for the results)."""
 
 Loss = Callable[[Params, Any], Tensor]
 

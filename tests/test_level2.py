@@ -27,7 +27,7 @@ from metagrad_reference import dense, finite_diff, targets
 
 import metagrad as mg
 from metagrad.verify import compare
-from metagrad.verify.level2 import CONVERGED_STEPS, KEY_COLUMNS, row_key, sweep
+from metagrad.verify.level2 import CONVERGED_STEPS, KEY_COLUMNS, merge, row_key, sweep
 
 BASELINES = Path(__file__).parent / "baselines" / "level2.json"
 BASELINE_VERSION = 1
@@ -46,7 +46,16 @@ def _close(new: float, old: float) -> bool:
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_level2_baselines(update_baselines: bool):
     rows = sweep()
-    if update_baselines or not BASELINES.exists():
+    if update_baselines and BASELINES.exists():
+        stored = json.loads(BASELINES.read_text())
+        merged, changes = merge(stored["rows"], rows, _close)
+        BASELINES.write_text(json.dumps({**stored, "torch": torch.__version__,
+                                         "rows": merged}, indent=1) + "\n")
+        pytest.skip(f"baselines updated: {len(changes['replaced'])} replaced, "
+                    f"{len(changes['added'])} added, {len(changes['dropped'])} dropped, "
+                    f"{len(merged) - len(changes['replaced']) - len(changes['added'])} kept "
+                    f"as they were ({BASELINES})")
+    if not BASELINES.exists():
         BASELINES.parent.mkdir(exist_ok=True)
         BASELINES.write_text(json.dumps({
             "version": BASELINE_VERSION,
@@ -58,8 +67,6 @@ def test_level2_baselines(update_baselines: bool):
             "key_columns": list(KEY_COLUMNS),
             "rows": rows,
         }, indent=1) + "\n")
-        if update_baselines:
-            pytest.skip(f"baselines rewritten: {BASELINES}")
         pytest.fail(f"no baselines yet; wrote {BASELINES}, commit it and rerun")
     stored = json.loads(BASELINES.read_text())
     assert stored["version"] == BASELINE_VERSION, "baseline format changed: --update-baselines"
@@ -73,6 +80,24 @@ def test_level2_baselines(update_baselines: bool):
     assert not drifted, "approximation error moved:\n" + "\n".join(drifted[:10])
     # each row is also a Level-1 check (the method equals its own reference)
     assert max(r["err_reference"] for r in rows) <= compare.REF_RTOL
+
+
+def test_baseline_update_rewrites_only_the_rows_that_changed():
+    """An update keeps unchanged rows exactly as stored (digits and order; roundoff-level
+    drift is not a change), replaces the ones that moved, appends new ones and drops the
+    ones the sweep no longer makes."""
+    def row(method, steps, error):
+        return {"sweep": "steps", "method": method, "problem": "p", "steps": steps,
+                "inner_lr": 0.1, "approx_error": error}
+
+    stored = [row("a", 1, 0.5), row("a", 2, 0.25), row("b", 1, 0.125), row("c", 1, 1.0)]
+    fresh = [row("b", 1, 0.2), row("a", 2, 0.25 * (1 + 1e-12)), row("a", 1, 0.5),
+             row("d", 1, 0.75)]
+    rows, changes = merge(stored, fresh, _close)
+    assert rows == [stored[0], stored[1], fresh[0], fresh[3]]
+    assert rows[1]["approx_error"] == 0.25  # the stored digits, not the roundoff-level drift
+    assert changes == {"replaced": [row_key(fresh[0])], "added": [row_key(fresh[3])],
+                       "dropped": [row_key(stored[3])]}
 
 
 def test_baseline_comparison_can_fail():

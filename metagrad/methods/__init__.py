@@ -11,7 +11,7 @@ that no list of methods or settings is kept anywhere else.
 from collections.abc import Iterator, Sequence
 
 from ._backward import BACKWARD_MODES, Trajectory, Unrolled
-from ._base import SETTINGS, MetaGradient, Method
+from ._base import SETTINGS, MetaGradient, Method, TaskOutput
 from ._implicit import ImplicitMethod
 from .fomaml import FOMAML
 from .imaml import IMAML
@@ -102,4 +102,5 @@ def is_implicit(name: str) -> bool:
 
 __all__ = ["BACKWARD_MODES", "FOMAML", "IMAML", "MAML", "METHODS", "METHOD_NAMES", "SETTINGS",
            "ImplicitMethod", "MetaGradient", "Method", "Neumann", "Penalty", "Reptile",
-           "Trajectory", "Unrolled", "is_implicit", "method_class", "register_method"]
+           "TaskOutput", "Trajectory", "Unrolled", "is_implicit", "method_class",
+           "register_method"]

@@ -177,12 +177,13 @@ class Method:
         once per method object: it is read inside compiled code, which must not build it."""
         loop = self.__dict__.get("_inner_loop")
         if loop is None:
-            loop = self._build_inner_loop()
+            loop = self.build_inner_loop()
             object.__setattr__(self, "_inner_loop", loop)
         return loop
 
-    def _build_inner_loop(self) -> InnerLoop:
-        """``steps`` plain gradient descent steps of size ``inner_lr``."""
+    def build_inner_loop(self) -> InnerLoop:
+        """The inner loop of this method, built from its fields: ``steps`` plain gradient
+        descent steps of size ``inner_lr``. A new method overrides this to run another."""
         return InnerLoop(self.steps, self.inner_lr)
 
     def _per_task(self, loss: Loss, theta: Params, train: Any, val: Any) -> TaskOutput:

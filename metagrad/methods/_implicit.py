@@ -47,7 +47,7 @@ class ImplicitMethod(Method):
         """The linear solver for (I + H(φ)/λ) x = ∇L_val(φ), configured from this method."""
         raise NotImplementedError
 
-    def _build_inner_loop(self) -> InnerLoop:
+    def build_inner_loop(self) -> InnerLoop:
         """K steps of proximal gradient descent on L_tr(φ) + λ/2‖φ − θ‖² from φ = θ."""
         return InnerLoop(self.steps, self.inner_lr, lam=self.lam)
 

@@ -276,25 +276,33 @@ def _fd(problem: Problem, objective: str, steps: int, inner_lr: float,
     return torch.stack(per_task).mean(0)
 
 
+def target_key(method: str, settings: dict[str, Any]) -> tuple:
+    """What the bilevel-exact target of ``method`` at ``settings`` depends on, whichever
+    method approximates it: λ for the implicit gradient, the method's own inner loop for
+    MAML's meta-gradient (a key for caches of it, in memory or on disk)."""
+    settings = {k: v for k, v in settings.items() if k in method_class(method).setting_names()}
+    if is_implicit(method):
+        return ("implicit", settings["lam"])
+    loop = method_class(method)(**settings).inner_loop
+    return ("maml_target", freeze(replace(loop, lam=None)))
+
+
 def exact_target(problem: Problem, method: str, settings: dict[str, Any]) -> Tensor:
     """The bilevel-exact meta-gradient (mean over tasks, flat, in the problem's dtype) that
     method ``method`` approximates: the implicit gradient λ(H(φ*) + λI)⁻¹ ∇L_val(φ*) at its
     ``lam`` for the implicit methods, MAML's ∇_θ L_val(θ⁽ᴷ⁾(θ)) at its ``steps`` and
     ``inner_lr`` for the others. Raises ``ValueError`` where the implicit gradient is
     undefined (no strict proximal minimiser reached, e.g. on a ReLU net)."""
+    settings = {k: v for k, v in settings.items() if k in method_class(method).setting_names()}
     f, theta = flat(problem)
-    key: tuple
-    # The target depends on these settings alone, whichever method approximates it.
+    key = target_key(method, settings)
     if is_implicit(method):
-        key = ("implicit", settings["lam"])
 
         def compute():
             return torch.stack([targets.implicit_gradient(f, theta, tr, val, settings["lam"])
                                 for tr, val in problem.task_list()]).mean(0)
     else:
-        # MAML's meta-gradient through the method's own inner loop
         loop = method_class(method)(**settings).inner_loop
-        key = ("maml_target", freeze(replace(loop, lam=None)))
 
         def compute():
             return torch.stack([targets.maml_gradient(f, theta, tr, val, loop.steps,

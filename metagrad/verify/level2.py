@@ -12,7 +12,7 @@ the report section.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -101,3 +101,29 @@ KEY_COLUMNS = ("sweep", "method", "problem", *SETTINGS)
 
 def row_key(row: dict[str, Any]) -> str:
     return " ".join(f"{k}={row.get(k)}" for k in KEY_COLUMNS if row.get(k) is not None)
+
+
+def merge(stored: list[dict[str, Any]], fresh: list[dict[str, Any]],
+          same: Callable[[float, float], bool]) -> tuple[list[dict[str, Any]], dict[str, list]]:
+    """Baseline rows after an update: a stored row whose error is ``same`` as the fresh one
+    is kept as it was (its digits and its place), a row that moved is replaced in place, a
+    new row is appended, a row the sweep no longer makes is dropped. Returns the rows and
+    the keys ``{"replaced": [...], "added": [...], "dropped": [...]}``."""
+    fresh_by_key = {row_key(r): r for r in fresh}
+    stored_keys = {row_key(r) for r in stored}
+    rows: list[dict[str, Any]] = []
+    changes: dict[str, list] = {"replaced": [], "added": [], "dropped": []}
+    for row in stored:
+        key = row_key(row)
+        if key not in fresh_by_key:
+            changes["dropped"].append(key)
+        elif same(fresh_by_key[key]["approx_error"], row["approx_error"]):
+            rows.append(row)
+        else:
+            rows.append(fresh_by_key[key])
+            changes["replaced"].append(key)
+    for row in fresh:
+        if row_key(row) not in stored_keys:
+            rows.append(row)
+            changes["added"].append(row_key(row))
+    return rows, changes
