@@ -29,22 +29,18 @@ FAST = settings(max_examples=15, deadline=None, derandomize=True,
 
 @st.composite
 def method_and_settings(draw, dim: int):
-    name = draw(st.sampled_from(METHOD_NAMES))
-    # inner_lr is drawn as a fraction of the stable range and scaled per problem (_scale_lr)
-    s = {"steps": draw(st.integers(0, 8)), "inner_lr": draw(st.floats(0.05, 0.9))}
-    if is_implicit(name):
-        s["lam"] = draw(st.floats(0.5, 10.0))
-    if name == "penalty":
-        s["lam"] = draw(st.floats(0.0, 2.0))
-    if name == "imaml":
-        s["cg_iters"] = draw(st.integers(0, dim + 2))
-    if name == "neumann":
-        s["terms"] = draw(st.integers(0, 10))
-        s["step"] = draw(st.floats(0.1, 1.0))
-    kw = {"batching": draw(st.sampled_from(["vmap", "loop"])),
-          "hvp": draw(st.sampled_from(["fwdrev", "revrev"]))}
-    if name == "maml":
-        kw["backward"] = draw(st.sampled_from(["unrolled", "trajectory"]))
+    name = draw(st.sampled_from(list(METHOD_NAMES)))
+    cls = mg.METHODS[name]
+    # Each setting the method reads, drawn by its name: inner_lr as a fraction of the
+    # stable range, scaled per problem (_scale_lr); λ of an implicit method's proximal
+    # problem in [0.5, 10], of the penalty's objective in [0, 2].
+    strategies = {"steps": st.integers(0, 8), "inner_lr": st.floats(0.05, 0.9),
+                  "lam": st.floats(0.5, 10.0) if is_implicit(name) else st.floats(0.0, 2.0),
+                  "cg_iters": st.integers(0, dim + 2), "terms": st.integers(0, 10),
+                  "step": st.floats(0.1, 1.0)}
+    s = {k: draw(strategies[k]) for k in cls.setting_names()}
+    # every code path of the method: batching, HVP mode and its own options
+    kw = {k: draw(st.sampled_from(list(values))) for k, values in cls.code_paths.items()}
     return name, s, kw
 
 
