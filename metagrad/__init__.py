@@ -11,9 +11,11 @@ fields). ``METHODS`` is the registry; :func:`register_method` adds one.
 """
 
 from ._hvp import Loss, hvp
-from ._inner import GD, InnerLoop, InnerResult, adapt
+from ._inner import InnerLoop, InnerResult, adapt
 from ._module import module_loss, params_of, set_grads
 from ._pytree import Params
+from ._rates import Rates
+from ._rules import GD, Adam, Momentum
 from ._solvers import CGInfo, ConjugateGradient, NeumannInfo, NeumannSeries, cg, neumann
 from ._task import Task
 from .compiled import CompiledMethod, compile
@@ -41,6 +43,7 @@ from .methods import (
 __version__ = "0.2.0"
 
 __all__ = [
+    "Adam",
     "CGInfo",
     "CompiledMethod",
     "ConjugateGradient",
@@ -61,12 +64,14 @@ __all__ = [
     "MetaGradient",
     "MetaGradientWarning",
     "Method",
+    "Momentum",
     "Neumann",
     "NeumannInfo",
     "NeumannSeries",
     "NumericalError",
     "Params",
     "Penalty",
+    "Rates",
     "Reptile",
     "SETTINGS",
     "Sinusoid",

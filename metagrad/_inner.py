@@ -20,14 +20,17 @@ asks for:
 * :meth:`InnerLoop.check`, the numerical checks of the loop (non-descent explained by the
   step size and the curvature), and :meth:`InnerLoop.gradient_equivalents`, its cost.
 
-The update rule is an object too (:class:`GD`, the default), with the shape of an optax
-gradient transformation: ``init(θ) -> state`` and ``update(...) -> (φ, state)``.
+The update rule is an object too (``metagrad._rules``: :class:`GD`, the default,
+``Momentum``, ``Adam``), with the shape of an optax gradient transformation:
+``init(θ) -> state`` and ``update(...) -> (φ, state)``. The step sizes may be learned
+tensors, per parameter tensor, per entry and per step, and may leave parameters out
+(``metagrad._rates``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,12 +38,15 @@ from torch.func import grad_and_value, vmap
 from torch.utils import _pytree as torch_pytree
 
 from . import _pytree as pt
+from . import _rates
 from ._hvp import Loss
 from ._pytree import Params
-from ._validate import non_negative_float, non_negative_int, positive_float, settle
+from ._rates import Rates
+from ._rules import GD, Adam, Momentum, State
+from ._validate import non_negative_float, non_negative_int, settle
 
-State = tuple[Params, ...]
-"""An update rule's per-task state: a tuple of parameter-shaped dicts (empty for GD)."""
+Rule = GD | Momentum | Adam
+RULE_TYPES = (GD, Momentum, Adam)
 
 
 @dataclass
@@ -55,28 +61,8 @@ class InnerResult:
     """L_tr(θ⁽ᵏ⁾) for k = 0 … K−1 (shape ``(K,)``; empty for K = 0)."""
     trajectory: list[Params] | None = None
     """θ⁽⁰⁾, θ⁽ᶜ⁾, θ⁽²ᶜ⁾, … (k < K) when ``keep_every=c`` is asked for (memory-lean MAML)."""
-
-
-@dataclass(frozen=True)
-class GD:
-    """Plain gradient descent: the direction is the gradient itself, uₖ = gₖ, and the rule
-    keeps no state (Finn et al. 2017, eq. (1))."""
-
-    name: ClassVar[str] = "gd"
-
-    def init(self, theta: Params) -> State:
-        """The rule's state at φ⁽⁰⁾ = θ: none."""
-        return ()
-
-    def update(self, phi: Params, g: Params, state: State, inner_lr: float, theta: Params,
-               lam: float | None) -> tuple[Params, State]:
-        """``φ − α∇L(φ)``, or with ``lam`` the proximal step ``φ − α(∇L(φ) + λ(φ − θ))``."""
-        if lam is None:
-            return {k: torch.add(phi[k], g[k], alpha=-inner_lr) for k in phi}, state
-        # φ − αλ(φ − θ) − α∇L = lerp(φ, θ, αλ) − α∇L: two fused passes instead of five.
-        shrink = inner_lr * lam
-        return {k: torch.add(torch.lerp(phi[k], theta[k], shrink), g[k], alpha=-inner_lr)
-                for k in phi}, state
+    states: list[State] | None = None
+    """The update rule's state at the kept iterates, when asked for."""
 
 
 @dataclass(frozen=True)
@@ -87,22 +73,27 @@ class InnerLoop:
     ----------
     steps : int
         K ≥ 0, the number of inner steps.
-    inner_lr : float
-        α > 0, the inner step size.
-    rule : GD
+    inner_lr : float, Tensor or mapping of str to Tensor
+        The step sizes: a positive number, a 0-dim tensor (learnable), or rate tensors per
+        adapted parameter (per tensor, per entry, per step; a parameter left out is not
+        adapted). See ``metagrad._rates``.
+    rule : GD, Momentum or Adam
         The update rule (default: plain gradient descent).
     lam : float or None
         λ ≥ 0 of the proximal term λ/2‖φ − θ‖² (None: no proximal term).
     """
 
     steps: int
-    inner_lr: float
-    rule: GD = GD()
+    inner_lr: float | Tensor | Rates
+    rule: Rule = GD()
     lam: float | None = None
 
     def __post_init__(self) -> None:
         settle(self, "steps", non_negative_int)
-        settle(self, "inner_lr", positive_float)
+        object.__setattr__(self, "inner_lr", _rates.normalise(self.inner_lr))
+        if not isinstance(self.rule, RULE_TYPES):
+            raise TypeError(f"inner must be an update rule (mg.GD(), mg.Momentum(...), "
+                            f"mg.Adam(...)), got {self.rule!r:.80}")
         if self.lam is not None:
             settle(self, "lam", non_negative_float)
 
@@ -112,27 +103,67 @@ class InnerLoop:
         """Whether each step includes the pull λ(φ − θ) back to θ."""
         return self.lam is not None
 
+    def adapts_all(self, theta: Params) -> bool:
+        """Whether every parameter of ``theta`` is adapted (no name left out of the rates)."""
+        return len(_rates.adapted(self.inner_lr, theta)) == len(theta)
+
+    def hyper(self) -> dict[str, Any]:
+        """The loop's meta-parameters, by name: ``inner_lr`` when it is a tensor or a mapping of
+        tensors, the rule's tensors (momentum's ``beta``) when given as tensors."""
+        out: dict[str, Any] = {}
+        if isinstance(self.inner_lr, (Tensor, Rates)):
+            out["inner_lr"] = self.inner_lr
+        return {**out, **self.rule.hyper()}
+
+    def check_params(self, theta: Params) -> None:
+        """The rates against the parameters they step (known names, shapes that fit)."""
+        _rates.check(self.inner_lr, theta, self.steps)
+
     def init(self, theta: Params) -> State:
         """The update rule's state at φ⁽⁰⁾ = θ."""
         return self.rule.init(theta)
 
-    def step(self, loss: Loss, theta: Params, phi: Params, state: State,
-             batch: Any) -> tuple[Params, State, Tensor]:
-        """One step from φ: ``(φ⁽ᵏ⁺¹⁾, the rule's new state, L(φ⁽ᵏ⁾))``, L the loss on ``batch``."""
-        g, value = grad_and_value(loss)(phi, batch)
-        phi, state = self.rule.update(phi, g, state, self.inner_lr, theta, self.lam)
+    def step(self, loss: Loss, theta: Params, phi: Params, state: State, batch: Any,
+             k: Any = 0, hyper: dict[str, Any] | None = None,
+             first_order: bool = False) -> tuple[Params, State, Tensor]:
+        """Step k from φ: ``(φ⁽ᵏ⁺¹⁾, the rule's new state, L(φ⁽ᵏ⁾))``, L the loss on ``batch``.
+
+        ``hyper`` replaces the loop's meta-parameters by the tensors given (those a
+        derivative is taken with respect to); ``first_order`` treats the gradient as a
+        constant (no derivative flows through it)."""
+        hyper = hyper or {}
+        rates = hyper.get("inner_lr", self.inner_lr)
+        names = _rates.adapted(self.inner_lr, phi)
+        if len(names) == len(phi):
+            g, value = grad_and_value(loss)(phi, batch)
+        else:  # only the adapted parameters' gradient is needed (and computed)
+            def restricted(sub: Params) -> Tensor:
+                return loss({n: sub.get(n, phi[n]) for n in phi}, batch)
+
+            g, value = grad_and_value(restricted)({n: phi[n] for n in names})
+        if first_order:
+            g = pt.detach(g)
+        rule_hyper = {n: v for n, v in hyper.items() if n != "inner_lr"}
+        phi, state = self.rule.update(phi, g, state, _rates.at_step(rates, k, theta), k, theta,
+                                      self.lam, rule_hyper)
         return phi, state, value
 
-    def run(self, loss: Loss, theta: Params, batch: Any, keep_every: int = 0) -> InnerResult:
+    def run(self, loss: Loss, theta: Params, batch: Any, keep_every: int = 0,
+            hyper: dict[str, Any] | None = None, first_order: bool = False,
+            keep_states: bool = False) -> InnerResult:
         """One task's loop from θ. ``keep_every=c > 0`` keeps every c-th iterate θ⁽ᵏ⁾, k < K,
-        as ``trajectory``."""
+        as ``trajectory`` (with ``keep_states``, the rule's state there too, as
+        ``states``); ``hyper`` and ``first_order`` as in :meth:`step`."""
         phi, state = theta, self.init(theta)
         losses: list[Tensor] = []
         trajectory: list[Params] | None = [] if keep_every > 0 else None
+        states: list[State] | None = [] if keep_every > 0 and keep_states else None
         for k in range(self.steps):
             if trajectory is not None and k % keep_every == 0:
                 trajectory.append(phi)
-            phi, state, value = self.step(loss, theta, phi, state, batch)
+                if states is not None:
+                    states.append(state)
+            phi, state, value = self.step(loss, theta, phi, state, batch, k, hyper, first_order)
             losses.append(value)
         if losses:
             pre = losses[0]
@@ -140,7 +171,7 @@ class InnerLoop:
         else:
             pre = loss(theta, batch)
             inner_losses = pre.new_zeros((0,))
-        return InnerResult(phi, pre, inner_losses, trajectory)
+        return InnerResult(phi, pre, inner_losses, trajectory, states)
 
     def scan(self, loss: Loss, theta: Params, train: Any,
              keep_trajectory: bool = False) -> tuple[InnerResult, Params | None]:
@@ -154,18 +185,18 @@ class InnerLoop:
         phi0 = {k: v.expand(num_tasks, *v.shape).clone() for k, v in theta.items()}
         state0 = self.init(phi0)  # zeros shaped like φ carry the task dim too
 
-        def body(carry, _):
+        def body(carry, k):
             phi, state = carry
 
             def one(p, s, b):
-                return self.step(loss, theta, p, s, b)
+                return self.step(loss, theta, p, s, b, k)
 
             new, new_state, value = vmap(one)(phi, state, train)
             # scan's outputs may not alias its carry: the stored iterate is a copy.
             return (new, new_state), ((value, pt.clone(phi)) if keep_trajectory else value)
 
-        ticks = torch.zeros(self.steps, device=next(iter(phi0.values())).device)
-        (phi, _), outputs = scan(body, (phi0, state0), ticks)
+        device = next(iter(phi0.values())).device
+        (phi, _), outputs = scan(body, (phi0, state0), torch.arange(self.steps, device=device))
         values, trajectory = outputs if keep_trajectory else (outputs, None)
         inner_losses = values.transpose(0, 1)
         return InnerResult(phi, inner_losses[:, 0], inner_losses), trajectory
@@ -181,8 +212,8 @@ class InnerLoop:
         loss, explained by the step size and the curvature (``metagrad.diagnose``)."""
         from .diagnose import check_inner_loop
 
-        return check_inner_loop(diag, loss, theta, tasks, self.inner_lr, self.lam, hvp_mode,
-                                batching)
+        return check_inner_loop(diag, loss, theta, tasks, _rates.largest(self.inner_lr),
+                                self.lam, hvp_mode, batching, monotone=self.rule.monotone)
 
 
 def adapt(

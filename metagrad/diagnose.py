@@ -240,15 +240,18 @@ def inner_path(diag: dict[str, Tensor]) -> Tensor:
 
 def check_inner_loop(diag: dict[str, Tensor], loss: Loss, theta: Params, tasks: Any,
                      inner_lr: float, lam: float | None, hvp_mode: str,
-                     batching: str = "vmap") -> list[Finding]:
-    """Non-descent of the inner loop, explained by α(λ + L) ≥ 2 with L by power iteration.
+                     batching: str = "vmap", monotone: bool = True) -> list[Finding]:
+    """Non-descent of the inner loop, explained by α(λ + L) ≥ 2 with L by power iteration
+    (α the largest inner step size).
 
     Every iterate is read, the last one φ included. Plain GD on an L-smooth loss with
     α < 2/L decreases the loss at every step (descent lemma), so any rise from one iterate
     to the next is a symptom. Proximal GD with α(λ + L) < 2 decreases L_tr + λ/2‖φ − θ‖²,
     which starts at L_tr(θ) and bounds L_tr(φ⁽ᵏ⁾) from above, so a rise of L_tr above
-    L_tr(θ) is. Rises below ``RISE_TOL`` (relative), or below 8 units of rounding of the
-    losses' dtype, are rounding.
+    L_tr(θ) is. A rule that is not a descent method step by step (``monotone=False``:
+    momentum, Adam) may rise on the way; only an end above the start is a symptom there.
+    Rises below ``RISE_TOL`` (relative), or below 8 units of rounding of the losses' dtype,
+    are rounding.
     """
     path = inner_path(diag)
     if path.shape[1] < 2:
@@ -257,7 +260,9 @@ def check_inner_loop(diag: dict[str, Tensor], loss: Loss, theta: Params, tasks: 
     # (bfloat16 keeps 8 bits: a flat loss moves by 0.4 % from rounding alone), are noise.
     tol = max(RISE_TOL, 8 * torch.finfo(path.dtype).eps)
     scale = path.abs().amax(1, keepdim=True)
-    if lam is None:
+    if not monotone:  # only the end is compared with the start
+        path = path[:, [0, -1]]
+    if lam is None and monotone:
         rise = path[:, 1:] > path[:, :-1] + tol * scale
     else:
         rise = path[:, 1:] > path[:, :1] + tol * scale
@@ -272,7 +277,7 @@ def check_inner_loop(diag: dict[str, Tensor], loss: Loss, theta: Params, tasks: 
         # A random loss (dropout) draws a new mask at every evaluation: only rises beyond
         # its own noise are symptoms (four standard deviations of a difference of two).
         slack = 4 * (2 ** 0.5) * noise.reshape(-1, 1).to(path.dtype)
-        if lam is None:
+        if lam is None and monotone:
             rise = path[:, 1:] > path[:, :-1] + tol * scale + slack
         else:
             rise = path[:, 1:] > path[:, :1] + tol * scale + slack
@@ -286,7 +291,8 @@ def check_inner_loop(diag: dict[str, Tensor], loss: Loss, theta: Params, tasks: 
     rate = inner_lr * (shift + float(L[worst]))
     what = "proximal gradient descent" if lam is not None else "gradient descent"
     cond = "inner_lr·(lam + L)" if lam is not None else "inner_lr·L"
-    where = "above L_tr(θ)" if lam is not None else "from one inner step to the next"
+    where = ("above L_tr(θ)" if lam is not None else "from one inner step to the next"
+             ) if monotone else "above L_tr(θ) by the end of the inner loop"
     msg = (f"the inner loss rose {where} in {{where}}: "
            f"{what} converges only if {cond} < 2, and here L ≈ {float(L[worst]):.4g} "
            f"(largest Hessian eigenvalue at θ, power iteration) gives {cond} ≈ {rate:.3g}")

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils import _pytree as torch_pytree
 
 from .. import _pytree as pt
 from .._hvp import Loss
@@ -181,8 +182,10 @@ class CompiledMethod:
     def _run(self, entry: _Entry, loss: Loss, theta: Params, tasks: Task,
              first: bool = False) -> MetaGradient:
         assert entry.program is not None
+        hyper = self.method.hyper(next(iter(theta.values())))
         try:
-            grad, diag, finite, means = entry.program(loss, theta, tasks.train, tasks.val)
+            grad, hyper_grad, diag, finite, means = entry.program(loss, theta, tasks.train,
+                                                                  tasks.val, hyper)
         except Exception as err:
             if first:
                 raise
@@ -192,15 +195,16 @@ class CompiledMethod:
             raise _TaskDataError("tasks contain NaN or infinite values")
         if self._mode(next(iter(theta.values())).device) == "reduce-overhead":
             # CUDA-graph outputs live in a buffer the next replay overwrites.
-            grad = {k: v.clone() for k, v in grad.items()}
-            diag = {k: v.clone() for k, v in diag.items()}
+            grad, hyper_grad, diag = torch_pytree.tree_map(
+                lambda v: v.clone(), (grad, hyper_grad, diag))
             means = (means[0].clone(), means[1].clone())
         if self.method.diagnose != "off":
-            return self.method.finish(loss, theta, tasks, grad, diag)
+            return self.method.finish(loss, theta, tasks, grad, diag, hyper_grad)
         # What Method.finish returns without diagnostics, with the task means taken in
         # the graph.
         return MetaGradient(grad=grad, pre_update_loss=means[0], post_update_loss=means[1],
-                            diagnostics=diag, method=self.method.name)
+                            diagnostics=diag, method=self.method.name,
+                            hyper_grad=self.method._hyper_grad_as_given(hyper_grad))
 
 
 class _ProgramFailed(Exception):

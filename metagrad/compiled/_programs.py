@@ -53,12 +53,13 @@ def scan_available() -> bool:
 
 
 def unrolled(method: Method) -> Callable:
-    """(loss, θ, train, val) ↦ (mean gᵢ, per-task diagnostics, all task data finite, the
-    mean pre- and post-update losses), the batched computation as it runs eagerly."""
+    """(loss, θ, train, val, hyper) ↦ (mean gᵢ, mean meta-parameter gradients, per-task
+    diagnostics, all task data finite, the mean pre- and post-update losses), the batched
+    computation as it runs eagerly."""
 
-    def whole(loss, theta, train, val):
-        grad, diag = method.batched(loss)(theta, train, val)
-        return grad, diag, all_finite(train, val), _means(diag)
+    def whole(loss, theta, train, val, hyper):
+        grad, hyper_grad, diag = method.batched(loss)(theta, train, val, hyper)
+        return grad, hyper_grad, diag, all_finite(train, val), _means(diag)
 
     return whole
 
@@ -70,9 +71,10 @@ def scanned(method: Method) -> Callable:
     what is compiled does not grow with K."""
     loop = method.inner_loop
 
-    def run(loss, theta, train, val):
+    def run(loss, theta, train, val, hyper):
         inner, trajectory = loop.scan(loss, theta, train, method.scan_needs_trajectory)
-        grad, diag = method.batched_from_scan(loss, theta, train, val, inner, trajectory)
-        return grad, diag, all_finite(train, val), _means(diag)
+        grad, hyper_grad, diag = method.batched_from_scan(loss, theta, train, val, inner,
+                                                          trajectory)
+        return grad, hyper_grad, diag, all_finite(train, val), _means(diag)
 
     return run

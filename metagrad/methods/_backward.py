@@ -26,6 +26,7 @@ import torch
 from torch.func import grad, grad_and_value, vmap
 
 from .. import _pytree as pt
+from .. import _rates
 from .._hvp import Loss, hvp
 from .._inner import InnerLoop
 from .._pytree import Params
@@ -44,14 +45,33 @@ class Unrolled:
         return 0
 
     def per_task(self, loss: Loss, theta: Params, train: Any, val: Any, loop: InnerLoop,
-                 hvp_mode: str) -> TaskOutput:
-        def objective(theta: Params):
-            inner = loop.run(loss, theta, train)
-            post = loss(inner.phi, val)
-            return post, (inner.pre_update_loss, post, inner.inner_losses, inner.phi)
+                 hvp_mode: str, hyper: dict[str, Any] | None = None,
+                 weights: tuple[float, ...] | None = None) -> TaskOutput:
+        """Autograd through the loop: gᵢ = ∇_θ F and, with meta-parameters in ``hyper``,
+        ∇_hyper F; F = L_val(φ), or Σₖ wₖ L_val(θ⁽ᵏ⁾) over k = 1 … K with ``weights``."""
 
-        g, (pre, post, inner_losses, phi) = grad(objective, has_aux=True)(theta)
-        return TaskOutput(g, pre, post, {"inner_losses": inner_losses}, phi)
+        def objective(theta: Params, hyper: dict[str, Any]):
+            inner = loop.run(loss, theta, train, keep_every=1 if weights else 0,
+                             hyper=hyper or None)
+            post = loss(inner.phi, val)
+            extra = {}
+            value = post
+            if weights:  # MAML++'s multi-step loss: the val loss after every step, weighted
+                step_losses = torch.stack([loss(p, val) for p in (inner.trajectory or [])[1:]]
+                                          + [post])
+                value = (step_losses * torch.tensor(weights, dtype=post.dtype,
+                                                    device=post.device)).sum()
+                extra = {"step_val_losses": step_losses}
+            return value, (inner.pre_update_loss, post, inner.inner_losses, inner.phi, extra)
+
+        if hyper:
+            (g, hyper_grad), aux = grad(objective, argnums=(0, 1), has_aux=True)(theta, hyper)
+        else:
+            g, aux = grad(lambda t: objective(t, {}), has_aux=True)(theta)
+            hyper_grad = {}
+        pre, post, inner_losses, phi, extra = aux
+        return TaskOutput(g, pre, post, {"inner_losses": inner_losses, **extra}, phi,
+                          hyper_grad)
 
 
 @dataclass(frozen=True)
@@ -76,7 +96,7 @@ class Trajectory:
     def per_task(self, loss: Loss, theta: Params, train: Any, val: Any, loop: InnerLoop,
                  hvp_mode: str) -> TaskOutput:
         every = self.checkpoint or 1
-        steps, inner_lr = loop.steps, loop.inner_lr
+        steps, inner_lr = loop.steps, _rates.number(loop.inner_lr)  # checked by MAML
         inner = loop.run(loss, theta, train, keep_every=every)
         v, post = grad_and_value(loss)(inner.phi, val)
         stored = inner.trajectory or []

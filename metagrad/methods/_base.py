@@ -17,15 +17,18 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.func import vmap
+from torch.func import vjp, vmap
 from torch.utils import _pytree as torch_pytree
 
 from .. import _pytree as pt
+from .. import _rates
 from .._hvp import HVP_MODES, Loss, resolve_mode
 from .._inner import InnerLoop, InnerResult
 from .._pytree import Params
+from .._rates import Rates
+from .._rules import GD, Adam, Momentum, rule_label, rule_named
 from .._task import Task
-from .._validate import non_negative_int, positive_float, settle
+from .._validate import non_negative_int, settle
 from ..diagnose import DIAGNOSE_MODES, Finding, check_finite, emit
 
 BATCHING_MODES = ("vmap", "loop")
@@ -38,12 +41,18 @@ Neumann terms J and Neumann step η. Every other field of a method is a code-pat
 
 @dataclass
 class TaskOutput:
+    """One task's result, as a method's per-task code returns it."""
+
     grad: Params
+    """gᵢ, shaped like the parameters."""
     pre_update_loss: Tensor
     post_update_loss: Tensor
     diagnostics: dict[str, Tensor]
     phi: Params
     """The adapted parameters φ, whose train loss the numerical checks read."""
+    hyper_grad: dict[str, Any] = field(default_factory=dict)
+    """The task's meta-gradient with respect to the inner loop's meta-parameters (learned
+    rates, momentum's β), shaped like them; empty when there are none."""
 
 
 @dataclass
@@ -63,6 +72,11 @@ class MetaGradient:
     method: str = ""
     findings: list[Finding] = field(default_factory=list)
     """Numerical problems found, as values (see ``metagrad.diagnose``)."""
+    hyper_grad: dict[str, Any] = field(default_factory=dict)
+    """The mean meta-gradient with respect to the inner loop's meta-parameters:
+    ``hyper_grad["inner_lr"]`` with the keys and shapes of ``inner_lr`` when it is a tensor
+    or a dict of tensors, ``hyper_grad["beta"]`` for a momentum β given as a tensor; empty
+    when the inner loop has none."""
 
     @property
     def warnings(self) -> list[str]:
@@ -85,7 +99,8 @@ class Method:
     """
 
     steps: int = 5
-    inner_lr: float = 0.01
+    inner_lr: float | Tensor | Rates = 0.01
+    inner: GD | Momentum | Adam | str = field(default="gd", kw_only=True)
     batching: str = field(default="vmap", kw_only=True)
     hvp: str = field(default="auto", kw_only=True)
     diagnose: str = field(default="warn", kw_only=True)
@@ -117,9 +132,17 @@ class Method:
     """Options that select another code path to the same number, with their values; the
     verification runs each one."""
 
+    hyper_gradient: ClassVar[str | None] = None
+    """How the method differentiates the inner loop's meta-parameters (learned rates,
+    momentum's β): ``"exact"`` (through every inner step, as MAML), ``"first_order"`` (the
+    inner gradients held constant, as FOMAML treats the loop), or None: the method's
+    meta-direction is not the gradient of an objective in them (Reptile) or does not depend
+    on them (the implicit methods), and it refuses rate tensors that require a gradient."""
+
     def __post_init__(self) -> None:
         settle(self, "steps", non_negative_int)
-        settle(self, "inner_lr", positive_float)
+        object.__setattr__(self, "inner_lr", _rates.normalise(self.inner_lr))
+        object.__setattr__(self, "inner", rule_named(self.inner))
         if self.batching not in BATCHING_MODES:
             raise ValueError(f"batching must be one of {BATCHING_MODES}, got {self.batching!r}")
         if self.hvp not in HVP_MODES:
@@ -184,12 +207,37 @@ class Method:
     def build_inner_loop(self) -> InnerLoop:
         """The inner loop of this method, built from its fields: ``steps`` plain gradient
         descent steps of size ``inner_lr``. A new method overrides this to run another."""
-        return InnerLoop(self.steps, self.inner_lr)
+        assert not isinstance(self.inner, str)  # normalised in __post_init__
+        return InnerLoop(self.steps, self.inner_lr, self.inner)
 
-    def _per_task(self, loss: Loss, theta: Params, train: Any, val: Any) -> TaskOutput:
-        """One task: the inner loop, then :meth:`_from_inner`. MAML, which differentiates
-        through the loop, replaces this whole function."""
-        return self._from_inner(loss, theta, train, val, self.inner_loop.run(loss, theta, train))
+    def _per_task(self, loss: Loss, theta: Params, train: Any, val: Any,
+                  hyper: dict[str, Any]) -> TaskOutput:
+        """One task: the inner loop, then :meth:`_from_inner`. With meta-parameters in
+        ``hyper`` and ``hyper_gradient == "first_order"``, also their first-order
+        meta-gradient (:meth:`_first_order`). MAML, which differentiates through the loop,
+        replaces this whole function."""
+        if hyper and self.hyper_gradient == "first_order":
+            return self._first_order(loss, theta, train, val, hyper)
+        inner = self.inner_loop.run(loss, theta, train, hyper=hyper or None)
+        return self._from_inner(loss, theta, train, val, inner)
+
+    def _first_order(self, loss: Loss, theta: Params, train: Any, val: Any,
+                     hyper: dict[str, Any]) -> TaskOutput:
+        """gᵢ from :meth:`_from_inner`, and the meta-parameters' first-order meta-gradient
+        (∂φ/∂h)ᵀ gᵢ with every inner gradient held constant: for step sizes,
+        ∂/∂αₖ = −uₖ ⊙ gᵢ summed over the entries a rate covers. gᵢ must be the gradient in φ
+        of the method's objective at φ (FOMAML: ∇L_val(φ)), as it is when the loop is
+        treated as a constant; Li et al. 2017 (Meta-SGD) and Antoniou et al. 2019 (MAML++)
+        use this first-order form too."""
+
+        def phi_of(h: dict[str, Any]):
+            inner = self.inner_loop.run(loss, theta, train, hyper=h, first_order=True)
+            return inner.phi, (inner.pre_update_loss, inner.inner_losses)
+
+        phi, pullback, (pre, losses) = vjp(phi_of, hyper, has_aux=True)  # type: ignore[misc]
+        out = self._from_inner(loss, theta, train, val, InnerResult(phi, pre, losses))
+        out.hyper_grad = pullback(out.grad)[0]
+        return out
 
     def _from_inner(self, loss: Loss, theta: Params, train: Any, val: Any,
                     inner: InnerResult) -> TaskOutput:
@@ -210,20 +258,24 @@ class Method:
     def scannable(self) -> str | None:
         """None when the inner loop can run as one ``scan`` (see :meth:`batched_from_scan`),
         else why not."""
+        if self.inner_loop.hyper() and self.hyper_gradient is not None:
+            return ("the scanned loop does not differentiate the inner loop's "
+                    "meta-parameters (learned rates)")
         return None
 
     def batched_from_scan(self, loss: Loss, theta: Params, train: Any, val: Any,
                           inner: InnerResult, trajectory: Params | None
-                          ) -> tuple[Params, dict[str, Tensor]]:
-        """``(mean gᵢ, per-task diagnostics)`` from every task's inner loop, run beforehand
-        by :meth:`InnerLoop.scan` (batched over tasks). By default each task's
-        :meth:`_from_inner`, under ``vmap``."""
+                          ) -> tuple[Params, dict[str, Any], dict[str, Tensor]]:
+        """``(mean gᵢ, mean meta-parameter gradients, per-task diagnostics)`` from every
+        task's inner loop, run beforehand by :meth:`InnerLoop.scan` (batched over tasks).
+        By default each task's :meth:`_from_inner`, under ``vmap``."""
 
         def one(tr, va, phi, losses):
-            return self._task_result(loss, theta, tr, va, InnerResult(phi, losses[0], losses))
+            return self._task_result(loss, theta, tr, va, {},
+                                     InnerResult(phi, losses[0], losses))
 
-        grads, diag = vmap(one)(train, val, inner.phi, inner.inner_losses)
-        return pt.mean0(grads), diag
+        grads, hyper_grads, diag = vmap(one)(train, val, inner.phi, inner.inner_losses)
+        return pt.mean0(grads), _mean0_tree(hyper_grads), diag
 
     # -- the public call -----------------------------------------------------------------
     def _findings(self, loss: Loss, theta: Params, tasks: Task,
@@ -233,9 +285,21 @@ class Method:
         return check_finite(diag) + self.inner_loop.check(diag, loss, theta, tasks, mode,
                                                           self.batching)
 
-    def batched(self, loss: Loss) -> Callable[[Params, Any, Any],
-                                              tuple[Params, dict[str, Tensor]]]:
-        """The pure batched computation ``(θ, train, val) ↦ (mean gᵢ, per-task diagnostics)``.
+    def hyper(self, like: Tensor) -> dict[str, Any]:
+        """The inner loop's meta-parameters as the inputs of this call's computation:
+        detached copies, in the dtype and on the device of ``like`` (the parameters)."""
+        out: dict[str, Any] = {}
+        for name, value in self.inner_loop.hyper().items():
+            converted = _rates.as_hyper(value, like)
+            if converted is not None:
+                out[name] = converted
+        return out
+
+    def batched(self, loss: Loss) -> Callable[..., tuple[Params, dict[str, Any],
+                                                         dict[str, Tensor]]]:
+        """The pure batched computation ``(θ, train, val, hyper) ↦ (mean gᵢ, mean
+        meta-parameter gradients, per-task diagnostics)``, ``hyper`` as :meth:`hyper` gives
+        it (empty when the loop has no meta-parameters).
 
         No validation and no Python-side checks, so it can be traced by ``torch.compile``
         (see :func:`metagrad.compile`). With the checks on (``diagnose != "off"``) it also
@@ -243,17 +307,18 @@ class Method:
         inner iterate, the only one for K = 1, is checked like the others.
         """
 
-        def one(theta: Params, train: Any, val: Any):
-            return self._task_result(loss, theta, train, val)
+        def one(theta: Params, train: Any, val: Any, hyper: dict[str, Any]):
+            return self._task_result(loss, theta, train, val, hyper)
 
-        def run(theta: Params, train: Any, val: Any):
+        def run(theta: Params, train: Any, val: Any, hyper: dict[str, Any] | None = None):
+            hyper = hyper or {}
             if self.batching == "vmap":
                 # Non-tensor leaves of a batch (names, flags) are passed to every task as they
                 # are; random ops (dropout) draw independently per task, as in a loop.
-                dims = (None, _task_dims(train), _task_dims(val))
+                dims = (None, _task_dims(train), _task_dims(val), None)
                 try:
-                    grads, diag = vmap(one, in_dims=dims, randomness="different")(
-                        theta, train, val)
+                    grads, hyper_grads, diag = vmap(one, in_dims=dims, randomness="different")(
+                        theta, train, val, hyper)
                 except (RuntimeError, ValueError) as err:
                     if "vmap" not in str(err):
                         raise
@@ -265,17 +330,19 @@ class Method:
                         "tasks one at a time instead with batching='loop' (the same numbers, "
                         "slower), or rewrite that part with torch.where.") from err
             else:
-                grads, diag = _loop(one, theta, Task(train, val))
-            return pt.mean0(grads), diag
+                grads, hyper_grads, diag = _loop(lambda th, tr, va: one(th, tr, va, hyper),
+                                                 theta, Task(train, val))
+            return pt.mean0(grads), _mean0_tree(hyper_grads), diag
 
         return run
 
     def _task_result(self, loss: Loss, theta: Params, train: Any, val: Any,
-                     inner: InnerResult | None = None) -> tuple[Params, dict[str, Tensor]]:
-        """One task's gᵢ and diagnostics: what :meth:`batched` maps over the tasks (from the
-        task's finished inner loop when ``inner`` is given). With the checks on,
-        ``final_inner_loss`` = L_tr(φ) too (one forward pass)."""
-        out = (self._per_task(loss, theta, train, val) if inner is None
+                     hyper: dict[str, Any], inner: InnerResult | None = None
+                     ) -> tuple[Params, dict[str, Any], dict[str, Tensor]]:
+        """One task's gᵢ, meta-parameter gradients and diagnostics: what :meth:`batched`
+        maps over the tasks (from the task's finished inner loop when ``inner`` is given).
+        With the checks on, ``final_inner_loss`` = L_tr(φ) too (one forward pass)."""
+        out = (self._per_task(loss, theta, train, val, hyper) if inner is None
                else self._from_inner(loss, theta, train, val, inner))
         # float64: a finite meta-gradient with entries beyond 1.8e19 must not read as inf.
         diag = {**out.diagnostics, "pre_update_loss": out.pre_update_loss,
@@ -283,16 +350,36 @@ class Method:
                 "grad_norm": pt.norm(out.grad, torch.float64)}
         if self.diagnose != "off":
             diag["final_inner_loss"] = loss(pt.detach(out.phi), train)
-        return out.grad, diag
+        return out.grad, out.hyper_grad, diag
 
     def prepare(self, loss: Loss, params: Mapping[str, Tensor], tasks: Task) -> Params:
         """Validate the call's inputs; return the detached parameters."""
         theta = _check_params(params)
-        self.inner_loop  # noqa: B018 - built here, outside any compiled code
+        loop = self.inner_loop  # built here, outside any compiled code
+        loop.check_params(theta)
+        self._check_hyper(loop, theta)
         self._check_settings_fit(next(iter(theta.values())).dtype)
         _check_tasks(tasks, theta)
         _check_loss(loss, theta, tasks)
         return theta
+
+    def _check_hyper(self, loop: InnerLoop, theta: Params) -> None:
+        """A method that cannot differentiate the inner loop's meta-parameters refuses ones
+        that ask for a gradient, instead of returning zeros for them."""
+        wanted = [name for name, value in loop.hyper().items()
+                  if any(t.requires_grad for t in
+                         (value.values() if isinstance(value, Mapping) else [value]))]
+        if wanted and self.hyper_gradient is None:
+            raise ValueError(
+                f"{self.name} returns no meta-gradient for {', '.join(wanted)} (tensors that "
+                f"require grad): {self.hyper_gradient_note} Learn them with MAML (exact) or "
+                "FOMAML (first order), or pass tensors that do not require grad to use them "
+                "as fixed step sizes")
+
+    hyper_gradient_note: ClassVar[str] = (
+        "its meta-direction is not the gradient of an objective in the inner loop's "
+        "meta-parameters.")
+    """Why the method has no meta-gradient for learned rates (shown when it refuses them)."""
 
     def _check_settings_fit(self, dtype: torch.dtype) -> None:
         """Step sizes and λ are multipliers in the parameters' dtype (and 1/λ too): a value
@@ -307,7 +394,8 @@ class Method:
                     "use a wider dtype")
 
     def finish(self, loss: Loss, theta: Params, tasks: Task, grad: Params,
-               diag: dict[str, Tensor]) -> MetaGradient:
+               diag: dict[str, Tensor], hyper_grad: dict[str, Any] | None = None
+               ) -> MetaGradient:
         """Package the result and run the numerical checks of ``metagrad.diagnose``."""
         result = MetaGradient(
             grad=grad,
@@ -315,6 +403,7 @@ class Method:
             post_update_loss=diag["post_update_loss"].mean(),
             diagnostics=diag,
             method=self.name,
+            hyper_grad=self._hyper_grad_as_given(hyper_grad or {}),
         )
         if self.diagnose != "off":
             result.findings = [Finding(f.kind, f.template, f.tasks, self.name)
@@ -322,15 +411,35 @@ class Method:
             emit(result.findings, self.diagnose)
         return result
 
+    def _hyper_grad_as_given(self, hyper_grad: dict[str, Any]) -> dict[str, Any]:
+        """Meta-parameter gradients in the dtypes and on the devices of the user's tensors."""
+        given = self.inner_loop.hyper()
+        return {k: _rates.in_given_dtypes(v, given[k]) for k, v in hyper_grad.items()}
+
     def __call__(self, loss: Loss, params: Mapping[str, Tensor], tasks: Task) -> MetaGradient:
         theta = self.prepare(loss, params, tasks)
-        grad, diag = self.batched(loss)(theta, tasks.train, tasks.val)
-        return self.finish(loss, theta, tasks, grad, diag)
+        hyper = self.hyper(next(iter(theta.values())))
+        grad, hyper_grad, diag = self.batched(loss)(theta, tasks.train, tasks.val, hyper)
+        return self.finish(loss, theta, tasks, grad, diag, hyper_grad)
 
 
 def _plain(value: Any) -> Any:
-    """Option objects (e.g. MAML's backward mode) as their short name in a config dict."""
-    return getattr(value, "name", value) if not isinstance(value, (int, float, str)) else value
+    """Option objects as plain values in a config dict: MAML's backward mode and a default
+    update rule by their short name, a rule with other settings by its repr, rates by the
+    forms used."""
+    if isinstance(value, (int, float, str)) or value is None:
+        return value
+    if isinstance(value, (Tensor, Rates)):
+        return _rates.describe(value)
+    if isinstance(value, (GD, Momentum, Adam)):
+        label = rule_label(value)
+        return label if rule_named(label) == value else repr(value)
+    return getattr(value, "name", value)
+
+
+def _mean0_tree(tree: dict[str, Any]) -> dict[str, Any]:
+    """The mean over the leading (task) dimension of every tensor in a nested dict."""
+    return torch_pytree.tree_map(lambda v: v.mean(0), tree)
 
 
 def _task_dims(batch: Any) -> Any:

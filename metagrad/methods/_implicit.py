@@ -22,9 +22,11 @@ from torch import Tensor
 from torch.func import grad_and_value
 
 from .. import _pytree as pt
+from .. import _rates
 from .._hvp import Loss, hvp_operator
 from .._inner import InnerLoop, InnerResult
 from .._pytree import Params
+from .._rules import GD
 from .._solvers import ConjugateGradient, NeumannSeries
 from .._task import Task
 from .._validate import positive_float, settle
@@ -37,6 +39,10 @@ class ImplicitMethod(Method):
     lam: float = 1.0
 
     target: ClassVar[str] = "implicit"
+    hyper_gradient_note: ClassVar[str] = (
+        "the implicit gradient is taken at the minimiser of the proximal inner problem, "
+        "which neither the inner optimizer nor its step sizes move, so their meta-gradient "
+        "is zero.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -48,8 +54,20 @@ class ImplicitMethod(Method):
         raise NotImplementedError
 
     def build_inner_loop(self) -> InnerLoop:
-        """K steps of proximal gradient descent on L_tr(φ) + λ/2‖φ − θ‖² from φ = θ."""
-        return InnerLoop(self.steps, self.inner_lr, lam=self.lam)
+        """K steps of the update rule (default: gradient descent) on the proximal inner
+        problem L_tr(φ) + λ/2‖φ − θ‖² from φ = θ."""
+        assert not isinstance(self.inner, str)  # normalised in __post_init__
+        return InnerLoop(self.steps, self.inner_lr, self.inner, lam=self.lam)
+
+    def _check_hyper(self, loop: InnerLoop, theta: Params) -> None:
+        super()._check_hyper(loop, theta)
+        if not loop.adapts_all(theta):
+            # The implicit gradient of a partially adapted model needs the cross-curvature
+            # of the adapted and the fixed parameters, which these solvers do not form.
+            raise ValueError(
+                f"{self.name} adapts every parameter: inner_lr as a dict must give a rate for "
+                f"each one (it leaves out some); partial adaptation (ANIL) is supported by "
+                f"MAML, FOMAML, Reptile and Penalty")
 
     def gradient_equivalents(self) -> float:
         return self.inner_loop.gradient_equivalents() + 1 + self.solver.gradient_equivalents()
@@ -79,7 +97,9 @@ class ImplicitMethod(Method):
                 "the result is the implicit-gradient formula at θ, not at the minimiser φ* "
                 "in {where}; use steps ≥ 1 with inner_lr·(lam + L) < 2",
                 tuple(range(tasks.num_tasks))))
-        if solver.matvecs > 0 and self.steps > 0:
-            # The solver's Rayleigh quotients bound λ_max(H) from below for free.
-            found += check_proximal_rate(self.inner_lr, self.lam, info.max_curvature)
+        if solver.matvecs > 0 and self.steps > 0 and isinstance(self.inner, GD):
+            # The solver's Rayleigh quotients bound λ_max(H) from below for free; the rate
+            # condition α(λ + L) < 2 is proximal gradient descent's.
+            found += check_proximal_rate(_rates.largest(self.inner_lr), self.lam,
+                                         info.max_curvature)
         return found + solver.check(info)

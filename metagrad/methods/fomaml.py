@@ -33,6 +33,7 @@ class FOMAML(Method):
     paper: ClassVar[str] = ("Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning for "
                             "Fast Adaptation of Deep Networks (ICML), section 5.2")
     gradient_of: ClassVar[str | None] = "val_at_phi"
+    hyper_gradient: ClassVar[str | None] = "first_order"
 
     def gradient_equivalents(self) -> float:
         return self.inner_loop.gradient_equivalents() + 1

@@ -9,9 +9,11 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from .. import _pytree as pt
+from .. import _rates
 from .._hvp import Loss, resolve_mode
 from .._inner import InnerResult
 from .._pytree import Params
+from .._rules import GD
 from ._backward import BACKWARD_MODES, Trajectory, Unrolled, sweep_scanned
 from ._base import Method, TaskOutput
 
@@ -31,25 +33,43 @@ class MAML(Method):
     checkpointed trajectory). The inner loop diverges once α·λ_max(H) ≥ 2; a rising
     inner loss is reported.
 
-    Fields: ``steps`` (K), ``inner_lr`` (α), the options ``batching``, ``hvp``,
-    ``diagnose`` of :class:`metagrad.Method`, and
+    **Inner-loop variants, all exact.** With step sizes αₖ given as tensors (``inner_lr``:
+    0-dim, per parameter tensor, per entry, per step; see :class:`metagrad.InnerLoop`) the
+    loop is θ⁽ᵏ⁺¹⁾ = θ⁽ᵏ⁾ − αₖ ⊙ ∇L_tr(θ⁽ᵏ⁾): Meta-SGD (Li et al. 2017) learns one rate per
+    entry, MAML++ (Antoniou et al. 2019) one per layer and step, and a parameter left out
+    of the rates is not adapted (ANIL, Raghu et al. 2020). The call then also returns the
+    exact meta-gradient with respect to the rates, ``out.hyper_grad["inner_lr"]`` (same
+    keys and shapes), ∂F/∂αₖ = −(Jₖ₊₁ᵀ∇L_val(φ)) ⊙ ∇L_tr(θ⁽ᵏ⁾) summed over the entries a
+    rate covers, Jₖ₊₁ = ∂φ/∂θ⁽ᵏ⁺¹⁾. With ``inner=mg.Momentum(...)`` or ``mg.Adam(...)`` the
+    loop is that optimizer (its state starting at zero in every task), differentiated
+    through every step; a momentum β given as a tensor is a meta-parameter too
+    (``out.hyper_grad["beta"]``). With ``step_weights=(w₁, …, w_K)`` the objective is
+    MAML++'s multi-step loss (Antoniou et al. 2019, §4) F = Σₖ wₖ L_val(θ⁽ᵏ⁾), k = 1 … K,
+    and gᵢ = ∇_θ F (``post_update_loss`` stays L_val(φ)).
+
+    Fields: ``steps`` (K), ``inner_lr`` (α or rate tensors), ``inner`` (the update rule),
+    the options ``batching``, ``hvp``, ``diagnose`` of :class:`metagrad.Method`, and
 
     * ``backward``: ``"unrolled"`` (default, autograd through the inner loop),
       ``"trajectory"`` (stored iterates and a Hessian-vector-product sweep: the same
-      number with less memory), or an object :class:`metagrad.Unrolled` /
-      :class:`metagrad.Trajectory`; after construction it is always the object;
+      number with less memory, for plain gradient descent with a float ``inner_lr``), or
+      an object :class:`metagrad.Unrolled` / :class:`metagrad.Trajectory`; after
+      construction it is always the object;
     * ``checkpoint``: with ``backward="trajectory"``, keep every c-th iterate only and
-      recompute the rest (``MAML(backward=mg.Trajectory(checkpoint=c))`` says the same).
+      recompute the rest (``MAML(backward=mg.Trajectory(checkpoint=c))`` says the same);
+    * ``step_weights``: K weights of the multi-step loss, or None (the last step only).
     """
 
     backward: str | Unrolled | Trajectory = field(default="unrolled", kw_only=True)
     checkpoint: int | None = field(default=None, kw_only=True)
+    step_weights: tuple[float, ...] | None = field(default=None, kw_only=True)
 
     name: ClassVar[str] = "maml"
     title: ClassVar[str] = "MAML (second order)"
     paper: ClassVar[str] = ("Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning for "
                             "Fast Adaptation of Deep Networks (ICML)")
     gradient_of: ClassVar[str | None] = "meta_objective"
+    hyper_gradient: ClassVar[str | None] = "exact"
     code_paths: ClassVar[dict[str, tuple[Any, ...]]] = {
         **Method.code_paths, "backward": tuple(BACKWARD_MODES)}
 
@@ -79,6 +99,16 @@ class MAML(Method):
         # mirroring it (so ``dataclasses.replace`` and equality behave).
         object.__setattr__(self, "backward", mode)
         object.__setattr__(self, "checkpoint", getattr(mode, "checkpoint", None))
+        if self.step_weights is not None:
+            object.__setattr__(self, "step_weights", _weights(self.step_weights, self.steps))
+        if isinstance(mode, Trajectory):
+            plain = (isinstance(self.inner_lr, float) and isinstance(self.inner, GD)
+                     and self.step_weights is None)
+            if not plain:
+                raise ValueError(
+                    "backward='trajectory' sweeps back through plain gradient descent with a "
+                    "float inner_lr; use the default backward='unrolled' for rate tensors, "
+                    "momentum or Adam inner loops and step_weights")
 
     def gradient_equivalents(self) -> float:
         assert not isinstance(self.backward, str)  # normalised in __post_init__
@@ -86,9 +116,13 @@ class MAML(Method):
         return (3 * self.inner_loop.gradient_equivalents() + 1
                 + self.backward.recomputed_gradients(self.steps))
 
-    def _per_task(self, loss: Loss, theta: Params, train: Any, val: Any) -> TaskOutput:
+    def _per_task(self, loss: Loss, theta: Params, train: Any, val: Any,
+                  hyper: dict[str, Any]) -> TaskOutput:
         assert not isinstance(self.backward, str)
-        return self.backward.per_task(loss, theta, train, val, self.inner_loop, self.hvp)
+        if isinstance(self.backward, Trajectory):  # plain GD, no meta-parameters (checked)
+            return self.backward.per_task(loss, theta, train, val, self.inner_loop, self.hvp)
+        return self.backward.per_task(loss, theta, train, val, self.inner_loop, self.hvp,
+                                      hyper, self.step_weights)
 
     # -- the scanned form (metagrad.compile) -----------------------------------------------
     scan_needs_trajectory: ClassVar[bool] = True
@@ -98,21 +132,43 @@ class MAML(Method):
         if isinstance(self.backward, Trajectory) and self.backward.checkpoint not in (None, 1):
             return ("the scanned loop stores every inner iterate for the backward sweep, so a "
                     "checkpointed trajectory cannot use it")
+        if not (isinstance(self.inner_lr, float) and isinstance(self.inner, GD)
+                and self.step_weights is None):
+            return ("the scanned backward sweep is written for plain gradient descent with a "
+                    "float inner_lr")
         return None
 
     def batched_from_scan(self, loss: Loss, theta: Params, train: Any, val: Any,
                           inner: InnerResult, trajectory: Params | None
-                          ) -> tuple[Params, dict[str, Tensor]]:
+                          ) -> tuple[Params, dict[str, Any], dict[str, Tensor]]:
         """The reverse sweep v ← v − αH(θ⁽ᵏ⁾)v from v = ∇L_val(φ) over the stored iterates
         (the ``backward="trajectory"`` algorithm: the same meta-gradient as autograd through
         the loop), for all tasks at once."""
         assert trajectory is not None
         mode = resolve_mode(self.hvp, next(iter(theta.values())).device)
         v, post = vmap(grad_and_value(loss))(inner.phi, val)
-        v = sweep_scanned(loss, train, trajectory, v, self.inner_lr, mode)
+        v = sweep_scanned(loss, train, trajectory, v, _rates.number(self.inner_lr), mode)
         # The eager method's diagnostics (Method._task_result), batched.
         diag = {"inner_losses": inner.inner_losses, "pre_update_loss": inner.pre_update_loss,
                 "post_update_loss": post, "grad_norm": pt.norm_per_task(v)}
         if self.diagnose != "off":  # the last iterate is checked too, as in the eager call
             diag["final_inner_loss"] = vmap(loss)(inner.phi, train)
-        return pt.mean0(v), diag
+        return pt.mean0(v), {}, diag
+
+
+def _weights(weights: Any, steps: int) -> tuple[float, ...]:
+    """The multi-step loss's weights, one per inner step, as finite floats."""
+    import math
+
+    values = tuple(weights)
+    if steps == 0 or len(values) != steps:
+        raise ValueError(f"step_weights must give one weight per inner step ({steps}), got "
+                         f"{len(values)}" + (" (the multi-step loss needs steps ≥ 1)"
+                                             if steps == 0 else ""))
+    out = []
+    for i, w in enumerate(values):
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise ValueError(f"step_weights[{i}] must be a finite number, got {w!r}")
+        out.append(float(w))
+    return tuple(out)
+

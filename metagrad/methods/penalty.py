@@ -42,6 +42,7 @@ class Penalty(Method):
     paper: ClassVar[str] = ("Mehra & Hamm 2021, Penalty Method for Inversion-Free Deep "
                             "Bilevel Optimization (ACML)")
     gradient_of: ClassVar[str | None] = "penalty_at_phi"
+    hyper_gradient: ClassVar[str | None] = "first_order"
     log_columns: ClassVar[dict[str, str]] = {"penalty": "mean"}
 
     @classmethod

@@ -37,6 +37,8 @@ class Reptile(Method):
     paper: ClassVar[str] = ("Nichol, Achiam & Schulman 2018, On First-Order Meta-Learning "
                             "Algorithms (arXiv:1803.02999)")
     gradient_of: ClassVar[str | None] = "train_along_path"
+    hyper_gradient_note: ClassVar[str] = (
+        "Reptile's direction θ − φ is not the gradient of an objective in them.")
 
     def gradient_equivalents(self) -> float:
         return self.inner_loop.gradient_equivalents()

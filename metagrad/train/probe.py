@@ -47,7 +47,6 @@ from torch.func import grad
 from torch.nn import functional as F
 
 from .. import _pytree as pt
-from .._inner import adapt
 from .._module import module_loss
 from .._task import Task
 from ..diagnose import largest_curvature
@@ -128,7 +127,7 @@ class GradientProbe:
                     errs["err_implicit"].append(err)
                     errs["cos_implicit"].append(cos)
                 train = one64.task(0)[0]
-                inner = adapt(self.loss64, theta64, train, m.steps, m.inner_lr, lam=lam)
+                inner = m.inner_loop.run(self.loss64, theta64, train)
                 stationarity = pt.axpy(lam, pt.sub(inner.phi, theta64),
                                        grad(self.loss64)(inner.phi, train))
                 residuals.append(float(pt.norm(stationarity))

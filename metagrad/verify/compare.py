@@ -22,6 +22,8 @@ relative errors ‖a − b‖ / ‖b‖:
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
@@ -31,7 +33,9 @@ from metagrad_reference import closed_form as cf
 from metagrad_reference import dense, finite_diff, targets
 from torch import Tensor
 
-from ..methods import SETTINGS, is_implicit, method_class
+from .. import _rates
+from .._forms import inner_form
+from ..methods import SETTINGS, Method, method_class
 from ..problems import Problem, make_problem
 
 REF_RTOL = 1e-9
@@ -62,7 +66,7 @@ def freeze(value: Any) -> Any:
         data = value.detach().cpu().contiguous()
         return ("tensor", tuple(data.shape), str(data.dtype),
                 hashlib.sha256(data.numpy().tobytes()).hexdigest())
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return ("dict", tuple((k, freeze(v)) for k, v in sorted(value.items())))
     if isinstance(value, (list, tuple)):
         return (type(value).__name__, tuple(freeze(v) for v in value))
@@ -72,12 +76,66 @@ def freeze(value: Any) -> Any:
     return value
 
 
-def identity(method: str, settings: dict[str, Any]) -> tuple:
-    """What defines method ``method``'s quantity at ``settings``: its name, the oracle
-    quantity it stands for, every setting, and the inner loop it runs."""
-    cls = method_class(method)
-    loop = cls(**settings).inner_loop
-    return (method, cls.oracle_name or method, freeze(settings), freeze(loop))
+def as_method(method: str | Method, settings: dict[str, Any] | None = None) -> Method:
+    """The method object: ``method`` itself, or the class registered as ``method`` built at
+    ``settings``."""
+    if isinstance(method, Method):
+        return method
+    return method_class(method)(**(settings or {}))
+
+
+def identity(method: str | Method, settings: dict[str, Any] | None = None) -> tuple:
+    """What defines a method's quantity: its name, the oracle quantity it stands for, and
+    every field but the code-path options (settings, rates, update rule, loss weights),
+    with the inner loop it runs."""
+    m = as_method(method, settings)
+    options = set(type(m).code_paths) | {"diagnose"}
+    defining = {f.name: getattr(m, f.name) for f in fields(m) if f.name not in options}
+    return (m.name, type(m).oracle_name or m.name, freeze(defining), freeze(m.inner_loop))
+
+
+def plain_loop(method: Method) -> bool:
+    """Whether the method runs the textbook inner loop (one float step size for every
+    parameter, plain or proximal gradient descent, the last step's loss): the oracle's
+    original references apply. Otherwise the inner-loop variants' references do
+    (``metagrad_reference.inner_loops``)."""
+    from .._rules import GD
+
+    loop = method.inner_loop
+    return (isinstance(loop.inner_lr, float) and isinstance(loop.rule, GD)
+            and getattr(method, "step_weights", None) is None)
+
+
+def oracle_variant(method: Method) -> dict[str, Any]:
+    """The method's inner loop in the oracle's terms: ``rates``, ``rule`` (and MAML's
+    ``weights``), for ``metagrad_reference.inner_loops``."""
+    from metagrad_reference import inner_loops as il
+
+    from .._rules import Adam, Momentum
+
+    loop = method.inner_loop
+    rates: Any = loop.inner_lr
+    if isinstance(rates, Mapping):
+        rates = {k: v.detach() for k, v in rates.items()}
+    elif isinstance(rates, Tensor):
+        rates = rates.detach()
+    rule = loop.rule
+    if isinstance(rule, Momentum):
+        spec = il.Rule("nesterov" if rule.nesterov else "momentum", beta=(
+            rule.beta.detach() if isinstance(rule.beta, Tensor) else rule.beta))
+    elif isinstance(rule, Adam):
+        spec = il.Rule("adam", beta1=rule.beta1, beta2=rule.beta2, eps=rule.eps)
+    else:
+        spec = il.Rule("gd")
+    out: dict[str, Any] = {"rates": rates, "rule": spec}
+    if getattr(method, "step_weights", None) is not None:
+        out["weights"] = method.step_weights  # type: ignore[attr-defined]
+    return out
+
+
+def layout(problem: Problem) -> list[tuple[str, tuple[int, ...]]]:
+    """The parameters' names and shapes, in the flat order of the oracle's vectors."""
+    return [(k, tuple(v.shape)) for k, v in problem.params.items()]
 
 
 def get(name: str, meta_batch: int = 2, seed: int = 0,
@@ -121,9 +179,14 @@ class Case:
     options: tuple[tuple[str, Any], ...] = tuple(sorted(DEFAULT_OPTIONS.items()))
     seed: int = 0
     dtype: torch.dtype = torch.float64
+    inner: str | None = None
+    """A named inner-loop form (``metagrad._forms.INNER_FORMS``: learned rates, partial
+    adaptation, momentum, Adam, the multi-step loss), built on the problem's parameters
+    with rates spread around ``inner_lr`` (seeded), or None for the plain loop."""
 
     @staticmethod
-    def of(method: str, problem: str, meta_batch: int = 2, **given: Any) -> Case:
+    def of(method: str, problem: str, meta_batch: int = 2, inner: str | None = None,
+           **given: Any) -> Case:
         """``Case.of("maml", "linreg", steps=3, inner_lr=0.1, backward="trajectory")``: the
         numerical settings and the code-path options in one call."""
         cls = method_class(method)
@@ -136,8 +199,12 @@ class Case:
         unknown = set(options) - known
         if unknown:
             raise ValueError(f"{method} has no option or setting {sorted(unknown)}")
+        if inner is not None:
+            reason = inner_form(inner).applies_to(cls)
+            if reason:
+                raise ValueError(f"{method} cannot run the inner-loop form {inner!r}: {reason}")
         return Case(method, problem, tuple(sorted(settings.items())), meta_batch,
-                    tuple(sorted(options.items())))
+                    tuple(sorted(options.items())), inner=inner)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -155,8 +222,18 @@ class Case:
                 return value
         raise AttributeError(name)
 
-    def build(self):
-        return method_class(self.method)(**self.config, **self.option)
+    def build(self) -> Method:
+        cls = method_class(self.method)
+        extra: dict[str, Any] = {}
+        if self.inner is not None:
+            config = self.config
+            extra = inner_form(self.inner).kwargs(
+                self.get_problem().params, config["steps"], config["inner_lr"],
+                learn=cls.hyper_gradient is not None, jitter=self.seed + 7)
+            config = {**config, **{k: v for k, v in extra.items() if k in config}}
+            extra = {k: v for k, v in extra.items() if k not in config}
+            return cls(**config, **self.option, **extra)
+        return cls(**self.config, **self.option)
 
     def get_problem(self) -> Problem:
         return get(self.problem, self.meta_batch, self.seed, self.dtype)
@@ -174,8 +251,9 @@ class Case:
 
     @property
     def id(self) -> str:
-        return f"{self.method}-{self.problem}-T{self.meta_batch}-{self.setting.replace(' ', ',')}" \
-               f"-{self.variant}"
+        form = f"-{self.inner}" if self.inner else ""
+        return f"{self.method}{form}-{self.problem}-T{self.meta_batch}-" \
+               f"{self.setting.replace(' ', ',')}-{self.variant}"
 
 
 @dataclass
@@ -184,6 +262,8 @@ class Outcome:
     pre_update_loss: Tensor
     post_update_loss: Tensor
     diagnostics: dict[str, Tensor] = field(default_factory=dict)
+    hyper_grad: Tensor | None = None
+    """The meta-parameters' gradients, flat (:func:`flat_hyper`), or None."""
 
 
 def rel_error(a: Tensor, b: Tensor) -> float:
@@ -200,30 +280,57 @@ def run_method(case: Case, method=None) -> Outcome:
     method = case.build() if method is None else method
     out = method(problem.loss, problem.params, problem.tasks)
     return Outcome(oracle.flatten(out.grad), out.pre_update_loss, out.post_update_loss,
-                   out.diagnostics)
+                   out.diagnostics, flat_hyper(getattr(out, "hyper_grad", {})))
 
 
-def reference_result(problem: Problem, method: str, settings: dict[str, Any]) -> oracle.RefResult:
-    """The oracle's dense value of the quantity method ``method`` computes at ``settings``
-    (``metagrad_reference.METHODS[oracle name]``)."""
+def flat_hyper(hyper: Mapping[str, Any]) -> Tensor | None:
+    """Every meta-parameter gradient (``inner_lr`` rates in their order, then ``beta``) as
+    one vector, or None when there are none."""
+    parts = []
+    for key in sorted(hyper, key=lambda k: (k != "inner_lr", k)):
+        value = hyper[key]
+        values = value.values() if isinstance(value, Mapping) else [value]
+        parts += [v.detach().reshape(-1) for v in values]
+    return torch.cat(parts) if parts else None
+
+
+def reference_result(problem: Problem, method: str | Method,
+                     settings: dict[str, Any] | None = None) -> Any:
+    """The oracle's dense value of the quantity a method computes (``method`` an object, or
+    a registered name with its ``settings``): ``metagrad_reference.METHODS[oracle name]``
+    for the plain inner loop, ``metagrad_reference.inner_loops`` for the variants (then
+    with the meta-parameters' gradients, ``hyper_grad``)."""
+    m = as_method(method, settings)
     f, theta = flat(problem)
-    name = method_class(method).oracle_name or method
+    name = type(m).oracle_name or m.name
+    settings = m.settings()
+    key = ("reference", *identity(m))
+    if not plain_loop(m):
+        from metagrad_reference import inner_loops as il
+
+        if name not in il.LEARNED_METHODS:
+            raise ValueError(f"the oracle has no inner-loop-variant reference for {m.name!r} "
+                             f"({', '.join(il.LEARNED_METHODS)} have one)")
+        rest = {k: v for k, v in settings.items() if k not in ("inner_lr",)}
+        return _cached(problem, key, lambda: il.meta_batch(
+            name, f, theta, layout(problem), problem.task_list(), **rest, **oracle_variant(m)))
     if name not in oracle.METHODS:
         raise ValueError(
-            f"the oracle has no reference for {method!r}: set {method_class(method).__name__}"
-            f".oracle_name to the quantity it computes ({', '.join(oracle.METHODS)}) or add "
-            f"a dense reference to metagrad_reference.METHODS[{name!r}]")
-    key = ("reference", *identity(method, settings))
+            f"the oracle has no reference for {m.name!r}: set {type(m).__name__}.oracle_name "
+            f"to the quantity it computes ({', '.join(oracle.METHODS)}) or add a dense "
+            f"reference to metagrad_reference.METHODS[{name!r}]")
     return _cached(problem, key, lambda: oracle.meta_batch(name, f, theta,
                                                            problem.task_list(), **settings))
 
 
-def closed_form_result(problem: Problem, method: str, settings: dict[str, Any]) -> Tensor | None:
-    name = method_class(method).oracle_name or method
-    if not problem.closed_form or name not in cf.METHODS:
+def closed_form_result(problem: Problem, method: str | Method,
+                       settings: dict[str, Any] | None = None) -> Tensor | None:
+    m = as_method(method, settings)
+    name = type(m).oracle_name or m.name
+    if not problem.closed_form or name not in cf.METHODS or not plain_loop(m):
         return None
     theta = oracle.flatten(problem.params)
-    per_task = [cf.METHODS[name](_xy(train), _xy(val), theta, **settings)
+    per_task = [cf.METHODS[name](_xy(train), _xy(val), theta, **m.settings())
                 for train, val in problem.task_list()]
     return torch.stack(per_task).mean(0)
 
@@ -233,15 +340,45 @@ def _xy(batch):
     return x, y.reshape(-1)
 
 
-def fd_result(problem: Problem, method: str, settings: dict[str, Any]) -> Tensor | None:
-    """Central differences of the objective the method's gᵢ is the gradient of (or None)."""
-    objective = method_class(method).gradient_of
+def fd_result(problem: Problem, method: str | Method,
+              settings: dict[str, Any] | None = None) -> Tensor | None:
+    """Central differences of the objective the method's gᵢ is the gradient of (or None),
+    through the method's own inner loop."""
+    m = as_method(method, settings)
+    objective = type(m).gradient_of
     if objective is None:
         return None
-    loop = method_class(method)(**settings).inner_loop
-    key = ("fd", objective, *identity(method, settings))
-    return _cached(problem, key, lambda: _fd(problem, objective, loop.steps, loop.inner_lr,
-                                             settings))
+    key = ("fd", objective, *identity(m))
+    if plain_loop(m):
+        loop = m.inner_loop
+        return _cached(problem, key, lambda: _fd(problem, objective, loop.steps,
+                                                 _rates.number(loop.inner_lr), m.settings()))
+    if objective == "train_along_path":  # a sum of gradients only for plain descent
+        return None
+    return _cached(problem, key, lambda: _fd_variant(problem, objective, m))
+
+
+def fd_hyper_result(problem: Problem, method: str | Method,
+                    settings: dict[str, Any] | None = None) -> Tensor | None:
+    """Central differences of MAML's objective in its meta-parameters (rates, β), flattened
+    as :func:`flat_hyper` orders them; None for a method that has no such objective."""
+    m = as_method(method, settings)
+    hyper = m.inner_loop.hyper()
+    if type(m).gradient_of != "meta_objective" or not hyper:
+        return None
+    return _cached(problem, ("fd_hyper", *identity(m)), lambda: _fd_hyper(problem, m))
+
+
+def _objective_of(problem: Problem, m: Method):
+    """The per-task MAML objectives (θ, rates, β) ↦ F of the method's inner loop."""
+    from metagrad_reference import inner_loops as il
+
+    spec = oracle_variant(m)
+    f, _ = flat(problem)
+    per_task = [il.maml_objective(f, layout(problem), tr, val, steps=m.steps, rule=spec["rule"],
+                                  weights=spec.get("weights"))
+                for tr, val in problem.task_list()]
+    return per_task, spec
 
 
 def _fd(problem: Problem, objective: str, steps: int, inner_lr: float,
@@ -276,38 +413,105 @@ def _fd(problem: Problem, objective: str, steps: int, inner_lr: float,
     return torch.stack(per_task).mean(0)
 
 
-def target_key(method: str, settings: dict[str, Any]) -> tuple:
-    """What the bilevel-exact target of ``method`` at ``settings`` depends on, whichever
-    method approximates it: λ for the implicit gradient, the method's own inner loop for
-    MAML's meta-gradient (a key for caches of it, in memory or on disk)."""
-    settings = {k: v for k, v in settings.items() if k in method_class(method).setting_names()}
-    if is_implicit(method):
-        return ("implicit", settings["lam"])
-    loop = method_class(method)(**settings).inner_loop
-    return ("maml_target", freeze(replace(loop, lam=None)))
+def _fd_variant(problem: Problem, objective: str, m: Method) -> Tensor:
+    from metagrad_reference import inner_loops as il
 
-
-def exact_target(problem: Problem, method: str, settings: dict[str, Any]) -> Tensor:
-    """The bilevel-exact meta-gradient (mean over tasks, flat, in the problem's dtype) that
-    method ``method`` approximates: the implicit gradient λ(H(φ*) + λI)⁻¹ ∇L_val(φ*) at its
-    ``lam`` for the implicit methods, MAML's ∇_θ L_val(θ⁽ᴷ⁾(θ)) at its ``steps`` and
-    ``inner_lr`` for the others. Raises ``ValueError`` where the implicit gradient is
-    undefined (no strict proximal minimiser reached, e.g. on a ReLU net)."""
-    settings = {k: v for k, v in settings.items() if k in method_class(method).setting_names()}
     f, theta = flat(problem)
-    key = target_key(method, settings)
-    if is_implicit(method):
+    spec = oracle_variant(m)
+    if objective == "meta_objective":
+        per_task, _ = _objective_of(problem, m)
+        mean = targets.mean_objective([lambda t, F=F: F(t, spec["rates"]) for F in per_task])
+        return finite_diff.central_difference(mean, theta)
+    grads = []
+    s = m.settings()
+    for tr, val in problem.task_list():
+        phi = il.trajectory(f, theta, layout(problem), tr, steps=m.steps, rates=spec["rates"],
+                            rule=spec["rule"])[-1]
+        if objective == "val_at_phi":
+            grads.append(finite_diff.central_difference(
+                lambda p, val=val: f(p, val).detach(), phi, vectorize=True))
+        elif objective == "penalty_at_phi":
+            grads.append(finite_diff.central_difference(
+                targets.penalty_objective(f, tr, val, s["lam"]), phi, vectorize=True))
+        else:
+            raise ValueError(f"no finite-difference objective {objective!r}")
+    return torch.stack(grads).mean(0)
+
+
+def _fd_hyper(problem: Problem, m: Method) -> Tensor:
+    """∂F/∂(rates, β) by central differences of the mean objective, one flat vector."""
+    _, theta = flat(problem)
+    per_task, spec = _objective_of(problem, m)
+    rates, rule = spec["rates"], spec["rule"]
+    pieces: list[tuple[str, Any]] = []  # (kind, key) in flat_hyper's order
+    if isinstance(rates, Mapping):
+        pieces += [("rate", k) for k in rates]
+    elif isinstance(rates, Tensor):
+        pieces.append(("rate", None))
+    if isinstance(rule.beta, Tensor) and rule.kind in ("momentum", "nesterov"):
+        pieces.append(("beta", None))
+    out = []
+    for kind, name in pieces:
+        base = rule.beta if kind == "beta" else rates[name] if name is not None else rates
+
+        def fun(x, kind=kind, name=name, base=base):
+            new = x.reshape(base.shape)
+            if kind == "beta":
+                return sum(F(theta, rates, new) for F in per_task) / len(per_task)
+            r = {**rates, name: new} if name is not None else new
+            return sum(F(theta, r) for F in per_task) / len(per_task)
+
+        out.append(finite_diff.central_difference(fun, base.reshape(-1)))
+    return torch.cat(out)
+
+
+def target_key(method: str | Method, settings: dict[str, Any] | None = None) -> tuple:
+    """What the bilevel-exact target of a method depends on, whichever method approximates
+    it: λ for the implicit gradient, the method's own inner loop (and loss weights) for
+    MAML's meta-gradient (a key for caches of it, in memory or on disk)."""
+    if isinstance(method, str) and settings is not None:
+        settings = {k: v for k, v in settings.items()
+                    if k in method_class(method).setting_names()}
+    m = as_method(method, settings)
+    if m.implicit:
+        return ("implicit", m.settings()["lam"])
+    return ("maml_target", freeze(replace(m.inner_loop, lam=None)),
+            freeze(getattr(m, "step_weights", None)))
+
+
+def exact_target(problem: Problem, method: str | Method,
+                 settings: dict[str, Any] | None = None) -> Tensor:
+    """The bilevel-exact meta-gradient (mean over tasks, flat, in the problem's dtype) that a
+    method approximates: the implicit gradient λ(H(φ*) + λI)⁻¹ ∇L_val(φ*) at its ``lam``
+    for the implicit methods, MAML's ∇_θ F through the method's own inner loop (its steps,
+    step sizes, update rule and loss weights) for the others. Raises ``ValueError`` where
+    the implicit gradient is undefined (no strict proximal minimiser reached, e.g. on a
+    ReLU net)."""
+    if isinstance(method, str) and settings is not None:
+        settings = {k: v for k, v in settings.items()
+                    if k in method_class(method).setting_names()}
+    m = as_method(method, settings)
+    f, theta = flat(problem)
+    key = target_key(m)
+    if m.implicit:
+        lam = m.settings()["lam"]
 
         def compute():
-            return torch.stack([targets.implicit_gradient(f, theta, tr, val, settings["lam"])
+            return torch.stack([targets.implicit_gradient(f, theta, tr, val, lam)
                                 for tr, val in problem.task_list()]).mean(0)
-    else:
-        loop = method_class(method)(**settings).inner_loop
+    elif plain_loop(m):
+        loop = m.inner_loop
 
         def compute():
             return torch.stack([targets.maml_gradient(f, theta, tr, val, loop.steps,
-                                                      loop.inner_lr)
+                                                      _rates.number(loop.inner_lr))
                                 for tr, val in problem.task_list()]).mean(0)
+    else:
+        from metagrad_reference import inner_loops as il
+
+        def compute():
+            return il.meta_batch(il.maml, f, theta, layout(problem), problem.task_list(),
+                                 steps=m.steps, **oracle_variant(m)).grad
     return _cached(problem, key, compute)
 
 
@@ -315,8 +519,9 @@ def evaluate(case: Case, *, fd: bool = True, target: bool = True, method=None) -
     """One row of the verification table (see the module docstring)."""
     problem = case.get_problem()
     settings = case.config
-    out = run_method(case, method)
-    ref = reference_result(problem, case.method, settings)
+    built = case.build()
+    out = run_method(case, built if method is None else method)
+    ref = reference_result(problem, built)
     row: dict[str, Any] = {
         "method": case.method, "problem": problem.name, "setting": case.setting,
         "meta_batch": case.meta_batch, "variant": case.variant, "dim": problem.dim,
@@ -326,23 +531,33 @@ def evaluate(case: Case, *, fd: bool = True, target: bool = True, method=None) -
                         rel_error(out.post_update_loss, ref.post_update_loss)),
         "err_closed_form": None, "err_fd": None, "approx_error": None,
     }
-    closed = closed_form_result(problem, case.method, settings)
+    if case.inner is not None:
+        row["inner"] = case.inner
+        want = flat_hyper(getattr(ref, "hyper_grad", {}))
+        row["err_hyper"] = (None if want is None and out.hyper_grad is None else
+                            math.inf if want is None or out.hyper_grad is None else
+                            rel_error(out.hyper_grad, want))
+    closed = closed_form_result(problem, built)
     if closed is not None:
         row["err_closed_form"] = rel_error(out.grad, closed)
     if fd:
-        numeric = fd_result(problem, case.method, settings)
+        numeric = fd_result(problem, built)
         if numeric is not None:
             row["err_fd"] = rel_error(out.grad, numeric)
+        if case.inner is not None and out.hyper_grad is not None:
+            numeric = fd_hyper_result(problem, built)
+            if numeric is not None:
+                row["err_fd_hyper"] = rel_error(out.hyper_grad, numeric)
     if target:
-        row["approx_error"] = rel_error(out.grad, exact_target(problem, case.method, settings))
+        row["approx_error"] = rel_error(out.grad, exact_target(problem, built))
     row["passed"] = passed(row)
     return row
 
 
 def passed(row: dict[str, Any]) -> bool:
     ok = row["err_reference"] <= REF_RTOL and row["err_loss"] <= REF_RTOL
-    if row.get("err_closed_form") is not None:
-        ok = ok and row["err_closed_form"] <= REF_RTOL
-    if row.get("err_fd") is not None:
-        ok = ok and row["err_fd"] <= FD_RTOL
+    for key, tol in (("err_closed_form", REF_RTOL), ("err_hyper", REF_RTOL),
+                     ("err_fd", FD_RTOL), ("err_fd_hyper", FD_RTOL)):
+        if row.get(key) is not None:
+            ok = ok and row[key] <= tol
     return bool(ok)
