@@ -10,6 +10,7 @@ and :class:`Penalty` (``help(mg.IMAML)`` gives each one's equation, paper and
 fields). ``METHODS`` is the registry; :func:`register_method` adds one.
 """
 
+from ._forms import INNER_FORMS, InnerForm, inner_rates
 from ._hvp import Loss, hvp
 from ._inner import InnerLoop, InnerResult, adapt
 from ._module import module_loss, params_of, set_grads
@@ -54,6 +55,8 @@ __all__ = [
     "GD",
     "GaussianClusters",
     "IMAML",
+    "INNER_FORMS",
+    "InnerForm",
     "InnerLoop",
     "InnerResult",
     "LinearRegression",
@@ -84,6 +87,7 @@ __all__ = [
     "compile",
     "distributed",
     "hvp",
+    "inner_rates",
     "module_loss",
     "neumann",
     "params_of",

@@ -85,12 +85,15 @@ def params_of(module: nn.Module) -> dict[str, Tensor]:
     return {k: v for k, v in module.named_parameters() if v.requires_grad}
 
 
-def set_grads(module: nn.Module, grad: Mapping[str, Tensor]) -> None:
+def set_grads(module: nn.Module | Mapping[str, Tensor], grad: Mapping[str, Tensor]) -> None:
     """Write a meta-gradient into ``p.grad`` so any ``torch.optim`` optimizer can step.
 
-    Overwrites (does not accumulate); every trainable parameter must have an entry.
+    ``module`` is an ``nn.Module`` (its trainable parameters get ``grad``) or a dict of
+    tensors such as learned inner step sizes (``mg.set_grads(rates,
+    out.hyper_grad["inner_lr"])``). Overwrites (does not accumulate); every tensor must
+    have an entry.
     """
-    named = params_of(module)
+    named = params_of(module) if isinstance(module, nn.Module) else dict(module)
     missing = sorted(set(named) - set(grad))
     if missing:
         raise KeyError(f"the gradient has no entry for parameters {missing}")

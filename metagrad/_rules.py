@@ -195,7 +195,9 @@ class Adam:
         g = _proximal(g, phi, theta, lam)
         first, second = state
         t = k + 1
-        # 1 − βᵗ: a number in an eager loop, a tensor in the compiled scan (k is a tensor)
+        if isinstance(t, Tensor):  # the compiled scan's step counter: in the parameters' dtype
+            t = t.to(next(iter(g.values())).dtype)
+        # 1 − βᵗ: a number in an eager loop, a tensor in the compiled scan
         c1, c2 = 1 - self.beta1 ** t, 1 - self.beta2 ** t
         out, m_new, v_new = dict(phi), {}, {}
         for name in g:

@@ -88,6 +88,24 @@ def test_compiled_against_the_oracle(method, problem, settings):
     assert row["passed"]
 
 
+@pytest.mark.parametrize("form", ["per_entry", "per_step", "anil", "adam", "multistep"])
+@pytest.mark.parametrize("method", ["maml", "fomaml"])
+def test_compiled_inner_loop_variants_against_the_oracle(method, form):
+    """Learned rates (their gradients too), partial adaptation, Adam and the multi-step loss
+    through mg.compile, Level 1 against the oracle; the scanned form where the method can
+    scan the variant, the unrolled one otherwise."""
+    if mg._forms.inner_form(form).applies_to(mg.METHODS[method]):
+        pytest.skip(f"{method} does not run {form}")
+    case = Case.of(method, "mlp_softplus", inner=form, steps=3, inner_lr=0.05)
+    built = case.build()
+    loop = "scan" if built.scannable is None else "unrolled"
+    compiled = mg.compile(built, backend="aot_eager", loop=loop)
+    row = evaluate(case, target=False, fd=False, method=compiled)
+    assert row["err_reference"] <= REF_RTOL and row["err_loss"] <= REF_RTOL
+    assert row.get("err_hyper") is None or row["err_hyper"] <= REF_RTOL
+    assert row["passed"]
+
+
 def test_scan_traces_the_same_graph_for_every_K():
     # K identical inner steps are one scan loop whose body is traced once: what is traced
     # does not grow with K (the unrolled form traces K copies of the step).

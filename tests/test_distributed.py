@@ -52,6 +52,10 @@ METHODS = {
     "neumann": mg.Neumann(steps=3, inner_lr=LR, lam=LAM, terms=6,
                           step=NEUMANN_STEP, hvp="revrev"),
     "penalty": mg.Penalty(steps=3, inner_lr=LR, lam=0.1, diagnose="off"),
+    # learned per-entry rates and Adam: the rate-gradients are global means too
+    "maml-rates-adam": mg.MAML(steps=3, inner=mg.Adam(), inner_lr={
+        k: torch.full(shape, LR, dtype=F64, requires_grad=True)
+        for k, shape in (("W1", (4, 6)), ("b1", (6,)), ("W2", (6, 3)), ("b2", (3,)))}),
 }
 SHARDINGS = {"2+2": (2, 2), "3+2": (3, 2), "5+0": (5, 0), "0+5": (0, 5)}
 
@@ -121,8 +125,12 @@ def pt_slice(batch, lo, hi):
 
 
 def summary(out) -> dict:
+    from metagrad.verify.compare import flat_hyper
+
+    hyper = flat_hyper(out.hyper_grad)
     return {"grad": pt.flatten(out.grad).clone(), "pre": out.pre_update_loss.clone(),
             "post": out.post_update_loss.clone(),
+            "hyper": None if hyper is None else hyper.clone(),
             "findings": [(f.kind, f.tasks, f.message) for f in out.findings]}
 
 
@@ -362,6 +370,13 @@ def test_global_mean_equals_single_process_and_findings_are_global(main_run):
             assert torch.equal(r0["grad"], r1["grad"]), (name, label)
             assert torch.equal(r0["pre"], r1["pre"]) and torch.equal(r0["post"], r1["post"])
             assert rel(r0["grad"], pt.flatten(ref.grad)) <= 1e-12, (name, label)
+            if ref.hyper_grad:
+                from metagrad.verify.compare import flat_hyper
+
+                assert torch.equal(r0["hyper"], r1["hyper"])
+                assert rel(r0["hyper"], flat_hyper(ref.hyper_grad)) <= 1e-12, (name, label)
+            else:
+                assert r0["hyper"] is None
             assert math.isclose(r0["pre"], ref.pre_update_loss, rel_tol=1e-12)
             assert math.isclose(r0["post"], ref.post_update_loss, rel_tol=1e-12)
             assert [r["offset"] for r in (r0, r1)] == [0, sizes[0]]

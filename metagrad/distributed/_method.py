@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.utils import _pytree as torch_pytree
 
 from .. import _pytree as pt
 from .._hvp import Loss
@@ -96,6 +97,8 @@ class DistributedMethod:
         buffer: Tensor | None = None
         error: Exception | None = None
         digest, description = 0, {}  # type: tuple[int, dict]
+        hyper_spec: tuple[list[Tensor], Any] = ([], None)
+        hyper_size = 0
         count = found = 0
         try:
             theta = _check_params(params)
@@ -105,14 +108,21 @@ class DistributedMethod:
             # Sums of T_r task gradients can overflow a half-precision dtype where their mean
             # does not: the exchange adds in at least float32 and rounds the mean back.
             acc = torch.promote_types(next(iter(theta.values())).dtype, torch.float32)
+            # The meta-parameters' gradients (learned rates) travel in the same buffer.
+            hyper_spec = torch_pytree.tree_flatten(self.base.hyper(next(iter(theta.values()))))
+            hyper_size = sum(v.numel() for v in hyper_spec[0])
             if _no_tasks(tasks):
-                buffer = next(iter(theta.values())).new_zeros(pt.numel(theta) + 2, dtype=acc)
+                buffer = next(iter(theta.values())).new_zeros(
+                    pt.numel(theta) + hyper_size + 2, dtype=acc)
             else:
                 local = self._local(loss, params, tasks)  # type: ignore[arg-type]
                 diag = local.diagnostics
                 count, found = int(diag["pre_update_loss"].shape[0]), len(local.findings)
-                # What this rank adds to the sums: [T_r · mean g, Σ L_tr(θ), Σ L_val(φ)].
+                # What this rank adds to the sums: [T_r · mean g, T_r · mean hyper gradients,
+                # Σ L_tr(θ), Σ L_val(φ)].
+                hyper = torch_pytree.tree_flatten(local.hyper_grad)[0] if hyper_size else []
                 buffer = torch.cat([pt.flatten(local.grad).to(acc) * count,
+                                    *[h.reshape(-1).to(acc) * count for h in hyper],
                                     diag["pre_update_loss"].to(acc).sum().reshape(1),
                                     diag["post_update_loss"].to(acc).sum().reshape(1)])
         except Exception as err:  # noqa: BLE001  (re-raised below, after the exchange)
@@ -153,6 +163,8 @@ class DistributedMethod:
         buffer = self._all_reduce(buffer, dist.ReduceOp.SUM, "the gradient all-reduce", rank)
         mean = (buffer / total).to(next(iter(theta.values())).dtype)
         n = pt.numel(theta)
+        hyper_grad = self._hyper_grad(mean[n:n + hyper_size], hyper_spec)
+        n += hyper_size
 
         # 3. Findings, gathered only when some rank has any.
         offsets = [sum(counts[:r]) for r in range(world)]
@@ -165,7 +177,7 @@ class DistributedMethod:
             grad=pt.unflatten(mean[:n], theta),
             pre_update_loss=mean[n], post_update_loss=mean[n + 1],
             diagnostics={} if local is None else local.diagnostics,
-            method=self.name, findings=findings,
+            method=self.name, findings=findings, hyper_grad=hyper_grad,
             num_tasks=total, task_offset=offsets[rank], local_tasks=count)
         _emit(findings, self.base.diagnose)
         return result
@@ -187,6 +199,18 @@ class DistributedMethod:
             raise ValueError(f"the process group's backend {backend!r} cannot reduce CPU "
                              "tensors: move the parameters and tasks to this rank's GPU, or "
                              "use the 'gloo' backend for CPU processes")
+
+    def _hyper_grad(self, flat: Tensor, spec: tuple[list[Tensor], Any]) -> dict[str, Any]:
+        """The mean meta-parameter gradients, in the structure (and the user's dtypes) of the
+        method's meta-parameters."""
+        leaves, tree = spec
+        if not leaves:
+            return {}
+        parts, start = [], 0
+        for leaf in leaves:
+            parts.append(flat[start:start + leaf.numel()].reshape(leaf.shape))
+            start += leaf.numel()
+        return self.base._hyper_grad_as_given(torch_pytree.tree_unflatten(parts, tree))
 
     def _description(self, theta: Params, loss: Any) -> dict:
         """What must agree across ranks (``_exchange.describe``), the parameter values
