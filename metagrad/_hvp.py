@@ -56,7 +56,16 @@ def hvp(loss: Loss, params: Params, batch: Any, v: Params, mode: str = "auto") -
         return grad(loss)(p, batch)
 
     if mode == "fwdrev":
-        return jvp(gradient, (params,), (v,))[1]
+        try:
+            return jvp(gradient, (params,), (v,))[1]
+        except RuntimeError as err:
+            if "ZeroTensors are immutable" not in str(err):
+                raise
+            raise RuntimeError(
+                "forward-over-reverse Hessian-vector products (hvp='fwdrev') failed inside the "
+                "loss's backward with torch's 'ZeroTensors are immutable' (F.mse_loss's "
+                "backward does this on every torch release tried); use hvp='revrev' or "
+                "'auto' (the same numbers), or write the MSE as ((a - b) ** 2).mean()") from err
     if mode == "revrev":
         pullback = vjp(gradient, params)[1]
         return pullback(v)[0]

@@ -53,6 +53,42 @@ def module_loss(module: nn.Module, criterion: Callable[[Tensor, Tensor], Tensor]
     """
 
     checked: set[frozenset[str]] = set()
+    pure: set[frozenset[str]] = set()
+
+    def check_buffers(params: Mapping[str, Tensor], batch: Any) -> Tensor:
+        # One forward pass that watches the module's own buffers: a module that writes into
+        # them in forward() (a counter, spectral_norm's power iteration in training mode)
+        # cannot be batched over tasks. Whatever the pass wrote is put back, so that a
+        # refused call leaves the caller's module as it was.
+        x, y = batch
+        buffers = dict(module.named_buffers())
+        before = {n: b.detach().clone() for n, b in buffers.items()}
+        versions = {n: b._version for n, b in buffers.items()}  # counts in-place writes
+        try:
+            with batch_statistics(module):
+                value = criterion(functional_call(module, dict(params), (x,)), y)
+        finally:
+            after = dict(module.named_buffers())
+            written = [n for n, b in buffers.items()
+                       if after.get(n) is not b or b._version != versions[n]]
+            with torch.no_grad():
+                for n in written:
+                    if after.get(n) is not buffers[n]:  # replaced: put the original back
+                        owner, _, attr = n.rpartition(".")
+                        module.get_submodule(owner).register_buffer(attr, buffers[n])
+                    buffers[n].copy_(before[n])
+        if written:
+            hint = (" (spectral_norm updates its power-iteration vectors _u and _v in "
+                    "training mode: call .eval() on those layers to keep them fixed)"
+                    if any(n.endswith(("._u", "._v")) for n in written) else "")
+            raise ValueError(
+                f"{type(module).__name__} writes into its buffer(s) {written[:5]} in forward()"
+                f"{hint}; a meta-gradient needs the loss to be a pure function of the "
+                "parameters (the same buffer would be written by every task). Keep such "
+                "state out of forward(), or pass the buffers in params. The module's "
+                "buffers were restored.")
+        pure.add(frozenset(params))
+        return value
 
     def check_names(params: Mapping[str, Tensor]) -> None:
         # functional_call ignores a name the module does not have: a typo would leave the
@@ -73,11 +109,22 @@ def module_loss(module: nn.Module, criterion: Callable[[Tensor, Tensor], Tensor]
     def loss(params: Mapping[str, Tensor], batch: Any) -> Tensor:
         if not torch.compiler.is_compiling():  # checked on the eager first call
             check_names(params)
+            if frozenset(params) not in pure and _plain_tensors(params, batch):
+                return check_buffers(params, batch)
         x, y = batch
         with batch_statistics(module):
             return criterion(functional_call(module, dict(params), (x,)), y)
 
     return loss
+
+
+def _plain_tensors(params: Mapping[str, Tensor], batch: Any) -> bool:
+    """Whether the tensors are ordinary ones, not inside a ``torch.func`` transform (where
+    comparing values is not possible): the buffer check runs on an eager call."""
+    from torch._C._functorch import is_batchedtensor, is_gradtrackingtensor
+
+    tensors = [*params.values(), *[x for x in batch if isinstance(x, Tensor)]]
+    return not any(is_batchedtensor(t) or is_gradtrackingtensor(t) for t in tensors)
 
 
 def params_of(module: nn.Module) -> dict[str, Tensor]:

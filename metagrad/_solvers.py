@@ -80,6 +80,17 @@ def _rayleigh(v: Params, Av: Params) -> Tensor:
     return torch.where(zero, torch.ones_like(vv), pt.vdot(v, Av) / torch.where(zero, 1, vv))
 
 
+def _extremes(curvatures: Tensor) -> tuple[Tensor, Tensor]:
+    """min and max of the Rayleigh quotients met, ignoring those of iterations that had
+    already broken down (NaN), so that what was seen before the breakdown still explains
+    it; NaN only if every one is."""
+    nan = torch.isnan(curvatures)
+    low = torch.where(nan, torch.full_like(curvatures, torch.inf), curvatures).min()
+    high = torch.where(nan, torch.full_like(curvatures, -torch.inf), curvatures).max()
+    none = nan.all()
+    return (torch.where(none, curvatures[0], low), torch.where(none, curvatures[0], high))
+
+
 def cg(matvec: MatVec, b: Params, iters: int) -> tuple[Params, CGInfo]:
     """Plain conjugate gradient (Hestenes & Stiefel 1952) from x = 0, exactly ``iters`` steps.
 
@@ -97,6 +108,7 @@ def cg(matvec: MatVec, b: Params, iters: int) -> tuple[Params, CGInfo]:
     in place where b or A p is part of an autograd graph, whose backward may need the
     values.
     """
+    iters = non_negative_int("iters", iters)
     graph = pt.tracks_grad(b)
     x = pt.zeros_like(b)
     r = b
@@ -121,7 +133,7 @@ def cg(matvec: MatVec, b: Params, iters: int) -> tuple[Params, CGInfo]:
         rr = rr_new
         norms.append(torch.sqrt(rr))
     curv = torch.stack(curvatures) if curvatures else torch.ones_like(rr).reshape(1)
-    return x, CGInfo(torch.stack(norms), curv.min(), curv.max())
+    return x, CGInfo(torch.stack(norms), *_extremes(curv))
 
 
 def neumann(matvec: MatVec, b: Params, terms: int, step: float = 1.0) -> tuple[Params, NeumannInfo]:
@@ -136,6 +148,8 @@ def neumann(matvec: MatVec, b: Params, terms: int, step: float = 1.0) -> tuple[P
     From the second term on, the running term and sum are updated in place, except
     where b or A t is part of an autograd graph (as in :func:`cg`).
     """
+    terms = non_negative_int("terms", terms)
+    step = positive_float("step", step)
     graph = pt.tracks_grad(b)
     term = b
     total = b
@@ -155,7 +169,7 @@ def neumann(matvec: MatVec, b: Params, terms: int, step: float = 1.0) -> tuple[P
         norms.append(pt.norm(term))
     norms_t = step * torch.stack(norms)
     curv = torch.stack(curvatures) if curvatures else torch.ones_like(norms_t[:1])
-    return pt.scale(step, total), NeumannInfo(norms_t[-1], norms_t, curv.min(), curv.max())
+    return pt.scale(step, total), NeumannInfo(norms_t[-1], norms_t, *_extremes(curv))
 
 
 CG_RESIDUAL_WARN = 0.25

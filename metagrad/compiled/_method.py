@@ -19,12 +19,14 @@ from .. import _pytree as pt
 from .._hvp import Loss
 from .._pytree import Params
 from .._task import Task
-from ..methods._base import MetaGradient, Method, _check_tasks
+from ..methods._base import MetaGradient, Method, _check_params, _check_tasks
 from ._messages import cpp_build_failed, failure
 from ._programs import own_code, scan_available, scanned, unrolled
 from ._signature import signature
 
 LOOPS = ("auto", "unrolled", "scan")
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""torch.compile's modes."""
 SCAN_FROM = 6
 """``loop="auto"`` scans the inner loop from this many inner steps on: below it the
 unrolled form's compile time is short and its graphs are kept by torch's persistent
@@ -139,14 +141,14 @@ class CompiledMethod:
         try:
             try:
                 entry.program, entry.loop = self._program(device)
-                out = self._run(entry, loss, theta, tasks, first=True)
+                outputs = self._execute(entry, loss, theta, tasks, first=True)
             except Exception as err:  # noqa: BLE001
                 if not cpp_build_failed(err):
                     raise
                 # inductor's C++ wrapper does not build some graphs (torch 2.13: duplicate
                 # buffer declarations around a scan of length 1); its Python wrapper does.
                 entry.program, entry.loop = self._program(device, cpp_wrapper=False)
-                out = self._run(entry, loss, theta, tasks, first=True)
+                outputs = self._execute(entry, loss, theta, tasks, first=True)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             self.compile_seconds[key] = time.perf_counter() - start
@@ -155,7 +157,9 @@ class CompiledMethod:
         except Exception as err:  # noqa: BLE001 - any failure to trace or compile
             return self._fall_back(key, entry, err, loss, theta, tasks)
         self._insert(key, entry)
-        return out
+        # Compiled and run: what the numerical checks then say (diagnose="error" raises) is
+        # about the numbers, not about compiling, and the program stays cached.
+        return self._package(loss, theta, tasks, outputs)
 
     def _fall_back(self, key: tuple, entry: _Entry, err: Exception, loss: Loss,
                    theta: Params, tasks: Task) -> MetaGradient:
@@ -179,8 +183,13 @@ class CompiledMethod:
             old, _ = self._cache.popitem(last=False)
             self.compile_seconds.pop(old, None)
 
-    def _run(self, entry: _Entry, loss: Loss, theta: Params, tasks: Task,
-             first: bool = False) -> MetaGradient:
+    def _run(self, entry: _Entry, loss: Loss, theta: Params, tasks: Task) -> MetaGradient:
+        return self._package(loss, theta, tasks, self._execute(entry, loss, theta, tasks))
+
+    def _execute(self, entry: _Entry, loss: Loss, theta: Params, tasks: Task,
+                 first: bool = False) -> tuple:
+        """The compiled program's outputs, after the value checks it computed (finite
+        parameters and task data)."""
         assert entry.program is not None
         hyper = self.method.hyper(next(iter(theta.values())))
         try:
@@ -191,13 +200,22 @@ class CompiledMethod:
                 raise
             raise _ProgramFailed from err  # a recompilation failed: see __call__
         if not bool(finite):
-            _check_tasks(tasks, theta)  # raises the eager method's message, naming the tensor
-            raise _TaskDataError("tasks contain NaN or infinite values")
+            # the eager method's message, naming the parameter or the task tensor
+            try:
+                _check_params(theta)
+                _check_tasks(tasks, theta)
+            except ValueError as err:
+                raise _TaskDataError(str(err)) from None
+            raise _TaskDataError("the parameters or the tasks contain NaN or infinite values")
         if self._mode(next(iter(theta.values())).device) == "reduce-overhead":
             # CUDA-graph outputs live in a buffer the next replay overwrites.
             grad, hyper_grad, diag = torch_pytree.tree_map(
                 lambda v: v.clone(), (grad, hyper_grad, diag))
             means = (means[0].clone(), means[1].clone())
+        return grad, hyper_grad, diag, means
+
+    def _package(self, loss: Loss, theta: Params, tasks: Task, outputs: tuple) -> MetaGradient:
+        grad, hyper_grad, diag, means = outputs
         if self.method.diagnose != "off":
             return self.method.finish(loss, theta, tasks, grad, diag, hyper_grad)
         # What Method.finish returns without diagnostics, with the task means taken in
@@ -213,7 +231,8 @@ class _ProgramFailed(Exception):
 
 
 class _TaskDataError(ValueError):
-    """Task data with NaN or infinite values (raised as the eager method's ValueError)."""
+    """Parameters or task data with NaN or infinite values (raised as the eager method's
+    ValueError)."""
 
 
 def compile(  # noqa: A001  (mirrors torch.compile)
@@ -233,6 +252,15 @@ def compile(  # noqa: A001  (mirrors torch.compile)
         raise ValueError("compile() needs batching='vmap' (the loop fallback is not traced)")
     if loop not in LOOPS:
         raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES} or None, got {mode!r}")
+    if isinstance(backend, str):
+        known = torch._dynamo.list_backends(exclude_tags=())
+        if backend not in known:
+            raise ValueError(f"backend must be one of torch.compile's backends "
+                             f"({', '.join(sorted(known))}) or a callable, got {backend!r}")
+    elif not callable(backend):
+        raise TypeError(f"backend must be a backend name or a callable, got {backend!r:.60}")
     if loop == "scan":
         if not scan_available():
             raise ValueError(f"loop='scan' needs torch's scan operator with reverse=, which "

@@ -18,9 +18,10 @@ from torch.utils import _pytree as torch_pytree
 from ..methods._base import Method
 
 
-def all_finite(train: Any, val: Any) -> Tensor:
-    """One 0-dim bool: every floating-point task tensor is finite (computed in a graph)."""
-    flags = [torch.isfinite(x).all() for x in torch_pytree.tree_leaves((train, val))
+def all_finite(train: Any, val: Any, theta: Any = None) -> Tensor:
+    """One 0-dim bool: every floating-point task tensor and parameter is finite (computed in
+    a graph: the values are what can change between calls of one signature)."""
+    flags = [torch.isfinite(x).all() for x in torch_pytree.tree_leaves((train, val, theta))
              if isinstance(x, Tensor) and x.is_floating_point()]
     return torch.stack(flags).all() if flags else torch.ones((), dtype=torch.bool)
 
@@ -59,7 +60,7 @@ def unrolled(method: Method) -> Callable:
 
     def whole(loss, theta, train, val, hyper):
         grad, hyper_grad, diag = method.batched(loss)(theta, train, val, hyper)
-        return grad, hyper_grad, diag, all_finite(train, val), _means(diag)
+        return grad, hyper_grad, diag, all_finite(train, val, theta), _means(diag)
 
     return whole
 
@@ -75,6 +76,6 @@ def scanned(method: Method) -> Callable:
         inner, trajectory = loop.scan(loss, theta, train, method.scan_needs_trajectory)
         grad, hyper_grad, diag = method.batched_from_scan(loss, theta, train, val, inner,
                                                           trajectory)
-        return grad, hyper_grad, diag, all_finite(train, val), _means(diag)
+        return grad, hyper_grad, diag, all_finite(train, val, theta), _means(diag)
 
     return run

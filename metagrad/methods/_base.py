@@ -320,7 +320,7 @@ class Method:
                     grads, hyper_grads, diag = vmap(one, in_dims=dims, randomness="different")(
                         theta, train, val, hyper)
                 except (RuntimeError, ValueError) as err:
-                    if "vmap" not in str(err):
+                    if "vmap" not in str(err) and "Batching rule" not in str(err):
                         raise
                     raise RuntimeError(
                         f"{self.name}: torch.func.vmap could not run the loss over the task "
@@ -463,6 +463,11 @@ def _check_params(params: Any) -> Params:
     for k, v in params.items():
         if not isinstance(v, torch.Tensor) or not v.is_floating_point():
             raise TypeError(f"params[{k!r}] must be a floating-point tensor, got {v!r:.60}")
+        if v.device.type == "meta":
+            raise ValueError(
+                f"params[{k!r}] is on the meta device (a shape without values, e.g. from "
+                "torch.device('meta') or an unmaterialised model); move the model to a real "
+                "device first (model.to_empty(device='cpu') and initialise it)")
         if dtype is None:
             dtype, device = v.dtype, v.device
         elif v.dtype != dtype or v.device != device:
@@ -496,6 +501,10 @@ def _check_tasks(tasks: Any, theta: Params) -> None:
                                      f"convert with tasks.to({ref.dtype})")
                 if leaf.is_floating_point() and not torch.isfinite(leaf).all():
                     raise ValueError(f"{where} contains NaN or infinite values")
+                if leaf.numel() == 0 and leaf.shape[0] > 0:
+                    raise ValueError(
+                        f"{where} has no examples (shape {tuple(leaf.shape)}): every task "
+                        f"needs at least one {split} example (a loss over none is 0/0)")
                 sizes[where] = leaf.shape[0]
     if not sizes:
         raise ValueError("tasks hold no tensors")
@@ -515,11 +524,14 @@ def _check_loss(loss: Any, theta: Params, tasks: Task) -> None:
     train, _ = tasks.task(0)  # views of the caller's task tensors
     batch = torch_pytree.tree_map(
         lambda x: x.clone() if isinstance(x, torch.Tensor) else x, train)
-    copies = {k: v.clone() for k, v in theta.items()}
+    # Copies in a graph (not leaves, so that an in-place write into one is seen below
+    # rather than refused by autograd first).
+    copies = {k: v.clone().requires_grad_(True).clone() for k, v in theta.items()}
     devices = [v.device for v in theta.values() if v.device.type == "cuda"][:1]
-    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+    # With gradients on: the value must be connected to the parameters' graph.
+    with torch.enable_grad(), torch.random.fork_rng(devices=devices):
         value = loss(copies, batch)
-    changed = [k for k in theta if not torch.equal(copies[k], theta[k])]
+    changed = [k for k in theta if not torch.equal(copies[k].detach(), theta[k])]
     if changed:
         raise ValueError(
             f"loss(params, batch) wrote into params {changed} in place; a loss must be a pure "
@@ -541,3 +553,9 @@ def _check_loss(loss: Any, theta: Params, tasks: Task) -> None:
     if not value.is_floating_point():
         raise TypeError(
             f"loss(params, batch) must return a real floating scalar, got {value.dtype}")
+    if not value.requires_grad:
+        raise ValueError(
+            "loss(params, batch) does not depend on params through autograd (its value has "
+            "no gradient: returned .detach()ed, computed under torch.no_grad(), or through "
+            ".item()/numpy), so every meta-gradient would be zero; compute it from the "
+            "tensors in params with differentiable operations")

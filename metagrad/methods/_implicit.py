@@ -15,7 +15,7 @@ from its own fields) and nothing else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from torch import Tensor
@@ -30,7 +30,7 @@ from .._rules import GD
 from .._solvers import ConjugateGradient, NeumannSeries
 from .._task import Task
 from .._validate import positive_float, settle
-from ..diagnose import Finding, check_positive_definite, check_proximal_rate
+from ..diagnose import Finding, check_positive_definite, check_proximal_rate, check_singular
 from ._base import Method, TaskOutput
 
 
@@ -90,7 +90,10 @@ class ImplicitMethod(Method):
         solver = self.solver
         info = solver.info_type.from_diagnostics(diag)
         found = super()._findings(loss, theta, tasks, diag)
-        found += check_positive_definite(self.lam, info.min_curvature, solver.description)
+        system = (check_positive_definite(self.lam, info.min_curvature, solver.description)
+                  + check_singular(self.lam, info.min_curvature, info.max_curvature,
+                                   solver.description))
+        found += system
         if self.steps == 0:
             found.append(Finding(
                 "not_solved", "steps=0: the proximal inner problem was not solved (φ = θ), so "
@@ -102,4 +105,13 @@ class ImplicitMethod(Method):
             # condition α(λ + L) < 2 is proximal gradient descent's.
             found += check_proximal_rate(_rates.largest(self.inner_lr), self.lam,
                                          info.max_curvature)
-        return found + solver.check(info)
+        # Where the system itself is at fault, "increase cg_iters / terms" cannot help.
+        hopeless = {t for f in system for t in f.tasks}
+        for finding in solver.check(info):
+            if finding.kind in ("cg_unconverged", "neumann_unconverged"):
+                kept = tuple(t for t in finding.tasks if t not in hopeless)
+                if not kept:
+                    continue
+                finding = replace(finding, tasks=kept)
+            found.append(finding)
+        return found
