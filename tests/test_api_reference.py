@@ -216,3 +216,11 @@ def test_the_parser_reads_numpy_sections_and_catches_what_is_missing():
     assert missing_documentation(half) == ["Parameters section does not list ['b']",
                                            "no Returns section"]
     assert missing_documentation(sphinx) == ["no Parameters section", "no Returns section"]
+
+
+def test_make_problem_lists_every_valid_name():
+    from metagrad.problems import make_problem, problem_names
+
+    doc = make_problem.__doc__ or ""
+    for name in [*problem_names(), "linreg<d>"]:
+        assert f'``"{name}"``' in doc, name
