@@ -17,7 +17,8 @@ Pareto figure (``SHOTS``), and fails when a reader would stumble:
   window's (a block that scrolls sideways hides it too), and the copy button covers no
   code text;
 * **tables**: no identifier in a table's code is broken across two lines mid-word (each
-  whitespace-separated word of a ``code`` element lies on one line);
+  whitespace-separated word of a ``code`` element lies on one line), and on the desktop
+  no table is wider than the text column (on the phone a wide table scrolls sideways);
 * **figure text**: every figure on the checked pages records, in its PNG, the smallest
   font size it holds in image pixels (``metagrad:min_font_px``, written by
   ``metagrad.plotting.save`` as points × dpi / 72); shown at its rendered width, that
@@ -125,7 +126,8 @@ MEASURE = r"""
     const code = pre.querySelector('code');
     if (!code) continue;
     if (cut(code, false))
-      hiddenCode.push(code.textContent.split('\n').reduce((a, b) => a.length >= b.length ? a : b).slice(0, 80));
+      hiddenCode.push(code.textContent.split('\n')
+                      .reduce((a, b) => a.length >= b.length ? a : b).slice(0, 80));
     const button = pre.parentElement.querySelector('.md-clipboard, .md-code__button, button');
     if (!button) continue;
     const b = button.getBoundingClientRect();
@@ -139,7 +141,9 @@ MEASURE = r"""
         const range = document.createRange();
         range.setStart(t, w.index); range.setEnd(t, w.index + w[0].length);
         for (const r of range.getClientRects()) {
-          if (r.width > 0 && r.left < b.right && r.right > b.left && r.top < b.bottom && r.bottom > b.top) hit = true;
+          const inside = r.left < b.right && r.right > b.left
+                         && r.top < b.bottom && r.bottom > b.top;
+          if (r.width > 0 && inside) hit = true;
         }
       }
     }
@@ -153,18 +157,22 @@ MEASURE = r"""
       while ((m = re.exec(t.data))) {
         const range = document.createRange();
         range.setStart(t, m.index); range.setEnd(t, m.index + m[0].length);
-        const tops = new Set([...range.getClientRects()].filter(r => r.width > 0).map(r => Math.round(r.top)));
+        const tops = new Set([...range.getClientRects()].filter(r => r.width > 0)
+                                                          .map(r => Math.round(r.top)));
         if (tops.size > 1) broken.push(m[0]);
       }
     }
   }
+  const wideTables = [...article.querySelectorAll('table')]
+      .filter(t => t.getBoundingClientRect().width > article.clientWidth + 1)
+      .map(t => t.innerText.split('\n')[0].slice(0, 60));
   const images = [...article.querySelectorAll('img')].map(i => ({
       src: i.getAttribute('src'), url: i.currentSrc || i.src, ok: i.complete && i.naturalWidth > 0,
       natural: i.naturalWidth, shown: i.getBoundingClientRect().width}));
   return {title: document.title, text: prose.innerText, math: maths.length,
           math_visible: maths.filter(m => m.getBoundingClientRect().height > 4).length,
           clipped_math: clipped, hidden_code: hiddenCode, copy_button_covers: covered,
-          broken_words: broken, images: images,
+          broken_words: broken, wide_tables: wideTables, images: images,
           page_overflow: document.documentElement.scrollWidth > vw + 1};
 }
 """
@@ -228,6 +236,7 @@ def check_page(page, url: str, site: Path, base: str) -> dict:
             "clipped_math": facts["clipped_math"], "hidden_code": facts["hidden_code"],
             "copy_button_covers": facts["copy_button_covers"],
             "broken_words": sorted(set(facts["broken_words"])),
+            "wide_tables": facts["wide_tables"],
             "page_overflow": facts["page_overflow"],
             "images": len(facts["images"]),
             "broken_images": [i["src"] for i in facts["images"] if not i["ok"]],
@@ -250,6 +259,8 @@ def failures_of(view: str, name: str, r: dict) -> list[str]:
     if r["broken_words"]:
         out.append(f"{where}: identifiers broken across lines in a table: "
                    f"{r['broken_words'][:5]}")
+    if view == "desktop" and r["wide_tables"]:
+        out.append(f"{where}: tables wider than the text column: {r['wide_tables'][:3]}")
     if r["broken_images"]:
         out.append(f"{where}: images that did not load: {r['broken_images']}")
     for fig in r["figures"]:

@@ -2,10 +2,11 @@
 at this commit, and write the sentences of README.md and docs/getting-started.md that
 quote the numbers.
 
-    python scripts/measure_setup.py                # both: a few minutes plus the suite
-    python scripts/measure_setup.py --skip-tests   # metagrad report only (keeps the last test numbers)
-    python scripts/measure_setup.py --render       # measure nothing: rewrite the quoted
-                                                   # sentences from the committed results
+    python scripts/measure_setup.py               # both: a few minutes plus the suite
+    python scripts/measure_setup.py --skip-tests  # metagrad report only (keeps the last
+                                                  # test numbers)
+    python scripts/measure_setup.py --render      # measure nothing: rewrite the quoted
+                                                  # sentences from the committed results
 
 Writes ``bench/results/setup/setup.json`` (the numbers, the commands, the commit and
 whether the tree had uncommitted changes, the machine: CPU model, CPU count, load average

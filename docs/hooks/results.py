@@ -40,6 +40,9 @@ TITLES = {
     "scaling_cuda_h200": "Distributed on one H200 (NCCL)",
     "gpu_h200": "GPU run: one NVIDIA H200",
     "asv": "asv history",
+    "check_cost_cpu": "Cost of the numerical checks (CPU)",
+    "compile_cpu": "Compile times of mg.compile (CPU)",
+    "setup": "Set-up times: metagrad report and the test suite",
     "study": "The method comparison study",
     "finn2017": "Finn et al. 2017's sinusoid protocol",
 }
