@@ -83,7 +83,7 @@ def min_font_px(fig: plt.Figure, dpi: float = DPI) -> float:
     from matplotlib.text import Text
 
     # Tick labels outside the axis limits are not drawn, but share their axis's size.
-    sizes = [t.get_fontsize() for t in fig.findobj(Text)
+    sizes = [float(t.get_fontsize()) for t in fig.findobj(Text)
              if t.get_visible() and t.get_text().strip()]
     return min(sizes, default=float("inf")) * dpi / 72
 

@@ -54,10 +54,12 @@ def directives(text: str | None = None) -> list[tuple[str, Any]]:
 
 def entries_of(name: str, obj: Any, found: list[tuple[str, Any]]) -> list[str]:
     """The directives that render ``obj``: one naming it (same object, same last name:
-    ``1e-9`` is not ``REF_RTOL``), or one naming a whole module in which it is defined."""
+    ``1e-9`` is not ``REF_RTOL``), or one naming a whole module that defines or exports it
+    under that name (a module's entry renders its public members)."""
     own = [p for p, o in found if o is obj and p.rsplit(".", 1)[-1] == name]
     in_module = [p for p, o in found if isinstance(o, ModuleType)
-                 and getattr(obj, "__module__", None) == o.__name__]
+                 and (getattr(obj, "__module__", None) == o.__name__
+                      or getattr(o, name, None) is obj)]
     return own + in_module
 
 
