@@ -53,6 +53,7 @@ PAGES = {
     "verification": "verification/",
     "which_method": "howto/which-method/",
     "choose_settings": "howto/choose-settings/",
+    "inner_loops": "howto/inner-loops/",
     "getting_started": "getting-started/",
     "benchmarks": "benchmarks/",
     "api": "reference/api/",
