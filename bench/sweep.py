@@ -119,7 +119,7 @@ def _with_compiled(methods: list[str]) -> list[str]:
 def presets() -> dict[str, list[Block]]:
     """Named grids. ``cpu-quick`` is the ``metagrad report`` section (~30 s on 2 cores);
     ``cpu`` the full CPU grid (tens of minutes); ``gpu`` the full GPU grid; ``gpu-quick`` what
-    fits a few lent GPU minutes;
+    fits a few minutes of one GPU;
     ``tiny`` a seconds-long smoke test of every figure (used by scripts/gpu_bench.sh on CPU)."""
     # Accuracy axes on the smooth sinusoid, 5 tasks (the dense exact targets cost ~2 s a
     # task a λ), inner_lr 0.005 so that inner_lr·(λ + L) < 2 up to λ = 100.
@@ -145,7 +145,7 @@ def presets() -> dict[str, list[Block]]:
                   cg_iters=[0, 1, 2, 5, 10, 20], terms=[0, 1, 2, 5, 10, 20], **acc),
             Block(methods=MAML_TARGET, steps=[1, 5, 20], **acc),
         ],
-        # One lent GPU for a few minutes: eager grids only (the compiled path and CUDA
+        # A few minutes of one GPU: eager grids only (the compiled path and CUDA
         # graphs are timed by the peer comparison and metagrad_bench.gpu_check).
         "gpu-quick": [
             Block("sinusoid", ALL, [1, 5, 20]),
@@ -415,8 +415,19 @@ def make_problem_meta_batch(problem: str) -> int:
 
 # -- figures ---------------------------------------------------------------------------------
 
-AXIS_LABEL = {"steps": "K (inner steps)", "lam": "λ", "cg_iters": "CG iterations",
+AXIS_LABEL = {"steps": "K (inner steps)", "lam": "λ", "cg_iters": "CG iterations m",
               "terms": "Neumann terms J"}
+SYMBOL = {"steps": "K", "lam": "λ", "cg_iters": "m", "terms": "J"}
+"""How a setting is written in the figures' point labels."""
+COUNT_AXES = ("cg_iters", "terms")
+"""Axes drawn linear: each CG iteration or series term costs the same (one Hessian-vector
+product), so equal steps along the axis are equal costs, and 0 is a setting."""
+FIGURE_WIDTH = 7.0
+"""Inches: 840 px at metagrad.plotting.DPI, about the width of the documentation's text
+column, so that the figures' text is shown near its own size (scripts/check_docs.py)."""
+PANEL_HEIGHT = 4.0
+LEGEND_SIZE = 9
+LABEL_SIZE = 8.5
 
 
 def _series(df: pd.DataFrame, axis: str) -> pd.DataFrame:
@@ -454,30 +465,75 @@ def _colors(d: pd.DataFrame) -> dict[str, Any]:
     return colors
 
 
+def point_labels(d: pd.DataFrame) -> pd.Series:
+    """Each row's settings that vary among the rows of its method, e.g. ``K=5`` or
+    ``m=2``: what tells apart the points of one colour in the Pareto plot."""
+    labels = pd.Series("", index=d.index)
+    for _, group in d.groupby("method", sort=False):
+        varying = [k for k in SYMBOL if k in group and group[k].nunique(dropna=True) > 1]
+        for idx, row in group.iterrows():
+            labels[idx] = ", ".join(f"{SYMBOL[k]}={_norm(row[k])}" for k in varying)
+    return labels
+
+
+def _place_labels(ax, points: list[tuple[float, float, str]]) -> None:
+    """Label points beside them, each at the first of four places (upper right, lower
+    right, upper left, lower left) where it overlaps no label placed before it and no
+    other point."""
+    offsets = [((5, 4), "left", "bottom"), ((5, -4), "left", "top"),
+               ((-5, 4), "right", "bottom"), ((-5, -4), "right", "top")]
+    renderer = ax.figure.canvas.get_renderer()
+    marks = [ax.transData.transform((x, y)) for x, y, _ in points]
+    placed: list[Any] = []
+    for x, y, text in sorted(points):
+        for i, (offset, ha, va) in enumerate(offsets):
+            note = ax.annotate(text, (x, y), xytext=offset, textcoords="offset points",
+                               ha=ha, va=va, fontsize=LABEL_SIZE)
+            box = note.get_window_extent(renderer).expanded(1.05, 1.1)
+            clash = any(box.overlaps(b) for b in placed) or any(
+                box.contains(*m) for m in marks)
+            if not clash or i == len(offsets) - 1:
+                placed.append(box)
+                break
+            note.remove()
+
+
+def _panels(n: int):
+    """A figure of ``n`` panels stacked in one column, as wide as the docs' text column."""
+    from metagrad import plotting
+
+    fig, axes = plotting.plt.subplots(n, 1, figsize=(FIGURE_WIDTH, PANEL_HEIGHT * n),
+                                      squeeze=False)
+    return fig, axes[:, 0]
+
+
 def figures(df: pd.DataFrame, out: Path) -> list[Path]:
-    """Draw every figure the data support; return their paths."""
+    """Draw every figure the data support; return their paths. One panel per problem,
+    stacked; x-axes for K and time logarithmic, for CG iterations and Neumann terms
+    linear (their cost is linear in them); every Pareto point labelled with its
+    settings."""
     from metagrad import plotting
 
     plotting.setup()
-    sns, plt = plotting.sns, plotting.plt
+    sns = plotting.sns
     paths: list[Path] = []
     problems = sorted(df["problem"].unique())
 
-    def lineplot(y: str, axis: str, fname: str, title: str, ylabel: str, logx: bool) -> None:
+    def lineplot(y: str, axis: str, fname: str, title: str, ylabel: str) -> None:
         d = _series(df, axis).dropna(subset=[y])
         if d.empty:
             return
         probs = [p for p in problems if p in set(d["problem"])]
-        fig, axes = plt.subplots(1, len(probs), figsize=(max(6.2 * len(probs), 8.0), 4.2),
-                                 squeeze=False)
-        for ax, prob in zip(axes[0], probs):
+        fig, axes = _panels(len(probs))
+        for ax, prob in zip(axes, probs):
             dp = d[d["problem"] == prob].sort_values(axis)
             # Dashes and markers per series too: methods that coincide (IMAML and Neumann
             # at convergence, MAML's two backward modes) stay visible on top of each other.
             sns.lineplot(dp, x=axis, y=y, hue="series", style="series", markers=True,
                          palette=_colors(dp), ax=ax)
-            has_zero = bool((dp[axis] == 0).any())
-            ax.set_xscale(("symlog" if has_zero else "log") if logx else "linear")
+            if axis not in COUNT_AXES:
+                has_zero = bool((dp[axis] == 0).any())
+                ax.set_xscale("symlog" if has_zero else "log")
             ax.set_yscale("log")
             plotting.value_ticks(ax, dp[axis])
             plotting.plain_log_labels(ax, "y")
@@ -485,34 +541,34 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
             ax.set_ylabel(ylabel)
             batch = int(dp["meta_batch"].iloc[0])
             ax.set_title(f"{prob}, {dp['device'].iloc[0]}, meta-batch {batch}")
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=LEGEND_SIZE)
         fig.suptitle(title)
         paths.append(plotting.save(fig, out / fname))
 
     lineplot("median_ms", "steps", "time_vs_steps.png", "median time per meta-gradient vs K",
-             "ms", True)
+             "ms")
     lineplot("peak_mem_mb", "steps", "memory_vs_steps.png",
-             "peak memory above baseline vs K", "MiB", True)
+             "peak memory above baseline vs K", "MiB")
     lineplot("approx_error", "steps", "error_vs_steps.png", "relative error vs exact target, vs K",
-             "‖g − g*‖ / ‖g*‖", True)
+             "‖g − g*‖ / ‖g*‖")
     lineplot("approx_error", "terms", "error_vs_terms.png",
-             "Neumann: relative error vs the implicit gradient, vs J", "‖g − g*‖ / ‖g*‖", True)
+             "Neumann: relative error vs the implicit gradient, vs J", "‖g − g*‖ / ‖g*‖")
     lineplot("approx_error", "lam", "error_vs_lam.png", "relative error vs exact target, vs λ",
-             "‖g − g*‖ / ‖g*‖", True)
+             "‖g − g*‖ / ‖g*‖")
     lineplot("approx_error", "cg_iters", "error_vs_cg_iters.png",
              "IMAML: relative error vs the implicit gradient, vs CG iterations",
-             "‖g − g*‖ / ‖g*‖", True)
+             "‖g − g*‖ / ‖g*‖")
 
     d = df.dropna(subset=["approx_error", "median_ms"])
     d = d[d["approx_error"] > 0]
     if not d.empty:
         probs = sorted(d["problem"].unique())
-        fig, axes = plt.subplots(1, len(probs), figsize=(6.2 * len(probs), 4.4), squeeze=False)
-        for ax, prob in zip(axes[0], probs):
+        fig, axes = _panels(len(probs))
+        for ax, prob in zip(axes, probs):
             dp = d[d["problem"] == prob]
             d2 = dp.assign(series=dp["method"])
             sns.scatterplot(d2, x="median_ms", y="approx_error", hue="series",
-                            palette=_colors(d2), ax=ax, s=30)
+                            palette=_colors(d2), ax=ax, s=40)
             front = pareto_front(dp)
             ax.plot(front["median_ms"], front["approx_error"], "k--", lw=1, drawstyle="steps-post",
                     label="Pareto front")
@@ -520,10 +576,13 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
             ax.set_yscale("log")
             plotting.plain_log_labels(ax, "x")
             plotting.plain_log_labels(ax, "y")
+            labels = point_labels(dp)
+            _place_labels(ax, [(row["median_ms"], row["approx_error"], labels[idx])
+                               for idx, row in dp.iterrows() if labels[idx]])
             ax.set_xlabel("median ms per meta-gradient")
             ax.set_ylabel("‖g − g*‖ / ‖g*‖")
             ax.set_title(f"{prob}, {dp['device'].iloc[0]}")
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=LEGEND_SIZE)
         fig.suptitle("error vs time: Pareto front (lower left is better)")
         paths.append(plotting.save(fig, out / "pareto.png"))
     return paths
@@ -569,6 +628,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="sweep", help="folder for sweep.csv and figures")
     p.add_argument("--no-error", action="store_true", help="skip the exact-target error column")
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--figures-only", action="store_true",
+                   help="run nothing: redraw the figures from OUT/sweep.csv (rows of --device)")
     p.set_defaults(func=run)
 
 
@@ -616,7 +677,26 @@ def blocks_from_args(args: argparse.Namespace) -> list[Block]:
                   args.meta_batch)]
 
 
+def redraw(out: Path, device: str) -> list[Path]:
+    """The figures of a finished sweep, from its CSV alone (nothing is run, so a CUDA sweep
+    can be redrawn on a machine without a GPU)."""
+    csv_path = out / "sweep.csv"
+    if not csv_path.is_file():
+        raise UsageError(f"--figures-only: no sweep results at {csv_path}")
+    df = read_sweep(csv_path)
+    df = df[df["device"] == device]
+    if df.empty:
+        raise UsageError(f"--figures-only: {csv_path} has no rows for --device {device}")
+    return figures(df, out)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.figures_only:
+        if args.no_figures:
+            raise UsageError("--figures-only and --no-figures contradict each other")
+        for path in redraw(Path(args.out), args.device):
+            print(f"wrote {path}")
+        return 0
     device = check_device(args.device)
     if args.repeats < 1:
         raise UsageError(f"--repeats must be ≥ 1, got {args.repeats}")

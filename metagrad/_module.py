@@ -31,7 +31,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 def batch_statistics(module: nn.Module) -> Iterator[None]:
     """Within the block, the module's ``BatchNorm`` layers in training mode normalise with
     batch statistics and leave their running statistics (and ``num_batches_tracked``)
-    untouched; their settings are restored afterwards."""
+    untouched; their settings are restored afterwards.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network whose ``BatchNorm`` layers are switched for the block.
+    """
     layers = [m for m in module.modules()
               if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
     for layer in layers:
@@ -46,10 +52,27 @@ def batch_statistics(module: nn.Module) -> Iterator[None]:
 def module_loss(module: nn.Module, criterion: Callable[[Tensor, Tensor], Tensor]):
     """Turn ``module`` and ``criterion(prediction, target)`` into ``loss(params, batch)``.
 
-    ``batch`` is one task's ``(x, y)``; the module runs with ``params`` in place
-    of its own parameters (``torch.func.functional_call``) and its buffers as they
-    are, except that batch normalisation in training mode uses each batch's own
-    statistics without updating the running ones (see the module docstring).
+    ``loss(params, batch) = criterion(module(x; params), y)`` for one task's batch
+    ``(x, y)``: the module runs with ``params`` in place of its own parameters
+    (``torch.func.functional_call``) and its buffers as they are, except that batch
+    normalisation in training mode uses each batch's own statistics without updating the
+    running ones (see the module docstring).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network; its own parameters are not used by ``loss`` (pass them, or adapted
+        copies, as ``params``).
+    criterion : Callable[[Tensor, Tensor], Tensor]
+        ``criterion(prediction, target)``, returning a 0-dim loss, e.g.
+        ``torch.nn.functional.mse_loss`` or ``cross_entropy``.
+
+    Returns
+    -------
+    Callable[[dict[str, Tensor], Any], Tensor]
+        ``loss(params, batch)``, the functional loss every method takes. On its first
+        call with a set of names it raises ``ValueError`` for a name the module does not
+        have (``functional_call`` would silently ignore it).
     """
 
     checked: set[frozenset[str]] = set()
@@ -128,17 +151,37 @@ def _plain_tensors(params: Mapping[str, Tensor], batch: Any) -> bool:
 
 
 def params_of(module: nn.Module) -> dict[str, Tensor]:
-    """``dict(module.named_parameters())`` of the trainable parameters."""
+    """The module's trainable parameters by name: the ``params`` every method takes.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network.
+
+    Returns
+    -------
+    dict[str, Tensor]
+        ``dict(module.named_parameters())`` restricted to ``requires_grad`` tensors (the
+        tensors themselves, not copies: a ``torch.optim`` step on the module moves them).
+    """
     return {k: v for k, v in module.named_parameters() if v.requires_grad}
 
 
 def set_grads(module: nn.Module | Mapping[str, Tensor], grad: Mapping[str, Tensor]) -> None:
     """Write a meta-gradient into ``p.grad`` so any ``torch.optim`` optimizer can step.
 
-    ``module`` is an ``nn.Module`` (its trainable parameters get ``grad``) or a dict of
-    tensors such as learned inner step sizes (``mg.set_grads(rates,
-    out.hyper_grad["inner_lr"])``). Overwrites (does not accumulate); every tensor must
-    have an entry.
+    Overwrites (does not accumulate), cast to each tensor's dtype and device.
+
+    Parameters
+    ----------
+    module : torch.nn.Module or Mapping[str, Tensor]
+        The network whose trainable parameters (:func:`params_of`) receive the gradient,
+        or a dict of tensors such as learned inner step sizes
+        (``mg.set_grads(rates, out.hyper_grad["inner_lr"])``).
+    grad : Mapping[str, Tensor]
+        A gradient by name, e.g. ``out.grad`` of a method's result; it must have an entry
+        of the tensor's shape for every one of them (a ``KeyError`` names the missing
+        ones, a ``ValueError`` a shape that differs).
     """
     named = params_of(module) if isinstance(module, nn.Module) else dict(module)
     missing = sorted(set(named) - set(grad))

@@ -40,8 +40,9 @@ def value_ticks(ax: plt.Axes, values, axis: str = "x", most: int = 8) -> None:
 
 def plain_log_labels(ax: plt.Axes, axis: str = "y") -> None:
     """Readable labels on a log axis (call after plotting): over three decades or more,
-    the decades alone; over less, plain numbers at 1, 2 and 5 times powers of ten (a
-    short range would otherwise show no decade, or labels like "6×10⁰")."""
+    the decades alone; over less, plain numbers at 1, 2 and 5 times powers of ten, and
+    within half a decade at every integer multiple (a short range would otherwise show no
+    decade, a single label, or labels like "6×10⁰")."""
     import math
 
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -49,15 +50,66 @@ def plain_log_labels(ax: plt.Axes, axis: str = "y") -> None:
     target = ax.xaxis if axis == "x" else ax.yaxis
     lo, hi = sorted(ax.get_xlim() if axis == "x" else ax.get_ylim())
     if lo > 0 and math.log10(hi / lo) < 3:
-        target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        subs = (1.0, 2.0, 5.0) if math.log10(hi / lo) >= 0.5 else tuple(map(float, range(1, 10)))
+        target.set_major_locator(LogLocator(base=10, subs=subs))
         target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     target.set_minor_formatter(NullFormatter())
 
 
+DPI = 120
+FONT_KEY = "metagrad:min_font_px"
+"""PNG text chunk holding the smallest font size in the image, in image pixels: what the
+documentation's browser check (``scripts/check_docs.py``) scales by the figure's rendered
+width to tell whether its text is readable on the page."""
+
+
+def min_font_px(fig: plt.Figure, dpi: float = DPI) -> float:
+    """The smallest font size of any visible, non-empty text in ``fig`` (titles, labels,
+    tick labels, legends, annotations), in pixels of the image saved at ``dpi``:
+    points × dpi / 72.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure, laid out as it will be saved.
+    dpi : float
+        Resolution of the saved image.
+
+    Returns
+    -------
+    float
+        The size in pixels (``inf`` for a figure without text).
+    """
+    from matplotlib.text import Text
+
+    # Tick labels outside the axis limits are not drawn, but share their axis's size.
+    sizes = [float(t.get_fontsize()) for t in fig.findobj(Text)
+             if t.get_visible() and t.get_text().strip()]
+    return min(sizes, default=float("inf")) * dpi / 72
+
+
 def save(fig: plt.Figure, path: Path, rect: tuple[float, float, float, float] | None = None
          ) -> Path:
-    """Lay out (within ``rect`` of the figure, leaving room for a figure legend) and write."""
+    """Lay out the figure and write it as a PNG that records its smallest font size.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure; it is closed afterwards.
+    path : Path
+        Where to write the PNG.
+    rect : tuple[float, float, float, float], optional
+        The part of the figure (left, bottom, right, top, in figure fractions) the axes
+        are laid out in, leaving room for a figure legend.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     fig.tight_layout(rect=rect)
-    fig.savefig(path, dpi=120)
+    path = Path(path)
+    record = {FONT_KEY: f"{min_font_px(fig):.1f}"} if path.suffix == ".png" else None
+    fig.savefig(path, dpi=DPI, metadata=record)
     plt.close(fig)
     return path

@@ -42,7 +42,35 @@ from .models import convnet, mlp
 
 @dataclass(frozen=True, eq=False)
 class Problem:
-    """A loss, parameters θ and a meta-batch of tasks, with what is known about them."""
+    """A loss, parameters θ and a meta-batch of tasks, with what is known about them.
+
+    Built by :func:`make_problem`; ``method(problem.loss, problem.params, problem.tasks)``
+    runs any method on it.
+
+    Parameters
+    ----------
+    name : str
+        The registry name (``"sinusoid"``, ``"linreg12"``, ...).
+    loss : Loss
+        ``loss(params, batch)``, a 0-dim loss of one task's batch.
+    params : Params
+        θ, the meta-parameters by name.
+    tasks : Task
+        The meta-batch.
+    seed : int
+        The seed the tasks and parameters were drawn with.
+    description : str
+        One line for tables and reports.
+    closed_form : bool
+        True for the linear-regression family, whose methods have closed forms.
+    smooth : bool
+        False for ReLU nets: finite differences and Newton's proximal minimiser are not
+        meaningful there, so no implicit target or finite-difference check is computed.
+    module : torch.nn.Module or None
+        The ``nn.Module`` behind ``loss`` (for peer libraries that need one), if any.
+    criterion : Callable[[Tensor, Tensor], Tensor] or None
+        ``criterion(prediction, target)`` of ``module``, if any.
+    """
 
     name: str
     loss: Loss
@@ -51,29 +79,28 @@ class Problem:
     seed: int = 0
     description: str = ""
     closed_form: bool = False
-    """True for the linear-regression family, whose methods have closed forms."""
     smooth: bool = True
-    """False for ReLU nets: finite differences and Newton's proximal minimiser are not
-    meaningful there, so no implicit target or finite-difference check is computed."""
     module: nn.Module | None = None
-    """The ``nn.Module`` behind ``loss`` (for peer libraries that need one), if any."""
     criterion: Callable[[Tensor, Tensor], Tensor] | None = None
-    """``criterion(prediction, target)`` of ``module``, if any."""
 
     @property
     def dim(self) -> int:
+        """d, the number of scalar parameters."""
         return sum(v.numel() for v in self.params.values())
 
     @property
     def meta_batch(self) -> int:
+        """T, the number of tasks."""
         return self.tasks.num_tasks
 
     @property
     def dtype(self) -> torch.dtype:
+        """The parameters' dtype."""
         return next(iter(self.params.values())).dtype
 
     @property
     def device(self) -> torch.device:
+        """The parameters' device."""
         return next(iter(self.params.values())).device
 
     @property
@@ -82,17 +109,48 @@ class Problem:
         return (self.name, self.meta_batch, self.seed, str(self.dtype), str(self.device))
 
     def task_list(self) -> list[tuple[Any, Any]]:
-        """The tasks one by one, as ``(train, val)`` pairs without the task dim."""
+        """The tasks one by one.
+
+        Returns
+        -------
+        list[tuple[Any, Any]]
+            ``(train, val)`` pairs without the task dimension, as the oracle takes them.
+        """
         return [self.tasks.task(i) for i in range(self.meta_batch)]
 
 
 def mse(prediction: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error written out, so that forward-over-reverse HVPs run through it."""
+    """Mean squared error written out, so that forward-over-reverse HVPs run through it
+    (they fail inside ``F.mse_loss``'s backward on every torch release tried).
+
+    Parameters
+    ----------
+    prediction, target : Tensor
+        Tensors of the same shape.
+
+    Returns
+    -------
+    Tensor
+        mean((prediction − target)²), 0-dim.
+    """
     return ((prediction - target) ** 2).mean()
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """−log softmax(z)_y, mean over the batch (log-sum-exp form, stable)."""
+    """Cross-entropy −log softmax(z)ᵧ, mean over the batch (log-sum-exp form, stable).
+
+    Parameters
+    ----------
+    logits : Tensor
+        z, shape ``(batch, classes)``.
+    labels : Tensor
+        y, ``int64`` class indices of shape ``(batch,)``.
+
+    Returns
+    -------
+    Tensor
+        The mean loss, 0-dim.
+    """
     picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     return (torch.logsumexp(logits, -1) - picked).mean()
 
@@ -103,7 +161,20 @@ def _randn(shape, g: torch.Generator, scale: float, dtype: torch.dtype) -> Tenso
 
 def linreg(meta_batch: int = 2, seed: int = 0, dtype: torch.dtype = torch.float64,
            device: str | torch.device = "cpu", dim: int = 5) -> Problem:
-    """``mg.LinearRegression``: L(w) = mean((x w − y)²), a quadratic with closed forms."""
+    """``mg.LinearRegression``: L(w) = mean((x w − y)²), a quadratic with closed forms.
+
+    Parameters
+    ----------
+    meta_batch, seed, dtype, device
+        As for :func:`make_problem`; the defaults here are the problem's own.
+    dim : int
+        d, the number of features and of parameters (``make_problem("linreg12")`` is
+        ``dim=12``); 2d + 2d shots per task.
+
+    Returns
+    -------
+    Problem
+    """
     tasks = LinearRegression(dim=dim, shots=2 * dim, query=2 * dim).sample(
         meta_batch, seed=seed, dtype=dtype, device=device)
     g = torch.Generator().manual_seed(seed + 1)
@@ -128,7 +199,17 @@ def _clusters(meta_batch: int, seed: int, dtype: torch.dtype,
 
 def softmax(meta_batch: int = 2, seed: int = 0, dtype: torch.dtype = torch.float64,
             device: str | torch.device = "cpu") -> Problem:
-    """Softmax regression on ``mg.GaussianClusters`` (3-way, 2 shots, 4 features)."""
+    """Softmax regression on ``mg.GaussianClusters`` (3-way, 2 shots, 4 features).
+
+    Parameters
+    ----------
+    meta_batch, seed, dtype, device
+        As for :func:`make_problem`; the defaults here are the problem's own.
+
+    Returns
+    -------
+    Problem
+    """
     tasks, g = _clusters(meta_batch, seed, dtype, device)
 
     def loss(params, batch):
@@ -142,7 +223,17 @@ def softmax(meta_batch: int = 2, seed: int = 0, dtype: torch.dtype = torch.float
 
 def mlp_softplus(meta_batch: int = 2, seed: int = 0, dtype: torch.dtype = torch.float64,
                  device: str | torch.device = "cpu") -> Problem:
-    """A 4-6-3 softplus MLP classifier on ``mg.GaussianClusters``, written out by hand."""
+    """A 4-6-3 softplus MLP classifier on ``mg.GaussianClusters``, written out by hand.
+
+    Parameters
+    ----------
+    meta_batch, seed, dtype, device
+        As for :func:`make_problem`; the defaults here are the problem's own.
+
+    Returns
+    -------
+    Problem
+    """
     tasks, g = _clusters(meta_batch, seed, dtype, device)
 
     def loss(params, batch):
@@ -169,14 +260,34 @@ def _sinusoid_net(name: str, sizes: tuple[int, ...], activation: type[nn.Module]
 def sinusoid_small(meta_batch: int = 2, seed: int = 0, dtype: torch.dtype = torch.float64,
                    device: str | torch.device = "cpu") -> Problem:
     """The sinusoid MLP (Finn et al. 2017 §5.1) in miniature: 1-10-10-1 tanh, through
-    ``mg.module_loss`` and ``metagrad.models.mlp`` (the path users take)."""
+    ``mg.module_loss`` and ``metagrad.models.mlp`` (the path users take).
+
+    Parameters
+    ----------
+    meta_batch, seed, dtype, device
+        As for :func:`make_problem`; the defaults here are the problem's own.
+
+    Returns
+    -------
+    Problem
+    """
     return _sinusoid_net("sinusoid_small", (1, 10, 10, 1), nn.Tanh, mse, meta_batch, seed, dtype,
                          device, "sinusoid regression, MLP 1-10-10-1 tanh, d = 141")
 
 
 def sinusoid(meta_batch: int = 25, seed: int = 0, dtype: torch.dtype = torch.float32,
              device: str | torch.device = "cpu") -> Problem:
-    """Finn et al. 2017 §5.1: MLP 1-40-40-1 ReLU, ``F.mse_loss``, 10 + 10 shots."""
+    """Finn et al. 2017 §5.1: MLP 1-40-40-1 ReLU, ``F.mse_loss``, 10 + 10 shots.
+
+    Parameters
+    ----------
+    meta_batch, seed, dtype, device
+        As for :func:`make_problem`; the defaults here are the problem's own.
+
+    Returns
+    -------
+    Problem
+    """
     return _sinusoid_net("sinusoid", (1, 40, 40, 1), nn.ReLU, F.mse_loss, meta_batch, seed, dtype,
                          device, "sinusoid regression, MLP 1-40-40-1 ReLU, d = 1761")
 
@@ -184,7 +295,17 @@ def sinusoid(meta_batch: int = 25, seed: int = 0, dtype: torch.dtype = torch.flo
 def sinusoid_tanh(meta_batch: int = 25, seed: int = 0, dtype: torch.dtype = torch.float32,
                   device: str | torch.device = "cpu") -> Problem:
     """The ``sinusoid`` workload with tanh: a smooth net, whose proximal inner problem has
-    a miniser with zero gradient (the implicit methods' exact target is defined)."""
+    a minimiser with zero gradient (the implicit methods' exact target is defined).
+
+    Parameters
+    ----------
+    meta_batch, seed, dtype, device
+        As for :func:`make_problem`; the defaults here are the problem's own.
+
+    Returns
+    -------
+    Problem
+    """
     return _sinusoid_net("sinusoid_tanh", (1, 40, 40, 1), nn.Tanh, F.mse_loss, meta_batch, seed,
                          dtype, device, "sinusoid regression, MLP 1-40-40-1 tanh, d = 1761")
 
@@ -193,7 +314,17 @@ def convnet_problem(meta_batch: int = 8, seed: int = 0, dtype: torch.dtype = tor
                     device: str | torch.device = "cpu") -> Problem:
     """The 4-block conv net of Finn et al. 2017 §5.2 on ``mg.SyntheticImages`` 5-way 1-shot
     tasks (Omniglot's shapes), cross-entropy: a model whose inner-loop graphs, not its
-    parameters, decide memory."""
+    parameters, decide memory.
+
+    Parameters
+    ----------
+    meta_batch, seed, dtype, device
+        As for :func:`make_problem`; the defaults here are the problem's own.
+
+    Returns
+    -------
+    Problem
+    """
     model = convnet(ways=5, seed=seed, dtype=dtype, device=device)
     tasks = SyntheticImages(ways=5, shots=1, query=5).sample(meta_batch, seed=seed, dtype=dtype,
                                                             device=device)
@@ -215,13 +346,48 @@ PROBLEMS: dict[str, Callable[..., Problem]] = {
 
 
 def problem_names() -> list[str]:
+    """The registered names.
+
+    Returns
+    -------
+    list[str]
+        The keys of :data:`PROBLEMS`, in order (``linreg<d>`` is accepted besides them).
+    """
     return list(PROBLEMS)
 
 
 def make_problem(name: str, meta_batch: int | None = None, seed: int = 0,
                  dtype: torch.dtype | None = None,
                  device: str | torch.device = "cpu") -> Problem:
-    """Build problem ``name``; ``meta_batch``/``dtype`` default to the problem's own."""
+    """Build a named problem: a loss, parameters and a meta-batch of tasks.
+
+    Parameters
+    ----------
+    name : str
+        One of the verification problems (float64, 2 tasks, smooth, small enough for
+        dense Hessians): ``"linreg"`` (linear regression, d = 5, closed forms; also
+        ``"linreg<d>"``, e.g. ``"linreg12"``), ``"softmax"`` (softmax regression,
+        d = 15), ``"mlp_softplus"`` (a 4-6-3 softplus MLP classifier, d = 51),
+        ``"sinusoid_small"`` (MLP 1-10-10-1 tanh, d = 141); or one of the benchmark
+        workloads (float32): ``"sinusoid"`` (Finn et al. 2017 §5.1, MLP 1-40-40-1 ReLU,
+        d = 1761, 25 tasks), ``"sinusoid_tanh"`` (the same net with tanh), ``"convnet"``
+        (the 4-block conv net of Finn et al. §5.2, d ≈ 28.7k, 8 tasks). An unknown name
+        raises ``ValueError`` listing these.
+    meta_batch : int, optional
+        Number of tasks T; None takes the problem's default (above).
+    seed : int
+        Seed of the tasks and of the initial parameters (default 0).
+    dtype : torch.dtype, optional
+        dtype of the parameters and data; None takes the problem's default (above).
+    device : str or torch.device
+        Where the parameters and data are put (default ``"cpu"``).
+
+    Returns
+    -------
+    Problem
+        The loss, θ and the tasks, with what is known about them (``smooth``,
+        ``closed_form``, ``dim``, ...).
+    """
     kwargs: dict[str, Any] = {"seed": seed, "device": device}
     if meta_batch is not None:
         if isinstance(meta_batch, bool) or not isinstance(meta_batch, int) or meta_batch < 1:
@@ -239,25 +405,59 @@ def make_problem(name: str, meta_batch: int | None = None, seed: int = 0,
 
 @dataclass(frozen=True)
 class Defaults:
-    """Settings that suit a verification problem: ``inner_lr`` with α(λ + L) < 2 for the
-    proximal loop, ``lam`` above −λ_min(H) so that I + H/λ is positive definite along the
-    way, and ``curvature``, bounds on the Hessian spectrum near θ and the adapted points
-    (measured densely, seed 0, with a little margin), from which converging settings are
-    derived."""
+    """Settings that suit a verification problem, from which converging settings are
+    derived.
+
+    Parameters
+    ----------
+    inner_lr : float
+        α with α(λ + L) < 2, so that the proximal inner loop converges.
+    lam : float
+        λ above −λ_min(H), so that I + H/λ is positive definite along the way.
+    curvature : tuple[float, float]
+        Bounds (lo, hi) on the Hessian spectrum near θ and the adapted points (measured
+        densely, seed 0, with a little margin).
+    """
 
     inner_lr: float
     lam: float
     curvature: tuple[float, float]
 
     def converged_lr(self, lam: float) -> float:
-        """α = 2/(2λ + lo + hi): the fastest proximal GD step, contraction
-        (hi − lo)/(2λ + lo + hi) per step (the spectrum of H + λI lies in [λ + lo, λ + hi])."""
+        """The fastest proximal gradient-descent step, α = 2/(2λ + lo + hi).
+
+        The spectrum of H + λI lies in [λ + lo, λ + hi], so each step contracts the
+        error by (hi − lo)/(2λ + lo + hi).
+
+        Parameters
+        ----------
+        lam : float
+            λ of the proximal inner problem.
+
+        Returns
+        -------
+        float
+            α, rounded to 4 decimals.
+        """
         lo, hi = self.curvature
         return round(2.0 / (2 * lam + lo + hi), 4)
 
     def neumann_step(self, lam: float) -> float:
-        """η = 2/(a_lo + a_hi) for A = I + H/λ with spectrum in [a_lo, a_hi]: the step that
-        minimises ρ(I − ηA) = (a_hi − a_lo)/(a_hi + a_lo) (η = 1 diverges once hi > λ)."""
+        """The Neumann step that minimises ρ(I − ηA) for A = I + H/λ.
+
+        With the spectrum of A in [a_lo, a_hi], η = 2/(a_lo + a_hi) gives
+        ρ = (a_hi − a_lo)/(a_hi + a_lo) (η = 1 diverges once hi > λ).
+
+        Parameters
+        ----------
+        lam : float
+            λ of the implicit system.
+
+        Returns
+        -------
+        float
+            η, rounded to 4 decimals.
+        """
         lo, hi = self.curvature
         return round(2.0 / (2 + (lo + hi) / lam), 4)
 

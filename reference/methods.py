@@ -55,7 +55,8 @@ def fomaml(f: FlatLoss, theta: Tensor, train: Any, val: Any, *, steps: int,
 
 def reptile(f: FlatLoss, theta: Tensor, train: Any, val: Any, *, steps: int,
             inner_lr: float, **_: Any) -> RefResult:
-    """gᵢ = θ − φ = α Σ_{k<K} ∇L_tr(θ⁽ᵏ⁾) (Nichol et al. 2018, Alg. 1), as the explicit sum."""
+    """gᵢ = θ − φ = α Σₖ ∇L_tr(θ⁽ᵏ⁾), k = 0, …, K − 1 (Nichol et al. 2018, Alg. 1), as the
+    explicit sum."""
     points = dense.gd_trajectory(f, theta, train, steps, inner_lr)
     g = torch.zeros_like(theta)
     for point in points[:-1]:
@@ -90,7 +91,8 @@ def imaml(f: FlatLoss, theta: Tensor, train: Any, val: Any, *, steps: int, inner
 
 def neumann(f: FlatLoss, theta: Tensor, train: Any, val: Any, *, steps: int, inner_lr: float,
             lam: float, terms: int, step: float = 1.0, **_: Any) -> RefResult:
-    """gᵢ = η Σ_{j=0..J} (I − η(I + H(φ)/λ))ʲ ∇L_val(φ) (Lorraine et al. 2020, Alg. 2-3)."""
+    """gᵢ = η Σⱼ (I − η(I + H(φ)/λ))ʲ ∇L_val(φ), j = 0, …, J (Lorraine et al. 2020,
+    Alg. 2-3)."""
     phi, A, b = _implicit_system(f, theta, train, val, steps, inner_lr, lam)
     x = dense.neumann_sum(A, b, terms, step)
     return RefResult(x, _pre_update_loss(f, theta, train), dense.value(f, phi, val))

@@ -6,7 +6,11 @@ small CSV tables rendered and every CSV linked for download, and, where the fold
 markdown of its own, the machine and date read from the CSV's ``device_name``, ``torch``
 and ``timestamp`` columns. ``bench/results/README.md`` becomes the index. Nothing is
 copied into ``docs/``: the pages are built from the results each time, so they cannot
-drift from them.
+drift from them. The pages appear in the navigation under Results.
+
+The docs pages link to results as they lie in the repository (``../bench/results/…``), so
+the links work where the Markdown is read directly; on the site they are rewritten to the
+generated pages.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ TITLES = {
     "scaling_cuda_h200": "Distributed on one H200 (NCCL)",
     "gpu_h200": "GPU run: one NVIDIA H200",
     "asv": "asv history",
+    "check_cost_cpu": "Cost of the numerical checks (CPU)",
+    "compile_cpu": "Compile times of mg.compile (CPU)",
+    "setup": "Set-up times: metagrad report and the test suite",
     "study": "The method comparison study",
     "finn2017": "Finn et al. 2017's sinusoid protocol",
 }
@@ -100,7 +107,9 @@ def _relink(text: str, source: Path, page_dir: str) -> str:
         path = (source.parent / target).resolve()
         if path.is_relative_to(RESULTS):
             inner = path.relative_to(RESULTS)
-            if inner.name == "README.md":  # a folder's README is its generated page
+            if path.is_dir():  # a results folder is its generated page
+                inner = inner.with_suffix(".md") if inner.parts else Path("index.md")
+            elif inner.name == "README.md":  # and so is its README
                 inner = inner.parent.with_suffix(".md") if inner.parent.parts else Path("index.md")
             site = Path(PREFIX) / inner
         elif path.is_relative_to(DOCS):
@@ -112,6 +121,16 @@ def _relink(text: str, source: Path, page_dir: str) -> str:
         return f"{match.group(1)}{rel.as_posix()}{match.group(3)}"
 
     return LINK.sub(fix, text)
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ARG001 (mkdocs API)
+    """A docs page links to results as they are in the repository (``../bench/results/
+    sweep_cpu_quick/pareto.png``, which works where the Markdown is read directly, e.g. on
+    GitHub); on the site those links go to the generated results pages and their copies."""
+    if page.file.generated_by is not None or page.file.src_uri.startswith(PREFIX + "/"):
+        return markdown
+    src = Path(page.file.src_uri)
+    return _relink(markdown, DOCS / src, str(src.parent) if src.parent.parts else "")
 
 
 def page(folder: Path) -> str:
@@ -138,6 +157,36 @@ def page(folder: Path) -> str:
 
 def _folders() -> list[Path]:
     return sorted(p for p in RESULTS.iterdir() if p.is_dir() and any(p.iterdir()))
+
+
+def _subpages(folder: Path) -> list[Path]:
+    """The markdown files of a results folder that become pages of their own."""
+    return sorted(p for p in folder.rglob("*.md") if p.name != "README.md")
+
+
+def navigation() -> list:
+    """The Results section of the navigation: the index, then one entry per folder (a
+    section, when the folder has markdown files of its own besides its README)."""
+    nav: list = [{"Overview": f"{PREFIX}/index.md"}]
+    for folder in _folders():
+        page_uri = f"{PREFIX}/{folder.name}.md"
+        subs = _subpages(folder)
+        if not subs:
+            nav.append({_title(folder.name): page_uri})
+            continue
+        nav.append({_title(folder.name): [{"Overview": page_uri}] + [
+            {sub.relative_to(folder).with_suffix("").as_posix():
+             f"{PREFIX}/{sub.relative_to(RESULTS).as_posix()}"} for sub in subs]})
+    return nav
+
+
+def on_config(config):
+    """Put every generated results page in the navigation, in place of the nav entry that
+    names ``results/index.md``."""
+    for i, entry in enumerate(config.nav or []):
+        if isinstance(entry, dict) and list(entry.values()) == [f"{PREFIX}/index.md"]:
+            config.nav[i] = {next(iter(entry)): navigation()}
+    return config
 
 
 def on_files(files: Files, config) -> Files:

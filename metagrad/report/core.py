@@ -26,7 +26,20 @@ at the defaults."""
 
 def report_methods(steps: int = 5, inner_lr: float = 0.01) -> list[Method]:
     """Every method in the registry's order (MAML first: its meta-gradient is the exact
-    one), at its class defaults except the implicit methods (:data:`IMPLICIT_SETTINGS`)."""
+    one), at its class defaults except the implicit methods (:data:`IMPLICIT_SETTINGS`).
+
+    Parameters
+    ----------
+    steps : int
+        K, the inner steps of every method.
+    inner_lr : float
+        α, the inner step size of every method.
+
+    Returns
+    -------
+    list[Method]
+        One configured method per registered name, with ``diagnose="record"``.
+    """
     methods = []
     for name, cls in METHODS.items():
         extra: dict[str, Any] = (
@@ -37,17 +50,55 @@ def report_methods(steps: int = 5, inner_lr: float = 0.01) -> list[Method]:
 
 
 def settings_text(method: Method) -> str:
-    """``lam=20, cg_iters=10`` for the settings beyond steps and inner_lr."""
+    """The settings beyond ``steps`` and ``inner_lr``, as the report shows them.
+
+    Parameters
+    ----------
+    method : Method
+        A configured method.
+
+    Returns
+    -------
+    str
+        e.g. ``lam=20, cg_iters=10``; empty for a method with no other settings.
+    """
     return ", ".join(f"{k}={getattr(method, k):g}" for k in method.setting_names()
                      if k not in ("steps", "inner_lr"))
 
 
 def cosine(a: dict, b: dict) -> float:
+    """The cosine of the angle between two gradients, flattened.
+
+    Parameters
+    ----------
+    a, b : dict[str, Tensor]
+        Gradients with the same keys and shapes.
+
+    Returns
+    -------
+    float
+        a·b / (‖a‖ ‖b‖).
+    """
     fa, fb = pt.flatten(a), pt.flatten(b)
     return float(fa @ fb / (fa.norm() * fb.norm()))
 
 
 def meta_gradients(ctx) -> str:
+    """Report section: every method's meta-gradient on the sinusoid tasks, its losses,
+    norm, cosine to MAML's exact meta-gradient and time, with a figure, and what the
+    numerical checks say at the implicit methods' class defaults.
+
+    Parameters
+    ----------
+    ctx : ReportContext
+        The report's folder, device, seed and length.
+
+    Returns
+    -------
+    str
+        The section's markdown (``meta_gradients.csv`` and ``.png`` are written to
+        ``ctx.out``).
+    """
     problem = make_problem("sinusoid", seed=ctx.seed, device=ctx.device)
     loss, params, tasks = problem.loss, problem.params, problem.tasks
     rows = []
