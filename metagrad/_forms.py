@@ -106,19 +106,34 @@ def _jittered(rates: dict[str, Tensor], seed: int | None) -> dict[str, Tensor]:
 
 @dataclass(frozen=True)
 class InnerForm:
-    """A named variant of the inner loop (see the module docstring)."""
+    """A named variant of the inner loop (see the module docstring).
+
+    Parameters
+    ----------
+    name : str
+        The short name (tables, ``metagrad verify``).
+    title : str
+        What it is, in words.
+    paper : str
+        The reference that defines it.
+    build : callable
+        ``build(params, steps, inner_lr, learn)`` → the method's keyword arguments.
+    rates : bool
+        It gives ``inner_lr`` as rate tensors (learned when the method can differentiate
+        them).
+    partial : bool
+        It leaves parameters out of the adaptation.
+    weights : bool
+        It sets MAML's ``step_weights``.
+    """
 
     name: str
     title: str
     paper: str
     build: Callable[..., dict[str, Any]]
-    """``build(params, steps, inner_lr, learn)`` → the method's keyword arguments."""
     rates: bool = False
-    """It gives ``inner_lr`` as rate tensors (learned when the method can differentiate them)."""
     partial: bool = False
-    """It leaves parameters out of the adaptation."""
     weights: bool = False
-    """It sets MAML's ``step_weights``."""
 
     def kwargs(self, params: Mapping[str, Tensor], steps: int, inner_lr: float, *,
                learn: bool = True, jitter: int | None = None) -> dict[str, Any]:

@@ -48,7 +48,26 @@ def resolve_mode(mode: str, device: Any) -> str:
 
 
 def hvp(loss: Loss, params: Params, batch: Any, v: Params, mode: str = "auto") -> Params:
-    """``∇²_params loss(params, batch) · v`` as a dict shaped like ``params``."""
+    """``∇²_params loss(params, batch) · v`` as a dict shaped like ``params``.
+
+    Parameters
+    ----------
+    loss : callable
+        ``loss(params, batch) -> 0-dim tensor``.
+    params : dict of str to Tensor
+        The point where the Hessian is taken.
+    batch
+        The batch the loss is evaluated on.
+    v : dict of str to Tensor
+        The vector, shaped like ``params``.
+    mode : {"auto", "revrev", "fwdrev"}
+        Double backward, forward-over-reverse, or the measured default for the device.
+
+    Returns
+    -------
+    dict of str to Tensor
+        H v, shaped like ``params``.
+    """
     if mode == "auto":
         mode = resolve_mode(mode, next(iter(params.values())).device)
 

@@ -51,18 +51,27 @@ RULE_TYPES = (GD, Momentum, Adam)
 
 @dataclass
 class InnerResult:
-    """One task's inner loop (or all tasks', batched, from :meth:`InnerLoop.scan`)."""
+    """One task's inner loop (or all tasks', batched, from :meth:`InnerLoop.scan`).
+
+    Attributes
+    ----------
+    phi : dict of str to Tensor
+        The adapted parameters φ = θ⁽ᴷ⁾.
+    pre_update_loss : Tensor
+        L_tr(θ), the loss before adaptation.
+    inner_losses : Tensor
+        L_tr(θ⁽ᵏ⁾) for k = 0 … K−1 (shape ``(K,)``; empty for K = 0).
+    trajectory : list of dict or None
+        θ⁽⁰⁾, θ⁽ᶜ⁾, θ⁽²ᶜ⁾, … (k < K) when ``keep_every=c`` is asked for (memory-lean MAML).
+    states : list or None
+        The update rule's state at the kept iterates, when asked for.
+    """
 
     phi: Params
-    """Adapted parameters φ = θ⁽ᴷ⁾."""
     pre_update_loss: Tensor
-    """L_tr(θ), the loss before adaptation."""
     inner_losses: Tensor
-    """L_tr(θ⁽ᵏ⁾) for k = 0 … K−1 (shape ``(K,)``; empty for K = 0)."""
     trajectory: list[Params] | None = None
-    """θ⁽⁰⁾, θ⁽ᶜ⁾, θ⁽²ᶜ⁾, … (k < K) when ``keep_every=c`` is asked for (memory-lean MAML)."""
     states: list[State] | None = None
-    """The update rule's state at the kept iterates, when asked for."""
 
 
 @dataclass(frozen=True)

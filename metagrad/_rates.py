@@ -41,7 +41,14 @@ FORMS = ("tensor", "entry", "step_entry", "step_tensor")
 
 class Rates(Mapping[str, Tensor]):
     """A read-only mapping from adapted parameter names to rate tensors (see the module
-    docstring). Equal to another only if it holds the very same tensor objects."""
+    docstring). Equal to another only if it holds the very same tensor objects.
+
+    Parameters
+    ----------
+    rates : mapping of str to Tensor
+        The rate tensors by parameter name (held, not copied: an optimizer may update them
+        in place).
+    """
 
     def __init__(self, rates: Mapping[str, Tensor]):
         self._rates = dict(rates)

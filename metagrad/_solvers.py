@@ -45,30 +45,46 @@ class _Info:
 
 @dataclass
 class CGInfo(_Info):
-    """Per-task record of a CG run (batched over tasks after ``vmap``)."""
+    """Per-task record of a CG run (batched over tasks after ``vmap``).
+
+    Attributes
+    ----------
+    residual_norms : Tensor
+        ‖b − A xᵢ‖ for i = 0 … m (recursive residuals; shape ``(m + 1,)``).
+    min_curvature : Tensor
+        min over iterations of pᵀAp / pᵀp; ≤ 0 means A is not positive definite.
+    max_curvature : Tensor
+        max over iterations of pᵀAp / pᵀp, a lower bound on λ_max(A) (tight fast, as in
+        Lanczos).
+    """
 
     residual_norms: Tensor
-    """‖b − A xᵢ‖ for i = 0 … m (recursive residuals; shape ``(m + 1,)``)."""
     min_curvature: Tensor
-    """min over iterations of pᵀAp / pᵀp; ≤ 0 means A is not positive definite."""
     max_curvature: Tensor
-    """max over iterations of pᵀAp / pᵀp, a lower bound on λ_max(A) (Lanczos: tight fast)."""
 
     PREFIX: ClassVar[str] = "cg_"
 
 
 @dataclass
 class NeumannInfo(_Info):
-    """Per-task record of a truncated Neumann series (batched over tasks after ``vmap``)."""
+    """Per-task record of a truncated Neumann series (batched over tasks after ``vmap``).
+
+    Attributes
+    ----------
+    last_term_norm : Tensor
+        ‖η (I − ηA)ᴶ b‖, the size of the last term kept; growth means divergence.
+    term_norms : Tensor
+        ‖η (I − ηA)ʲ b‖ for j = 0 … J (shape ``(J + 1,)``).
+    min_curvature : Tensor
+        min over the terms t of tᵀAt / tᵀt (≤ 0: A is not positive definite).
+    max_curvature : Tensor
+        max over the terms t of tᵀAt / tᵀt, a lower bound on λ_max(A).
+    """
 
     last_term_norm: Tensor
-    """‖η (I − ηA)ᴶ b‖, the size of the last term kept; growth means divergence."""
     term_norms: Tensor
-    """‖η (I − ηA)ʲ b‖ for j = 0 … J (shape ``(J + 1,)``)."""
     min_curvature: Tensor
-    """min over the terms t of tᵀAt / tᵀt (≤ 0: A is not positive definite)."""
     max_curvature: Tensor
-    """max over the terms t of tᵀAt / tᵀt, a lower bound on λ_max(A)."""
 
     PREFIX: ClassVar[str] = "neumann_"
 
@@ -96,6 +112,20 @@ def cg(matvec: MatVec, b: Params, iters: int) -> tuple[Params, CGInfo]:
 
         r₀ = p₀ = b;  αᵢ = rᵢᵀrᵢ / pᵢᵀApᵢ;  xᵢ₊₁ = xᵢ + αᵢpᵢ;  rᵢ₊₁ = rᵢ − αᵢApᵢ;
         βᵢ = rᵢ₊₁ᵀrᵢ₊₁ / rᵢᵀrᵢ;  pᵢ₊₁ = rᵢ₊₁ + βᵢpᵢ
+
+    Parameters
+    ----------
+    matvec : callable
+        v ↦ A v on parameter dicts (A symmetric positive definite).
+    b : dict of str to Tensor
+        The right-hand side.
+    iters : int
+        m ≥ 0, the iterations.
+
+    Returns
+    -------
+    tuple of (dict of str to Tensor, CGInfo)
+        x_m, and the run's record (residual norms, Rayleigh quotients).
 
     No data-dependent stopping (it must run under ``vmap``): once a residual is
     exactly zero the iterate is kept, instead of dividing 0 by 0.
@@ -139,7 +169,7 @@ def cg(matvec: MatVec, b: Params, iters: int) -> tuple[Params, CGInfo]:
 def neumann(matvec: MatVec, b: Params, terms: int, step: float = 1.0) -> tuple[Params, NeumannInfo]:
     """Truncated Neumann series for ``A⁻¹ b`` (Lorraine et al. 2020, Alg. 2):
 
-        A⁻¹ = η Σ_{j≥0} (I − ηA)ʲ,   x_J = η Σ_{j=0..J} (I − ηA)ʲ b,
+        A⁻¹ = η ∑ⱼ (I − ηA)ʲ (j ≥ 0),   x_J = η ∑ⱼ (I − ηA)ʲ b (j = 0 … J),
 
     exact in the limit iff the spectral radius of ``I − ηA`` is below 1; the
     error then decays like that radius^(J+1). With A = I + H/λ and η = 1 the
@@ -147,6 +177,22 @@ def neumann(matvec: MatVec, b: Params, terms: int, step: float = 1.0) -> tuple[P
 
     From the second term on, the running term and sum are updated in place, except
     where b or A t is part of an autograd graph (as in :func:`cg`).
+
+    Parameters
+    ----------
+    matvec : callable
+        v ↦ A v on parameter dicts.
+    b : dict of str to Tensor
+        The right-hand side.
+    terms : int
+        J ≥ 0, the terms after the first.
+    step : float
+        η > 0.
+
+    Returns
+    -------
+    tuple of (dict of str to Tensor, NeumannInfo)
+        x_J, and the series' record (term norms, Rayleigh quotients).
     """
     terms = non_negative_int("terms", terms)
     step = positive_float("step", step)
@@ -183,6 +229,11 @@ class ConjugateGradient:
     In exact arithmetic the m-th iterate minimises the A-norm error over the
     Krylov space span{b, Ab, …, A^(m−1) b}, and is the solution once m ≥ d.
     Cost: one HVP (≈ 2 gradients) per iteration.
+
+    Parameters
+    ----------
+    iters : int
+        m ≥ 0, the iterations (IMAML's ``cg_iters``).
     """
 
     iters: int = 5
@@ -232,8 +283,16 @@ class ConjugateGradient:
 
 @dataclass(frozen=True)
 class NeumannSeries:
-    """The truncated series x_J = η Σ_{j=0..J} (I − ηA)ʲ b with ``terms`` = J and
-    ``step`` = η (:func:`neumann`). Cost: one HVP (≈ 2 gradients) per term after the first."""
+    """The truncated series x_J = η ∑ⱼ (I − ηA)ʲ b, j = 0 … J, with ``terms`` = J and
+    ``step`` = η (:func:`neumann`). Cost: one HVP (≈ 2 gradients) per term after the first.
+
+    Parameters
+    ----------
+    terms : int
+        J ≥ 0.
+    step : float
+        η > 0.
+    """
 
     terms: int = 5
     step: float = 1.0

@@ -65,10 +65,18 @@ def describe_tasks(tasks: tuple[int, ...]) -> str:
 class Finding:
     """One numerical problem found in a meta-gradient call, as a value.
 
-    ``kind`` names the class of problem (one of :data:`KINDS`), ``tasks`` the
-    affected task indices within the call's meta-batch, and ``template`` the
-    explanation, in which ``{where}`` stands for the affected tasks (so the
-    message can be re-rendered when tasks are renumbered, e.g. across processes).
+    Attributes
+    ----------
+    kind : str
+        The class of problem, one of :data:`KINDS`.
+    template : str
+        The explanation, in which ``{where}`` stands for the affected tasks (so that the
+        message can be re-rendered when tasks are renumbered, e.g. across processes);
+        ``message`` is it rendered.
+    tasks : tuple of int
+        The affected task indices within the call's meta-batch.
+    method : str
+        The method's name.
     """
 
     kind: str

@@ -54,6 +54,23 @@ class CompiledMethod:
     time of its first call (tracing + code generation + one run); ``signatures`` lists the
     cached ones, least recently used first; ``eager_signatures`` those running eagerly after
     a fallback.
+
+    Parameters
+    ----------
+    method : Method
+        The method to compile (``batching="vmap"``).
+    backend : str or callable
+        A ``torch.compile`` backend (default ``"inductor"``).
+    mode : str or None
+        A ``torch.compile`` mode (None: the default on CPU, ``"reduce-overhead"``, CUDA
+        graphs, on a GPU).
+    loop : {"auto", "unrolled", "scan"}
+        The inner loop's compiled form (``"auto"``: scanned from ``SCAN_FROM`` steps on,
+        where the method can scan it).
+    fallback : bool
+        Run the eager method (warning once) where compilation fails, instead of raising.
+    cache_size : int
+        How many input signatures stay compiled (least recently used evicted).
     """
 
     def __init__(self, method: Method, backend: str = "inductor", mode: str | None = None,
@@ -239,12 +256,31 @@ def compile(  # noqa: A001  (mirrors torch.compile)
     method: Method, *, backend: str = "inductor", mode: str | None = None,
     loop: str = "auto", fallback: bool = False, cache_size: int = DEFAULT_CACHE_SIZE,
 ) -> CompiledMethod:
-    """Compile ``method``'s batched meta-gradient (see the package docstring).
+    """Compile ``method``'s batched meta-gradient (see the package docstring): the same
+    numbers as the eager method up to float rounding, much faster per call after a
+    one-off compile per input signature.
 
-    ``backend``, ``mode``: passed to ``torch.compile``. ``loop``: ``"auto"``,
-    ``"unrolled"`` or ``"scan"``. ``fallback``: run the eager method (warning once)
-    where compilation fails, instead of raising. ``cache_size``: how many input
-    signatures to keep compiled (least recently used evicted).
+    Parameters
+    ----------
+    method : Method
+        The method to compile (``batching="vmap"``).
+    backend : str or callable
+        A ``torch.compile`` backend (default ``"inductor"``).
+    mode : str or None
+        A ``torch.compile`` mode (None: the default on CPU, ``"reduce-overhead"``, CUDA
+        graphs, on a GPU).
+    loop : {"auto", "unrolled", "scan"}
+        The inner loop's compiled form (``"auto"``: scanned from ``SCAN_FROM`` steps on,
+        where the method can scan it).
+    fallback : bool
+        Run the eager method (warning once) where compilation fails, instead of raising.
+    cache_size : int
+        How many input signatures stay compiled (least recently used evicted).
+
+    Returns
+    -------
+    CompiledMethod
+        Called like the method: ``compiled(loss, params, tasks) -> MetaGradient``.
     """
     if not isinstance(method, Method):
         raise TypeError(f"compile() takes a metagrad method, got {type(method).__name__}")

@@ -33,33 +33,48 @@ _CPU_BACKENDS = ("gloo", "mpi", "ucc")
 class DistributedMetaGradient(MetaGradient):
     """:class:`metagrad.MetaGradient` of a distributed call.
 
-    ``grad``, ``pre_update_loss``, ``post_update_loss`` and ``findings`` are global (all
-    tasks of all ranks; findings with global task indices) and identical on every rank.
-    ``diagnostics`` holds the per-task tensors of this rank's own tasks only (its row i
-    is global task ``task_offset + i``; empty on a rank without tasks): gathering them
-    every call would cost a collective that the healthy path does not need.
+    ``grad``, ``pre_update_loss``, ``post_update_loss``, ``hyper_grad`` and ``findings``
+    are global (all tasks of all ranks; findings with global task indices) and identical
+    on every rank. ``diagnostics`` holds the per-task tensors of this rank's own tasks only
+    (its row i is global task ``task_offset + i``; empty on a rank without tasks):
+    gathering them every call would cost a collective that the healthy path does not need.
+
+    Attributes
+    ----------
+    grad, pre_update_loss, post_update_loss, diagnostics, method, findings, hyper_grad
+        As in :class:`metagrad.MetaGradient` (see above for which are global).
+    num_tasks : int
+        The number of tasks the mean is over, all ranks together.
+    task_offset : int
+        The global index of this rank's first task (the tasks of the ranks before it).
+    local_tasks : int
+        This rank's number of tasks.
     """
 
     num_tasks: int = 0
-    """Σ_r T_r, the number of tasks the mean is over."""
     task_offset: int = 0
-    """Global index of this rank's first task, Σ_{q<r} T_q."""
     local_tasks: int = 0
-    """T_r, this rank's number of tasks."""
 
 
 @dataclass
 class DistributedMethod:
     """A method (or :func:`metagrad.compile` of one) whose meta-batch is spread over the
-    ranks of a ``torch.distributed`` process group; see the module docstring and
-    :func:`distributed`. Call it as the method: ``(loss, params, tasks)``.
+    ranks of a ``torch.distributed`` process group; made by :func:`distributed`. Call it as
+    the method: ``(loss, params, tasks)``.
+
+    Parameters
+    ----------
+    method : Method or CompiledMethod
+        What each rank computes for its own tasks.
+    group : ProcessGroup or None
+        The process group (None: the default group).
+    timeout : timedelta or None
+        Longest wait in each exchange (None: the process group's own timeout).
     """
 
     method: Method | CompiledMethod
     group: Any = None
-    """The process group (``None``: the default group)."""
     timeout: timedelta | None = None
-    """Longest wait in each exchange (``None``: the process group's own timeout)."""
     _local: Method | CompiledMethod = field(init=False, repr=False)
     _weights: dict[tuple, dict[str, Tensor]] = field(default_factory=dict, init=False,
                                                      repr=False)
@@ -254,8 +269,9 @@ def distributed(method: Method | CompiledMethod, group: Any = None, *,
     must cover the slowest rank's local computation, a first compiled call included.
 
     The call ``(loss, params, tasks)`` returns on every rank the mean over the tasks of all
-    ranks, g = Σ_r Σ_i g_{r,i} / Σ_r T_r (see the package docstring for the protocol,
-    errors and findings). ``tasks`` is this rank's shard, or ``None`` for none.
+    ranks: the sum of every rank's task meta-gradients over the total number of tasks (see
+    the package docstring for the protocol, errors and findings). ``tasks`` is this rank's
+    shard, or ``None`` for none.
 
     Parameters
     ----------

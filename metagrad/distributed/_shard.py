@@ -19,6 +19,22 @@ def shard_tasks(tasks: Task, rank: int | None = None, world_size: int | None = N
     global task indices of :func:`distributed` are the indices in ``tasks``.
 
     Per-task tensors in ``tasks.info`` (leading dimension T) are sliced too.
+
+    Parameters
+    ----------
+    tasks : Task
+        The whole meta-batch.
+    rank : int or None
+        This rank's index (None: the process's rank in ``group``).
+    world_size : int or None
+        The number of ranks (None: the size of ``group``).
+    group : ProcessGroup or None
+        The process group that ``rank`` and ``world_size`` default to.
+
+    Returns
+    -------
+    Task
+        The rank's contiguous share (possibly empty).
     """
     if not isinstance(tasks, Task):
         raise TypeError(f"tasks must be a metagrad.Task, got {type(tasks).__name__}")

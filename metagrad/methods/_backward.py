@@ -77,7 +77,13 @@ class Unrolled:
 @dataclass(frozen=True)
 class Trajectory:
     """The reverse sweep with Hessian-vector products over stored iterates; with
-    ``checkpoint=c``, every c-th iterate stored and the segments recomputed."""
+    ``checkpoint=c``, every c-th iterate stored and the segments recomputed.
+
+    Parameters
+    ----------
+    checkpoint : int or None
+        c ≥ 1: keep every c-th iterate and recompute the rest (None: keep every one).
+    """
 
     checkpoint: int | None = None
 

@@ -41,28 +41,57 @@ Neumann terms J and Neumann step η. Every other field of a method is a code-pat
 
 @dataclass
 class TaskOutput:
-    """One task's result, as a method's per-task code returns it."""
+    """One task's result, as a method's per-task code returns it.
+
+    Attributes
+    ----------
+    grad : dict of str to Tensor
+        gᵢ, shaped like the parameters.
+    pre_update_loss : Tensor
+        L_tr(θ).
+    post_update_loss : Tensor
+        L_val(φ).
+    diagnostics : dict of str to Tensor
+        The task's diagnostics (``inner_losses``, solver records, …).
+    phi : dict of str to Tensor
+        The adapted parameters φ, whose train loss the numerical checks read.
+    hyper_grad : dict
+        The task's meta-gradient with respect to the inner loop's meta-parameters
+        (learned rates, momentum's β), shaped like them; empty when there are none.
+    """
 
     grad: Params
-    """gᵢ, shaped like the parameters."""
     pre_update_loss: Tensor
     post_update_loss: Tensor
     diagnostics: dict[str, Tensor]
     phi: Params
-    """The adapted parameters φ, whose train loss the numerical checks read."""
     hyper_grad: dict[str, Any] = field(default_factory=dict)
-    """The task's meta-gradient with respect to the inner loop's meta-parameters (learned
-    rates, momentum's β), shaped like them; empty when there are none."""
 
 
 @dataclass
 class MetaGradient:
     """Result of ``method(loss, params, tasks)``.
 
-    ``grad`` is the mean over tasks of the per-task vectors gᵢ (a dict like
-    ``params``); the losses are task means; ``diagnostics`` holds per-task
-    tensors with the task index in dim 0 (inner losses, CG residuals, ...);
-    ``findings`` the numerical problems found (empty when all is well).
+    Attributes
+    ----------
+    grad : dict of str to Tensor
+        The mean over tasks of the per-task vectors gᵢ, shaped like ``params``, in their
+        dtype and on their device.
+    pre_update_loss : Tensor
+        Mean over tasks of L_tr(θ) (0-dim).
+    post_update_loss : Tensor
+        Mean over tasks of L_val(φ) (0-dim).
+    diagnostics : dict of str to Tensor
+        Per-task tensors with the task index in dim 0 (inner losses, CG residuals, …).
+    method : str
+        The method's name.
+    findings : list of Finding
+        The numerical problems found, as values (empty when all is well).
+    hyper_grad : dict
+        The mean meta-gradient with respect to the inner loop's meta-parameters:
+        ``hyper_grad["inner_lr"]`` with the keys and shapes of ``inner_lr`` when it is a
+        tensor or a dict of tensors, ``hyper_grad["beta"]`` for a momentum β given as a
+        tensor; empty when the inner loop has none.
     """
 
     grad: Params
@@ -71,12 +100,7 @@ class MetaGradient:
     diagnostics: dict[str, Tensor] = field(default_factory=dict)
     method: str = ""
     findings: list[Finding] = field(default_factory=list)
-    """Numerical problems found, as values (see ``metagrad.diagnose``)."""
     hyper_grad: dict[str, Any] = field(default_factory=dict)
-    """The mean meta-gradient with respect to the inner loop's meta-parameters:
-    ``hyper_grad["inner_lr"]`` with the keys and shapes of ``inner_lr`` when it is a tensor
-    or a dict of tensors, ``hyper_grad["beta"]`` for a momentum β given as a tensor; empty
-    when the inner loop has none."""
 
     @property
     def warnings(self) -> list[str]:
@@ -86,16 +110,27 @@ class MetaGradient:
 
 @dataclass(frozen=True)
 class Method:
-    """Base of every method. Fields shared by all of them:
+    """Base of every method: a frozen dataclass whose fields are its whole configuration;
+    ``method(loss, params, tasks)`` returns a :class:`MetaGradient`. A new method subclasses
+    it (or one of the methods), sets ``name`` and implements ``_from_inner`` (or
+    ``_per_task``); :func:`metagrad.register_method` makes every application run it.
 
-    * ``steps`` (K): inner gradient steps per task;
-    * ``inner_lr`` (α): inner step size;
-    * ``batching``: ``"vmap"`` (default: all tasks at once with ``torch.func.vmap``)
-      or ``"loop"`` (a Python loop over tasks, for checking and debugging);
-    * ``hvp``: Hessian-vector products by ``"revrev"`` (double backward),
-      ``"fwdrev"`` (forward-over-reverse) or ``"auto"`` (the measured default);
-    * ``diagnose``: ``"warn"``, ``"error"``, ``"record"`` or ``"off"`` (see
-      ``metagrad.diagnose``).
+    Parameters
+    ----------
+    steps : int
+        K ≥ 0, the inner steps per task.
+    inner_lr : float, Tensor or dict of str to Tensor
+        The inner step size α > 0, or learned rates: a 0-dim tensor, or one tensor per
+        adapted parameter (per tensor, per entry, per step; see :class:`InnerLoop`).
+    inner : GD, Momentum, Adam or str
+        The inner update rule: ``mg.GD()`` (default), ``mg.Momentum(beta)``, ``mg.Adam()``,
+        or its name.
+    batching : {"vmap", "loop"}
+        All tasks at once with ``torch.func.vmap`` (default), or a Python loop over them.
+    hvp : {"auto", "revrev", "fwdrev"}
+        How Hessian-vector products are taken (``"auto"``: the measured default).
+    diagnose : {"warn", "error", "record", "off"}
+        What the numerical checks do with a problem they find (``metagrad.diagnose``).
     """
 
     steps: int = 5

@@ -24,8 +24,25 @@ class FOMAML(Method):
     i.e. MAML's product of (I − αH(θ⁽ᵏ⁾)) factors replaced by the identity; exact
     MAML for K = 0. Cost K + 1 gradient-equivalents per task.
 
-    Fields: ``steps`` (K), ``inner_lr`` (α), and the options ``batching``, ``hvp``,
-    ``diagnose`` of :class:`metagrad.Method`.
+    With learned rates (``inner_lr`` tensors) the call also returns their first-order
+    meta-gradient, ``out.hyper_grad``: the inner gradients held constant, as the loop is.
+
+    Parameters
+    ----------
+    steps : int
+        K ≥ 0, the inner steps per task.
+    inner_lr : float, Tensor or dict of str to Tensor
+        The inner step size α > 0, or learned rates: a 0-dim tensor, or one tensor per
+        adapted parameter (per tensor, per entry, per step; see :class:`InnerLoop`).
+    inner : GD, Momentum, Adam or str
+        The inner update rule: ``mg.GD()`` (default), ``mg.Momentum(beta)``, ``mg.Adam()``,
+        or its name.
+    batching : {"vmap", "loop"}
+        All tasks at once with ``torch.func.vmap`` (default), or a Python loop over them.
+    hvp : {"auto", "revrev", "fwdrev"}
+        How Hessian-vector products are taken (``"auto"``: the measured default).
+    diagnose : {"warn", "error", "record", "off"}
+        What the numerical checks do with a problem they find (``metagrad.diagnose``).
     """
 
     name: ClassVar[str] = "fomaml"

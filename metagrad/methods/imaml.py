@@ -29,10 +29,28 @@ class IMAML(ImplicitMethod):
     for α(λ + L) < 2 (L = λ_max(H)); both are checked from the solver's Rayleigh
     quotients. Cost K + 1 + 2m gradient-equivalents per task.
 
-    Fields: ``steps`` (K), ``inner_lr`` (α), ``lam`` (λ > 0), ``cg_iters`` (m ≥ 0),
-    and the options ``batching``, ``hvp``, ``diagnose`` of :class:`metagrad.Method`.
     Diagnostics: ``inner_losses``, ``cg_residual_norms``, ``cg_min_curvature``,
     ``cg_max_curvature`` (per task).
+
+    Parameters
+    ----------
+    steps : int
+        K ≥ 0, the proximal inner steps per task.
+    inner_lr : float, Tensor or dict of str to Tensor
+        The inner step size α > 0, or fixed rate tensors (every parameter adapted).
+    lam : float
+        λ > 0 of the proximal inner problem.
+    cg_iters : int
+        m ≥ 0, the conjugate-gradient iterations.
+    inner : GD, Momentum, Adam or str
+        The inner update rule: ``mg.GD()`` (default), ``mg.Momentum(beta)``, ``mg.Adam()``,
+        or its name.
+    batching : {"vmap", "loop"}
+        All tasks at once with ``torch.func.vmap`` (default), or a Python loop over them.
+    hvp : {"auto", "revrev", "fwdrev"}
+        How Hessian-vector products are taken (``"auto"``: the measured default).
+    diagnose : {"warn", "error", "record", "off"}
+        What the numerical checks do with a problem they find (``metagrad.diagnose``).
     """
 
     cg_iters: int = 5

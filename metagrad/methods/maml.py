@@ -47,17 +47,32 @@ class MAML(Method):
     MAML++'s multi-step loss (Antoniou et al. 2019, §4) F = Σₖ wₖ L_val(θ⁽ᵏ⁾), k = 1 … K,
     and gᵢ = ∇_θ F (``post_update_loss`` stays L_val(φ)).
 
-    Fields: ``steps`` (K), ``inner_lr`` (α or rate tensors), ``inner`` (the update rule),
-    the options ``batching``, ``hvp``, ``diagnose`` of :class:`metagrad.Method`, and
-
-    * ``backward``: ``"unrolled"`` (default, autograd through the inner loop),
-      ``"trajectory"`` (stored iterates and a Hessian-vector-product sweep: the same
-      number with less memory, for plain gradient descent with a float ``inner_lr``), or
-      an object :class:`metagrad.Unrolled` / :class:`metagrad.Trajectory`; after
-      construction it is always the object;
-    * ``checkpoint``: with ``backward="trajectory"``, keep every c-th iterate only and
-      recompute the rest (``MAML(backward=mg.Trajectory(checkpoint=c))`` says the same);
-    * ``step_weights``: K weights of the multi-step loss, or None (the last step only).
+    Parameters
+    ----------
+    steps : int
+        K ≥ 0, the inner steps per task.
+    inner_lr : float, Tensor or dict of str to Tensor
+        The inner step size α > 0, or learned rates: a 0-dim tensor, or one tensor per
+        adapted parameter (per tensor, per entry, per step; see :class:`InnerLoop`).
+    inner : GD, Momentum, Adam or str
+        The inner update rule: ``mg.GD()`` (default), ``mg.Momentum(beta)``, ``mg.Adam()``,
+        or its name.
+    batching : {"vmap", "loop"}
+        All tasks at once with ``torch.func.vmap`` (default), or a Python loop over them.
+    hvp : {"auto", "revrev", "fwdrev"}
+        How Hessian-vector products are taken (``"auto"``: the measured default).
+    diagnose : {"warn", "error", "record", "off"}
+        What the numerical checks do with a problem they find (``metagrad.diagnose``).
+    backward : {"unrolled", "trajectory"}, Unrolled or Trajectory
+        ``"unrolled"`` (default: autograd through the inner loop) or ``"trajectory"``
+        (stored iterates and a Hessian-vector-product sweep: the same number with less
+        memory, for plain gradient descent with a float ``inner_lr``); after construction
+        always the object.
+    checkpoint : int or None
+        With ``backward="trajectory"``, keep every c-th iterate only and recompute the rest
+        (``backward=mg.Trajectory(checkpoint=c)`` says the same).
+    step_weights : tuple of float or None
+        w₁ … w_K of the multi-step loss, or None (the last step's loss only).
     """
 
     backward: str | Unrolled | Trajectory = field(default="unrolled", kw_only=True)

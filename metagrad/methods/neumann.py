@@ -26,10 +26,30 @@ class Neumann(ImplicitMethod):
     reported with a ``step`` that converges, or the advice to raise ``lam`` when
     no step can help (I + H/λ indefinite). Cost K + 1 + 2J gradient-equivalents.
 
-    Fields: ``steps`` (K), ``inner_lr`` (α), ``lam`` (λ > 0), ``terms`` (J ≥ 0),
-    ``step`` (η > 0, default 1), and the options ``batching``, ``hvp``, ``diagnose``
-    of :class:`metagrad.Method`. Diagnostics: ``inner_losses``, ``neumann_term_norms``,
-    ``neumann_last_term_norm``, ``neumann_min_curvature``, ``neumann_max_curvature``.
+    Diagnostics: ``inner_losses``, ``neumann_term_norms``, ``neumann_last_term_norm``,
+    ``neumann_min_curvature``, ``neumann_max_curvature``.
+
+    Parameters
+    ----------
+    steps : int
+        K ≥ 0, the proximal inner steps per task.
+    inner_lr : float, Tensor or dict of str to Tensor
+        The inner step size α > 0, or fixed rate tensors (every parameter adapted).
+    lam : float
+        λ > 0 of the proximal inner problem.
+    terms : int
+        J ≥ 0, the terms of the series after the first.
+    step : float
+        η > 0 (default 1).
+    inner : GD, Momentum, Adam or str
+        The inner update rule: ``mg.GD()`` (default), ``mg.Momentum(beta)``, ``mg.Adam()``,
+        or its name.
+    batching : {"vmap", "loop"}
+        All tasks at once with ``torch.func.vmap`` (default), or a Python loop over them.
+    hvp : {"auto", "revrev", "fwdrev"}
+        How Hessian-vector products are taken (``"auto"``: the measured default).
+    diagnose : {"warn", "error", "record", "off"}
+        What the numerical checks do with a problem they find (``metagrad.diagnose``).
     """
 
     terms: int = 5

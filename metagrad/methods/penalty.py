@@ -30,9 +30,27 @@ class Penalty(Method):
     For K = 0 (φ = θ) this is the exact gradient of L_val(θ) + λ‖∇L_tr(θ)‖²; λ = 0
     gives FOMAML. Cost K + 4 gradient-equivalents per task.
 
-    Fields: ``steps`` (K), ``inner_lr`` (α), ``lam`` (λ ≥ 0), and the options
-    ``batching``, ``hvp``, ``diagnose`` of :class:`metagrad.Method`. Diagnostics:
-    ``inner_losses``, ``penalty`` (‖∇L_tr(φ)‖² per task).
+    Diagnostics: ``inner_losses``, ``penalty`` (‖∇L_tr(φ)‖² per task). With learned rates
+    the call also returns their first-order meta-gradient, ``out.hyper_grad``.
+
+    Parameters
+    ----------
+    steps : int
+        K ≥ 0, the inner steps per task.
+    inner_lr : float, Tensor or dict of str to Tensor
+        The inner step size α > 0, or learned rates: a 0-dim tensor, or one tensor per
+        adapted parameter (per tensor, per entry, per step; see :class:`InnerLoop`).
+    lam : float
+        λ ≥ 0, the weight of the penalty ‖∇L_tr(φ)‖².
+    inner : GD, Momentum, Adam or str
+        The inner update rule: ``mg.GD()`` (default), ``mg.Momentum(beta)``, ``mg.Adam()``,
+        or its name.
+    batching : {"vmap", "loop"}
+        All tasks at once with ``torch.func.vmap`` (default), or a Python loop over them.
+    hvp : {"auto", "revrev", "fwdrev"}
+        How Hessian-vector products are taken (``"auto"``: the measured default).
+    diagnose : {"warn", "error", "record", "off"}
+        What the numerical checks do with a problem they find (``metagrad.diagnose``).
     """
 
     lam: float = 0.1

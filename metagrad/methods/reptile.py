@@ -28,8 +28,22 @@ class Reptile(Method):
     val batch gives the post-update loss). For K = 1 it is α ∇L_tr(θ): joint training,
     not meta-learning. Cost K gradient-equivalents per task.
 
-    Fields: ``steps`` (K), ``inner_lr`` (α), and the options ``batching``, ``hvp``,
-    ``diagnose`` of :class:`metagrad.Method`.
+    Parameters
+    ----------
+    steps : int
+        K ≥ 0, the inner steps per task.
+    inner_lr : float, Tensor or dict of str to Tensor
+        The inner step size α > 0, or fixed rates (tensors that do not require grad): a 0-dim tensor, or one tensor per
+        adapted parameter (per tensor, per entry, per step; see :class:`InnerLoop`).
+    inner : GD, Momentum, Adam or str
+        The inner update rule: ``mg.GD()`` (default), ``mg.Momentum(beta)``, ``mg.Adam()``,
+        or its name.
+    batching : {"vmap", "loop"}
+        All tasks at once with ``torch.func.vmap`` (default), or a Python loop over them.
+    hvp : {"auto", "revrev", "fwdrev"}
+        How Hessian-vector products are taken (``"auto"``: the measured default).
+    diagnose : {"warn", "error", "record", "off"}
+        What the numerical checks do with a problem they find (``metagrad.diagnose``).
     """
 
     name: ClassVar[str] = "reptile"
