@@ -33,8 +33,9 @@ class Reptile(Method):
     steps : int
         K ≥ 0, the inner steps per task.
     inner_lr : float, Tensor or dict of str to Tensor
-        The inner step size α > 0, or fixed rates (tensors that do not require grad): a 0-dim tensor, or one tensor per
-        adapted parameter (per tensor, per entry, per step; see :class:`InnerLoop`).
+        The inner step size α > 0, or fixed rates (tensors that do not require grad): a
+        0-dim tensor, or one tensor per adapted parameter (per tensor, per entry, per step;
+        see :class:`InnerLoop`).
     inner : GD, Momentum, Adam or str
         The inner update rule: ``mg.GD()`` (default), ``mg.Momentum(beta)``, ``mg.Adam()``,
         or its name.
