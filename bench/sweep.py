@@ -649,9 +649,10 @@ def blocks_from_args(args: argparse.Namespace) -> list[Block]:
         return presets()[args.preset or "cpu-quick"]
     methods = args.methods or list(METHOD_NAMES)
     for m in methods:
-        if m not in variants.VARIANTS:
-            choices = ", ".join(variants.VARIANTS)
-            raise UsageError(f"--methods: unknown {m!r}; choose from {choices}")
+        try:
+            variants.variant(m)
+        except ValueError as err:
+            raise UsageError(f"--methods: {err}") from None
     for name in ("lam", "cg_iters", "terms"):
         readers = [m for m in methods if name in variants.variant(m).method_class.setting_names()]
         if axes[name] is not None and not readers:

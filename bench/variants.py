@@ -43,9 +43,14 @@ VARIANTS: dict[str, Variant] = {
 
 
 def variant(name: str) -> Variant:
-    if name not in VARIANTS:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(VARIANTS)}")
-    return VARIANTS[name]
+    """The variant ``name``: one of :data:`VARIANTS`, or any method in the registry (one
+    registered after this module was imported included)."""
+    if name in VARIANTS:
+        return VARIANTS[name]
+    if name in mg.METHODS:
+        return Variant(name)
+    raise ValueError(f"unknown method {name!r}; choose from "
+                     f"{', '.join(dict.fromkeys([*VARIANTS, *mg.METHOD_NAMES]))}")
 
 
 def settings(name: str, *, steps: int, lam: float | None = None, cg_iters: int | None = None,
