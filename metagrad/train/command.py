@@ -469,6 +469,8 @@ def run(args: argparse.Namespace) -> int:
         out = ranks.from_writer(claim)
         try:
             code = (_study if plan["kind"] == "study" else _one_seed)(plan, out, args)
+            if ranks.writer:
+                code = max(code, write_provenance(plan, out, world))
         except OSError as err:
             print(f"metagrad train: error: writing the results failed: "
                   f"{outdir.describe_os_error(err)}; the snapshots written before are intact: "
@@ -486,6 +488,44 @@ def run(args: argparse.Namespace) -> int:
             return 1
     if ranks.writer:
         print(f"total {time.perf_counter() - started:.1f} s")
+    return code
+
+
+def write_provenance(plan: dict[str, Any], out: Path, world: int) -> int:
+    """``trace.json`` (the first meta-steps of one seed of each run, replayed: see
+    :mod:`metagrad.train.study.trace`) and ``provenance.json`` (commit, command, packages,
+    machine, eager or compiled) in ``out``; 1 when the replay could not reproduce an eager
+    run (the trace would check nothing), else 0."""
+    from .. import _provenance
+    from .study import trace
+
+    record = outdir.read_json(out / "study.json") if plan["kind"] == "study" else None
+    configs = {c.method: c for c in _configs(plan)} if plan["kind"] != "study" else {}
+    runs = [r for r in trace.traced_runs(out, plan["kind"], configs, record)
+            if plan["kind"] == "study" or (r[1] / FILES["summary"]).is_file()]
+    modes: dict[str, list[str]] = {}
+    for label, _, cfg in runs:
+        modes.setdefault("compiled" if cfg.compile else "eager", []).append(label)
+    mode = "; ".join(f"{m}: {', '.join(names)}" for m, names in sorted(modes.items())) \
+        if len(modes) > 1 else next(iter(modes), "eager")
+    extra: dict[str, Any] = {"processes": world, "threads": plan["base"].threads}
+    code = 0
+    if world > 1:
+        extra["trace"] = None
+        extra["trace_note"] = ("no trace: a run on several processes reduces in another order "
+                               "than the one-process replay (equal up to rounding)")
+    elif runs:
+        try:
+            trace.record(out, runs)
+            extra["trace"] = trace.FILE
+        except RuntimeError as err:
+            print(f"metagrad train: error: {err}", file=sys.stderr)
+            extra["trace"] = None
+            extra["trace_note"] = str(err)
+            code = 1
+    _provenance.write(out, command=_provenance.command_line("metagrad"), mode=mode,
+                      kind="train", what=outdir.KINDS[plan["kind"]],
+                      device=plan["base"].device, extra=extra)
     return code
 
 
