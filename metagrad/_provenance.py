@@ -119,9 +119,10 @@ def collect(*, command: str, mode: str, kind: str, what: str = "", device: str =
             **(extra or {})}
 
 
-def write(folder: str | os.PathLike, **kwargs: Any) -> Path:
-    """Write :func:`collect`'s record to ``folder/provenance.json`` (strict JSON)."""
-    path = Path(folder) / FILE
+def write(folder: str | os.PathLike, *, file: str = FILE, **kwargs: Any) -> Path:
+    """Write :func:`collect`'s record to ``folder/provenance.json`` (strict JSON; ``file``:
+    another name, for a second tool writing into the same folder)."""
+    path = Path(folder) / file
     path.write_text(json.dumps(collect(**kwargs), indent=2, allow_nan=False) + "\n")
     return path
 

@@ -250,6 +250,15 @@ def test_without_per_task_tables_the_task_part_is_the_bound(tmp_path):
         assert comp.loc[name, "task_part"] == "bound"
         assert comp.loc[name, "mse_1_ci"] >= exact.loc[name, "mse_1_ci"] * (1 - 1e-9)
     assert "bounded" in (out / "study.md").read_text()
+    # paired differences: the seed part alone, said so (the bound would be far too wide)
+    diffs = pd.read_csv(out / "differences.csv")
+    row = diffs[(diffs.a == "maml") & (diffs.b == "fomaml") & (diffs.k == 1)].iloc[0]
+    d = [outdir.read_json(out / "runs" / "maml" / f"seed{s}" / "summary.json")["heldout"]
+         ["mse_by_steps"][1] - outdir.read_json(out / "runs" / "fomaml" / f"seed{s}" /
+                                                "summary.json")["heldout"]["mse_by_steps"][1]
+         for s in (0, 1, 2)]
+    want = paired_difference([float(x) for x in d], [0.0] * 3)
+    assert row.ci_low == pytest.approx(want.low, rel=1e-9) and row.task_part == "not included"
 
 
 def test_study_resumes_without_retraining_finished_runs(tmp_path, monkeypatch):
