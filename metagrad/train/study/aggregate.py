@@ -466,7 +466,8 @@ def markdown(comp: pd.DataFrame, diffs: pd.DataFrame, tuning: pd.DataFrame,
                     adjacent.append(row)
             if adjacent:
                 lines += [f"Neighbours in the ranking (Holm over all {len(d)} pairs):", "",
-                          pd.DataFrame(adjacent).to_markdown(index=False, disable_numparse=True), ""]
+                          pd.DataFrame(adjacent).to_markdown(index=False,
+                                                             disable_numparse=True), ""]
             res = d[d["resolved"]]
             lines += [f"{len(res)} of {len(d)} pairs resolved at k = {k} after Holm's "
                       f"correction over all pairs ({int((d['p_value'] < ALPHA).sum())} with "
