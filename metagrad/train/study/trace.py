@@ -55,8 +55,8 @@ FORMAT = 1
 
 def config_from(d: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from its ``as_dict()`` (lists back to tuples)."""
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()
-              if k in TrainConfig.__dataclass_fields__}
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()
+                              if k in TrainConfig.__dataclass_fields__}
     return TrainConfig(**fields)
 
 
@@ -260,16 +260,16 @@ def check(folder: Path, *, compiled: bool = False, command: str = "") -> list[Ou
         if ok:
             outcomes.append(Outcome(case["run"], "same", 0.0, ""))
             continue
-        d = declared.get(case_id(case))
-        if d is not None and size <= d["max_rel_diff"] and not compiled:
+        decl = declared.get(case_id(case))
+        if decl is not None and size <= decl["max_rel_diff"] and not compiled:
             outcomes.append(Outcome(case["run"], "declared", size,
-                                    f"declared rounding-only: {d['reason']}"))
+                                    f"declared rounding-only: {decl['reason']}"))
             continue
         prefix = f"the first {trace['steps']} meta-steps" if trace.get("steps") else "the row"
         what = f"{folder.name}/{case['run']} ({case['label']}): {prefix} replayed today " \
                f"differs from the committed trace (largest relative difference {size:.3g}"
-        if d is not None:
-            what += f", beyond the declared {d['max_rel_diff']:.3g}"
+        if decl is not None:
+            what += f", beyond the declared {decl['max_rel_diff']:.3g}"
         outcomes.append(Outcome(case["run"], "differs", size, what + "). Regenerate the "
                                 f"results ({command or 'the command in provenance.json'}), or, "
                                 "if the change only moves float rounding, declare it: python "
