@@ -767,7 +767,8 @@ def run(args: argparse.Namespace) -> int:
     trace.write(out, "sweep", trace_cases(df), about="the first row of every eager method "
                 "per device, as written to sweep.csv")
     compiled = sorted({m for m in df["method"] if variants.variant(m).compiled})
-    provenance.write(out, command=provenance.command_line("metagrad"), kind="sweep",
+    provenance.write(out, command=provenance.command_line("metagrad", getattr(args, "argv",
+                                                                           None)), kind="sweep",
                      what="time, memory and error against the exact target per setting",
                      mode="eager" + (f"; compiled: {', '.join(compiled)}" if compiled else ""),
                      device=device, extra={"trace": trace.FILE})

@@ -547,3 +547,44 @@ def test_baseline_step_size_is_chosen_on_validation_tasks_only(tmp_path, monkeyp
     for k, lr in a["eval_lr_by_steps"].items():
         curves = {float(x): c[int(k)] for x, c in a["validation_mse_by_lr"].items()}
         assert lr == min(curves, key=curves.get)
+
+
+# --------------------------------------------------------------------------------------------
+# the old public paths of what moved to metagrad.train.study
+
+
+@pytest.mark.parametrize("name", ["aggregate", "finn2017", "finn2017_report", "steptime"])
+def test_moved_modules_still_import_with_a_deprecation_warning(name):
+    import importlib
+    import sys
+    sys.modules.pop(f"metagrad.train.{name}", None)
+    with pytest.warns(DeprecationWarning, match=f"moved to metagrad.train.study.{name}"):
+        old = importlib.import_module(f"metagrad.train.{name}")
+    assert old is importlib.import_module(f"metagrad.train.study.{name}")
+
+
+def test_moved_names_still_answer_with_a_deprecation_warning():
+    # The values the old hand-kept tables had, now read off the method classes.
+    with pytest.warns(DeprecationWarning, match="train_settings"):
+        assert train_config.SETTING_DEFAULTS == {"imaml": {"lam": 300.0},
+                                                 "neumann": {"lam": 1000.0},
+                                                 "penalty": {"lam": 0.001}}
+    with pytest.warns(DeprecationWarning, match="outer_lr"):
+        assert train_config.REPTILE_META_LR == 1.0
+    with pytest.warns(DeprecationWarning, match="tuning_grid"):
+        assert study.GRIDS == {
+            "maml": {}, "fomaml": {},
+            "reptile": {"meta_lr": (0.1, 0.3, 1.0, 3.0), "steps": (1, 3, 10)},
+            "imaml": {"lam": (100.0, 300.0, 1000.0, 3000.0)},
+            "neumann": {"lam": (300.0, 1000.0, 3000.0), "step": (0.5, 1.0)},
+            "penalty": {"lam": (1e-4, 1e-3, 1e-2)},
+            "imaml-solved": {"lam": (300.0, 1000.0, 3000.0)},
+            "neumann-solved": {"lam": (300.0, 1000.0, 3000.0)}}
+
+
+def test_the_old_steptime_command_still_runs():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "metagrad.train.steptime", "--help"],
+                         capture_output=True, text=True, check=True)
+    assert "python -m metagrad.train.study.steptime" in out.stdout

@@ -470,7 +470,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             code = (_study if plan["kind"] == "study" else _one_seed)(plan, out, args)
             if ranks.writer:
-                code = max(code, write_provenance(plan, out, world))
+                code = max(code, write_provenance(plan, out, world,
+                                                  getattr(args, "argv", None)))
         except OSError as err:
             print(f"metagrad train: error: writing the results failed: "
                   f"{outdir.describe_os_error(err)}; the snapshots written before are intact: "
@@ -491,11 +492,12 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def write_provenance(plan: dict[str, Any], out: Path, world: int) -> int:
+def write_provenance(plan: dict[str, Any], out: Path, world: int,
+                     argv: list[str] | None = None) -> int:
     """``trace.json`` (the first meta-steps of one seed of each run, replayed: see
-    :mod:`metagrad.train.study.trace`) and ``provenance.json`` (commit, command, packages,
-    machine, eager or compiled) in ``out``; 1 when the replay could not reproduce an eager
-    run (the trace would check nothing), else 0."""
+    :mod:`metagrad.train.study.trace`) and ``provenance.json`` (commit, command ``metagrad``
+    + ``argv``, packages, machine, eager or compiled) in ``out``; 1 when the replay could
+    not reproduce an eager run (the trace would check nothing), else 0."""
     from .. import _provenance
     from .study import trace
 
@@ -523,7 +525,7 @@ def write_provenance(plan: dict[str, Any], out: Path, world: int) -> int:
             extra["trace"] = None
             extra["trace_note"] = str(err)
             code = 1
-    _provenance.write(out, command=_provenance.command_line("metagrad"), mode=mode,
+    _provenance.write(out, command=_provenance.command_line("metagrad", argv), mode=mode,
                       kind="train", what=outdir.KINDS[plan["kind"]],
                       device=plan["base"].device, extra=extra)
     return code

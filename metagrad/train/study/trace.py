@@ -266,8 +266,10 @@ def check(folder: Path, *, compiled: bool = False, command: str = "") -> list[Ou
                                     f"declared rounding-only: {decl['reason']}"))
             continue
         prefix = f"the first {trace['steps']} meta-steps" if trace.get("steps") else "the row"
+        size_text = f"largest relative difference {size:.3g}" if size else \
+            "the logged numbers agree but θ after them does not (its digest)"
         what = f"{folder.name}/{case['run']} ({case['label']}): {prefix} replayed today " \
-               f"differs from the committed trace (largest relative difference {size:.3g}"
+               f"differs from the committed trace ({size_text}"
         if decl is not None:
             what += f", beyond the declared {decl['max_rel_diff']:.3g}"
         outcomes.append(Outcome(case["run"], "differs", size, what + "). Regenerate the "
