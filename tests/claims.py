@@ -95,17 +95,25 @@ def _blocks(text: str) -> Iterator[tuple[int, str]]:
             previous = ""
 
 
-def _cited(page: Path, block: str) -> tuple[Path, ...]:
-    folders = []
+def _targets(page: Path, block: str) -> list[Path]:
+    """The files and folders a block links to (the site's ``results/`` pages mapped back to
+    ``bench/results``)."""
+    out = []
     for target in LINK.findall(block):
         if "://" in target:
             continue
         path = (page.parent / target).resolve()
         if page.is_relative_to(DOCS) and target.startswith(("results/", "../results/")):
-            inner = target.split("results/", 1)[1]
-            path = RESULTS / inner
+            path = RESULTS / target.split("results/", 1)[1]
             if path.suffix == ".md" and not path.exists():
                 path = path.with_suffix("")  # results/<folder>.md is the folder's page
+        out.append(path)
+    return out
+
+
+def _cited(page: Path, block: str) -> tuple[Path, ...]:
+    folders = []
+    for path in _targets(page, block):
         if path.is_relative_to(RESULTS):
             parts = path.relative_to(RESULTS).parts
             if len(parts) > 1 or (parts and (RESULTS / parts[0]).is_dir()):
@@ -125,8 +133,7 @@ def claims(texts: dict[Path, str] | None = None) -> list[Claim]:
             folders = _cited(page, block)
             if not folders:
                 continue
-            files = tuple(p for p in ((page.parent / t).resolve() for t in LINK.findall(block))
-                          if p.suffix == ".csv" and p.is_file())
+            files = tuple(p for p in _targets(page, block) if p.suffix == ".csv" and p.is_file())
             # a code span that names a setting keeps its name (`inner_lr` 0.001 is a
             # setting); any other code span is left out
             plain = CODE.sub(lambda m: m.group(0)[1:-1] if re.fullmatch(r"`\w+`", m.group(0))
