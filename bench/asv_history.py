@@ -17,6 +17,8 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from metagrad import _provenance as provenance
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "asv" / "results"
 
@@ -102,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         plotting.save(fig, out / f"history{suffix}.png")
         frame.assign(date=frame["date"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")).to_csv(
             out / f"history{suffix}.csv", index=False)
+        provenance.write(out, file=f"provenance{suffix}.json", command=provenance.command_line(
+            "python -m metagrad_bench.asv_history"), kind="bench", mode="eager",
+            what="the asv history drawn from asv's results")
         print(f"wrote {out / f'history{suffix}.png'} ({len(order)} commits, "
               f"{frame.groupby(['benchmark', 'params']).ngroups} series)")
     return 0

@@ -188,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
             fh.write(md)
         with open(os.path.join(args.out, "compile_time.json"), "w") as fh:
             json.dump(rows, fh, indent=1)
+        from metagrad import _provenance as provenance
+        provenance.write(args.out, command=provenance.command_line(
+            "python -m metagrad_bench.compile_time"), kind="bench",
+            what="mg.compile: compile time and call time", mode="compiled against eager")
     return 0
 
 

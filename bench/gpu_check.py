@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 import metagrad as mg
+from metagrad import _provenance as provenance
 from metagrad import _pytree as pt
 from metagrad._app import markdown_table
 from metagrad.problems import DEFAULTS, make_problem
@@ -139,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"# GPU check\n\n{name}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
             f"{time.strftime('%Y-%m-%d %H:%M')}\n\n{markdown_table(frame, floatfmt='.3g')}\n")
     (out / "gpu_check.md").write_text(text)
+    provenance.write(out, command=provenance.command_line("python -m metagrad_bench.gpu_check"),
+                     kind="bench", what="every method on the device against the CPU",
+                     mode="eager", device=args.device)
     print(text)
     return 0 if all(r.get("passed", True) for r in rows) else 1
 

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 import metagrad as mg
+from metagrad import _provenance as provenance
 from metagrad.problems import make_problem, mse
 from metagrad.timing import synchronize
 
@@ -75,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     df = pd.DataFrame(rows)
     df.to_csv(out / "hvp_modes.csv", index=False)
     (out / "hvp_modes.md").write_text(df.to_markdown(index=False, floatfmt=".3g") + "\n")
+    provenance.write(out, command=provenance.command_line("python -m metagrad_bench.hvp_modes"),
+                     kind="bench", what="forward-over-reverse vs double-backward HVPs",
+                     mode="eager", device=args.device)
     return 0
 
 

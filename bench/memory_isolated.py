@@ -24,6 +24,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from metagrad import _provenance as provenance
+
 _CHILD = """
 import json, sys, warnings
 warnings.simplefilter("ignore")
@@ -91,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                  "one process per point")
     ax.legend(fontsize=8)
     plotting.save(fig, out / "memory_vs_steps.png")
+    provenance.write(out, command=provenance.command_line(
+        "python -m metagrad_bench.memory_isolated"), kind="bench", mode="eager",
+        what="peak memory vs K, one fresh process per point", device=args.device)
     print(df.pivot_table(index="steps", columns="method", values="peak_mem_mb").round(1)
           .to_markdown())
     return 0

@@ -45,6 +45,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import metagrad as mg
+from metagrad import _provenance as provenance
 from metagrad.distributed import distributed, shard_tasks
 from metagrad.problems import make_problem
 
@@ -198,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in env.items():
         df[key] = value
     df.to_csv(out / "scaling.csv", index=False)
+    provenance.write(out, command=provenance.command_line("python -m metagrad_bench.scaling"),
+                     kind="bench", what="mg.distributed strong scaling", mode="eager",
+                     device=args.device)
     command = "python -m metagrad_bench.scaling " + " ".join(sys.argv[1:] if argv is None else argv)
     md = (
         "# Distributed meta-gradient: strong scaling\n\n"

@@ -41,6 +41,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from metagrad import _provenance as provenance
 from metagrad import timing as mg_timing
 from metagrad._app import UsageError, check_device, markdown_table, prepare_out
 from metagrad.methods import METHOD_NAMES, is_implicit, method_class
@@ -231,13 +232,38 @@ class Runner:
         self._targets[spec] = value
         return value
 
+    def approx_error(self, run: dict[str, Any]) -> float:
+        """‖g − g*‖/‖g*‖ of the method run again in float64 against the exact target (NaN
+        where none is computed)."""
+        name = run["method"]
+        target = self.target(run, variants.variant(name).family)
+        if target is None:
+            return math.nan
+        p64 = self.problem(run["problem"], run["meta_batch"], torch.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            eager, _ = variants.make(name.replace("-compiled", ""), **_settings(run))
+            return rel_error(torch.cat([g.reshape(-1) for g in
+                                        eager(p64.loss, p64.params, p64.tasks).grad.values()]),
+                             target)
+
+    def numbers(self, run: dict[str, Any]) -> dict[str, float]:
+        """The numerical columns of a row, without timing (what the reproducibility check
+        recomputes): the losses of one call and ``approx_error``."""
+        p = self.problem(run["problem"], run["meta_batch"])
+        _, fn = variants.make(run["method"], **_settings(run))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = fn(p.loss, p.params, p.tasks)
+        return {"pre_update_loss": float(out.pre_update_loss),
+                "post_update_loss": float(out.post_update_loss),
+                "approx_error": self.approx_error(run)}
+
     def run(self, run: dict[str, Any]) -> dict[str, Any]:
         name = run["method"]
         v = variants.variant(name)
         p = self.problem(run["problem"], run["meta_batch"])
-        kwargs = dict(steps=run["steps"], inner_lr=run["inner_lr"], lam=run["lam"],
-                      cg_iters=run["cg_iters"], terms=run["terms"])
-        method, fn = variants.make(name, **kwargs)
+        method, fn = variants.make(name, **_settings(run))
         messages: list[str] = []
         start = time.perf_counter()
         out = fn(p.loss, p.params, p.tasks)  # first call: compiles a compiled variant
@@ -254,18 +280,7 @@ class Runner:
         ge = method.gradient_equivalents()
         grad_ms = self.gradient_ms(run["problem"], run["meta_batch"])
         median_ms = 1e3 * timing.median_s
-        approx_error = math.nan
-        if self.with_error:
-            target = self.target(run, v.family)
-            if target is not None:
-                p64 = self.problem(run["problem"], run["meta_batch"], torch.float64)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    eager, _ = variants.make(name.replace("-compiled", ""), **kwargs)
-                    approx_error = rel_error(
-                        torch.cat([g.reshape(-1) for g in
-                                   eager(p64.loss, p64.params, p64.tasks).grad.values()]),
-                        target)
+        approx_error = self.approx_error(run) if self.with_error else math.nan
         compile_s = first_s - timing.median_s if v.compiled else math.nan
         reported = getattr(fn, "compile_seconds", None)  # mg.compile: {signature: seconds}
         if isinstance(reported, dict) and reported:
@@ -293,6 +308,50 @@ class Runner:
             "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+
+
+def _settings(run: dict[str, Any]) -> dict[str, Any]:
+    return {k: run[k] for k in ("steps", "inner_lr", "lam", "cg_iters", "terms")}
+
+
+TRACED = ("pre_update_loss", "post_update_loss", "approx_error")
+"""The numerical columns of a row that the reproducibility check recomputes."""
+
+
+def _run_of(row: dict[str, Any]) -> dict[str, Any]:
+    """The run (key and settings) of a CSV row, with empty cells as None."""
+    run = {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) or v == ""
+               else v) for k, v in row.items() if k in KEY}
+    for k in ("steps", "cg_iters", "terms", "meta_batch", "seed"):
+        if run.get(k) is not None:
+            run[k] = int(float(run[k]))
+    for k in ("inner_lr", "lam"):
+        if run.get(k) is not None:
+            run[k] = float(run[k])
+    return run
+
+
+def replay_row(run: dict[str, Any]) -> dict[str, Any]:
+    """A row's numbers recomputed today (no timing), for the reproducibility check."""
+    runner = Runner(run["device"], repeats=1, seed=run["seed"], cache_dir=None)
+    return {"numbers": runner.numbers(run)}
+
+
+def trace_cases(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows a sweep's ``trace.json`` holds: the first row of every eager method per
+    device, with their numbers as written to the CSV."""
+    cases, seen = [], set()
+    for row in df.to_dict("records"):
+        key = (row["method"], row["device"])
+        if key in seen or variants.variant(row["method"]).compiled:
+            continue
+        seen.add(key)
+        run = _run_of(row)
+        cases.append({"run": " ".join(f"{k}={run[k]}" for k in KEY if run[k] is not None),
+                      "label": row["method"], "mode": "eager", "row": run,
+                      "replay": {"numbers": {c: None if row[c] != row[c] else float(row[c])
+                                             for c in TRACED}}})
+    return cases
 
 
 # -- CSV (append, resumable) -----------------------------------------------------------------
@@ -705,6 +764,15 @@ def run(args: argparse.Namespace) -> int:
     out = prepare_out(args.out)  # before the work, not after it
     df = sweep(blocks, out, device=device, repeats=args.repeats, seed=args.seed,
                with_error=not args.no_error)
+    from metagrad.train.study import trace
+    trace.write(out, "sweep", trace_cases(df), about="the first row of every eager method "
+                "per device, as written to sweep.csv")
+    compiled = sorted({m for m in df["method"] if variants.variant(m).compiled})
+    provenance.write(out, command=provenance.command_line("metagrad", getattr(args, "argv",
+                                                                           None)), kind="sweep",
+                     what="time, memory and error against the exact target per setting",
+                     mode="eager" + (f"; compiled: {', '.join(compiled)}" if compiled else ""),
+                     device=device, extra={"trace": trace.FILE})
     print(f"wrote {out / 'sweep.csv'} ({len(df)} rows)")
     if not args.no_figures:
         for path in figures(df[df["device"] == device], out):

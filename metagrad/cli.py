@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_command_in(argv))
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv  # as given: the command that results record in their provenance
     if extra:  # said by the subcommand, whose flags they were meant to be
         args._commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:

@@ -263,7 +263,7 @@ def test_disk_full_during_a_run_is_one_clear_line_and_resume_finishes_it(tmp_pat
     (["--method", "imaml", "--regime", "solved", "--steps", "3"], "--steps does nothing"),
     (["--method", "imaml", "--tune", "--lam", "5"], "--tune chooses lam for imaml"),
     (["--method", "maml", "--tune"], "maml has nothing to tune"),
-    (["--preset", "finn2017", "--method", "imaml"], "MAML's protocol"),
+    (["--preset", "finn2017", "--method", "imaml"], "the protocol of maml"),
     (["--probe-at", "0", "5000"], "probe_at entry 5000 is beyond meta_steps 2000"),
     (["--seeds", "0", "0"], "lists a seed twice"),
     (["--eval-lr", "0"], "eval_lr must be a finite positive number"),
@@ -277,6 +277,47 @@ def test_flags_that_would_do_nothing_are_refused(tmp_path, capsys, flags, messag
     rc = cli.main(["train", "--out", str(tmp_path / "x"), "--quiet", *flags])
     err = capsys.readouterr().err
     assert rc == 2 and one_line(err) and message in err, err
+
+
+def test_the_old_checkpoint_every_flag_still_works_with_a_deprecation_message(capsys):
+    parser = cli.build_parser("train")
+    plan = train_cli.resolve(parser.parse_args(["train", "--checkpoint-every", "7"]))
+    assert train_cli._configs(plan)[0].snapshot_every == 7
+    err = capsys.readouterr().err
+    assert one_line(err) and "--checkpoint-every is deprecated, use --snapshot-every" in err
+    same = ["train", "--checkpoint-every", "7", "--snapshot-every", "7"]
+    assert train_cli._configs(train_cli.resolve(parser.parse_args(same)))[0].snapshot_every == 7
+    with pytest.raises(train_cli.UsageError, match="disagrees with --snapshot-every 5"):
+        train_cli.resolve(parser.parse_args(["train", "--checkpoint-every", "7",
+                                             "--snapshot-every", "5"]))
+
+
+def test_the_study_preset_runs_for_one_method(tmp_path, capsys):
+    # --preset study with --method maml: the preset's tuning and solved regime apply where
+    # they can (maml has no grid and no proximal problem), so the study runs K = 1 and the
+    # matched view; an explicit --tune or --regime solved is still refused (above).
+    parser = cli.build_parser("train")
+    plan = train_cli.resolve(parser.parse_args(["train", "--preset", "study", "--method",
+                                                "maml"]))
+    assert plan["kind"] == "study" and not plan["tune"] and plan["regimes"] == ("k1",)
+    assert plan["matched"] and plan["seeds"] == [0, 1, 2, 3, 4]
+    # --no-tune unsets the preset's tuning for a method that has a grid
+    plan = train_cli.resolve(parser.parse_args(["train", "--preset", "study", "--method",
+                                                "imaml", "--no-tune"]))
+    assert not plan["tune"] and plan["regimes"] == ("k1", "solved")
+    # a setting given with the preset stays fixed: the preset tunes the rest
+    plan = train_cli.resolve(parser.parse_args(["train", "--preset", "study", "--method",
+                                                "neumann", "--lam", "500"]))
+    from metagrad.train import study
+    grids = {v.name: v.grid for v in study.variants(plan["methods"], plan["regimes"],
+                                                    plan["tune"], plan["given"])}
+    assert grids["neumann"] == {"step": (0.5, 1.0)} and plan["given"] == {"lam": 500.0}
+    out = tmp_path / "study"
+    rc = cli.main(["train", "--preset", "study", "--method", "maml", "--seeds", "0",
+                   "--meta-steps", "2", "--heldout-tasks", "4", "--out", str(out), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    record = outdir.read_json(out / "study.json")
+    assert list(record["settings"]) == ["maml", "maml-matched"] and not record["spec"]["tune"]
 
 
 def test_seed_and_seeds_together_are_a_usage_error(capsys):
@@ -308,6 +349,7 @@ EFFECTS = {
     "--meta-lr": (["0.01"], lambda p: p["configs"][0].meta_lr == 0.01),
     "--device": (["cpu"], lambda p: p["configs"][0].device == "cpu"),
     "--snapshot-every": (["3"], lambda p: p["configs"][0].snapshot_every == 3),
+    "--checkpoint-every": (["3"], lambda p: p["configs"][0].snapshot_every == 3),  # old name
     "--heldout-tasks": (["9"], lambda p: p["configs"][0].heldout_tasks == 9),
     "--threads": (["2"], lambda p: p["configs"][0].threads == 2),
     "--compile": ([], lambda p: p["configs"][0].compile is True),
@@ -322,7 +364,7 @@ def test_every_flag_changes_the_plan_or_the_files():
     parser = cli.build_parser("train")
     sub = next(a for a in parser._actions if a.dest == "command").choices["train"]
     flags = {s for a in sub._actions for s in a.option_strings if s.startswith("--")}
-    flags -= {"--no-compile"}  # the negation of --compile
+    flags -= {"--no-compile", "--no-tune", "--no-matched-cost"}  # negations
     assert flags == set(EFFECTS) | (BEHAVIOUR - {"-h"}), flags ^ (set(EFFECTS) | BEHAVIOUR)
     for flag, (values, check) in EFFECTS.items():
         argv = ["train", flag, *values] if flag != "--matched-cost" else ["train", flag]

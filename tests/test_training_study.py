@@ -26,8 +26,16 @@ from metagrad.train import TrainConfig, outdir, study, train
 from metagrad.train import command as train_cli
 from metagrad.train import config as train_config
 from metagrad.train.evaluation import evaluation_dict
-from metagrad.train.finn2017 import PRESET, reference_test_tasks
-from metagrad.train.stats import paired_difference, seed_interval, t_quantile, task_interval
+from metagrad.train.stats import (
+    combined_interval,
+    holm,
+    paired_difference,
+    seed_interval,
+    t_quantile,
+    task_interval,
+)
+from metagrad.train.study import aggregate
+from metagrad.train.study.finn2017 import PRESET, reference_test_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(hidden=(8, 8), meta_batch=3, heldout_tasks=6, heldout_query=5,
@@ -68,6 +76,48 @@ def test_paired_difference_by_hand():
     assert iv.excludes_zero
 
 
+def test_combined_interval_by_hand():
+    # Seeds 1, 2, 3 (s² = 1), task std 2 over 100 tasks: a = 1/3, b = 0.04, se = √0.37333
+    # = 0.611010; Welch–Satterthwaite ν = 0.37333² / ((1/3)²/2 + 0.04²/99) = 2.508 → 2;
+    # half-width t₀.₉₇₅,₂ · se = 4.302653 · 0.611010 = 2.628964.
+    iv = combined_interval([1.0, 2.0, 3.0], 2.0, 100)
+    assert iv.mean == 2.0 and iv.df == 2
+    assert iv.half_width == pytest.approx(2.628964, abs=1e-6)
+    # the p-value of the t statistic 2/0.611010 with 2 degrees of freedom
+    assert iv.p_value == pytest.approx(2 * sps.t.sf(2.0 / math.sqrt(1 / 3 + 0.04), 2),
+                                       rel=1e-9)
+    # one seed: the task part alone, with T − 1 degrees of freedom
+    one = combined_interval([2.0], 2.0, 100)
+    assert one.half_width == pytest.approx(sps.t.ppf(0.975, 99) * 0.2, rel=1e-9)
+    assert "bounded" in combined_interval([1.0, 2.0], 1.0, 10, bound=True).method
+
+
+def test_combined_interval_covers_the_expected_mse_of_a_crossed_design():
+    # Y[s, t] = μ + seed effect + task effect + noise, the tasks shared by the seeds, as in a
+    # study. The interval must cover μ about 95 % of the time; leaving out either source
+    # must not (the seed-only interval under-covers here, the test-set part being large).
+    rng = np.random.default_rng(0)
+    S, T, reps, mu = 5, 200, 2000, 1.0
+    hits, seed_only = 0, 0
+    for _ in range(reps):
+        y = (mu + rng.normal(0, 0.05, (S, 1)) + rng.normal(0, 1.0, (1, T))
+             + rng.normal(0, 0.3, (S, T)))
+        per_seed = y.mean(1)
+        iv = combined_interval(per_seed.tolist(), float(y.mean(0).std(ddof=1)), T)
+        hits += iv.low <= mu <= iv.high
+        seed_only += seed_interval(per_seed.tolist()).low <= mu <= \
+            seed_interval(per_seed.tolist()).high
+    assert 0.935 <= hits / reps <= 0.965  # 3 standard errors of a 95 % coverage
+    assert seed_only / reps < 0.8  # 0.58 here: the seed part alone under-covers
+
+
+def test_holm_by_hand():
+    # m = 4: sorted 0.005, 0.01, 0.03, 0.04 → 4·0.005, 3·0.01, 2·0.03, max(0.06, 1·0.04).
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = holm([0.5, math.nan, 0.01])  # NaN is not a comparison: m = 2
+    assert adjusted[0] == 0.5 and math.isnan(adjusted[1]) and adjusted[2] == 0.02
+
+
 def test_task_interval_is_finn_et_al_s():
     x = np.random.default_rng(0).gamma(2.0, 1.0, size=600)
     iv = task_interval(x.tolist())
@@ -103,33 +153,63 @@ def tiny_study(tmp_path, **kw) -> tuple[study.Study, Path, dict]:
                        seeds=(0, 1, 2), **kw)
     out = tmp_path / "study"
     record = study.run(spec, out, progress=False)
-    train_cli.write_study_tables(out, record)
+    aggregate.write_tables(out, record)
     return spec, out, record
 
 
-def test_study_tables_are_the_per_seed_numbers_with_t_intervals(tmp_path):
+def _per_task(out: Path, folder: str, k: int) -> np.ndarray:
+    """Seeds × tasks test MSE after k steps, read from the per-task tables (the baseline's
+    at the step size chosen for k)."""
+    rows = []
+    for s in (0, 1, 2):
+        path = out / folder.format(s=s)
+        f = pd.read_csv(path / "heldout_per_task.csv")
+        summary = outdir.read_json(path / "summary.json")
+        if "evaluation" in summary:
+            f = f[f.eval_lr == summary["evaluation"]["eval_lr_by_steps"][str(k)]]
+        rows.append(f.sort_values("task")[f"mse_{k}"].to_numpy())
+    return np.array(rows)
+
+
+def _by_hand(y: np.ndarray) -> tuple[float, float, float]:
+    """Mean, half-width and p-value of the seeds-and-tasks interval of a seeds × tasks
+    table, with scipy's t: variance s²/S + σ²/T, Welch–Satterthwaite ν rounded down."""
+    S, T = y.shape
+    a = y.mean(1).var(ddof=1) / S
+    b = y.mean(0).var(ddof=1) / T
+    df = math.floor((a + b) ** 2 / (a * a / (S - 1) + b * b / (T - 1)))
+    se = math.sqrt(a + b)
+    return y.mean(), sps.t.ppf(0.975, df) * se, 2 * sps.t.sf(abs(y.mean()) / se, df)
+
+
+def test_study_tables_are_the_per_seed_numbers_with_intervals_for_seeds_and_tasks(tmp_path):
     _, out, record = tiny_study(tmp_path)
-    runs = {}
-    for name in ("maml", "fomaml"):
-        runs[name] = [outdir.read_json(out / "runs" / name / f"seed{s}" / "summary.json")
-                      ["heldout"]["post_update_mse"]["1"] for s in (0, 1, 2)]
     comp = pd.read_csv(out / "comparison.csv").set_index("variant")
-    for name, values in runs.items():
-        v = np.array(values)
-        half = sps.t.ppf(0.975, 2) * v.std(ddof=1) / np.sqrt(3)
-        assert comp.loc[name, "mse_1"] == pytest.approx(v.mean(), rel=1e-12)
+    folders = {"maml": "runs/maml/seed{s}", "fomaml": "runs/fomaml/seed{s}",
+               "baseline": "baselines/seed{s}"}
+    for name, folder in folders.items():
+        y = _per_task(out, folder, 1)
+        mean, half, _ = _by_hand(y)
+        assert comp.loc[name, "mse_1"] == pytest.approx(mean, rel=1e-9)
         assert comp.loc[name, "mse_1_ci"] == pytest.approx(half, rel=1e-9)
+        seeds = y.mean(1)
+        assert comp.loc[name, "mse_1_seed_ci"] == pytest.approx(
+            sps.t.ppf(0.975, 2) * seeds.std(ddof=1) / np.sqrt(3), rel=1e-9)
+        assert comp.loc[name, "task_part"] == "per-task"
     diffs = pd.read_csv(out / "differences.csv")
-    row = diffs[(diffs.a == "maml") & (diffs.b == "fomaml") & (diffs.k == 1)].iloc[0]
-    d = np.array(runs["maml"]) - np.array(runs["fomaml"])
-    half = sps.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
-    assert row.mean_diff == pytest.approx(d.mean(), rel=1e-9)
-    assert row.ci_low == pytest.approx(d.mean() - half, rel=1e-9)
-    assert bool(row.resolved) == (abs(d.mean()) > half)
-    # the baseline is one row per seed too, from the seed's own baseline folder
-    base = [outdir.read_json(out / "baselines" / f"seed{s}" / "summary.json")
-            ["evaluation"]["post_update_mse"]["1"] for s in (0, 1, 2)]
-    assert comp.loc["baseline", "mse_1"] == pytest.approx(np.mean(base), rel=1e-12)
+    at1 = diffs[diffs.k == 1]
+    for _, row in at1.iterrows():
+        d = _per_task(out, folders[row.a], 1) - _per_task(out, folders[row.b], 1)
+        mean, half, p = _by_hand(d)
+        assert row.mean_diff == pytest.approx(mean, rel=1e-9)
+        assert row.ci_low == pytest.approx(mean - half, rel=1e-9)
+        assert row.p_value == pytest.approx(p, rel=1e-6)
+    # Holm over the three pairs of k = 1, by hand
+    p = at1.p_value.to_numpy()
+    order = np.argsort(p)
+    adjusted = np.maximum.accumulate(np.minimum(1, (3 - np.arange(3)) * p[order]))
+    np.testing.assert_allclose(at1.p_holm.to_numpy()[order], adjusted, rtol=1e-12)
+    assert (at1.resolved == (at1.p_holm < 0.05)).all()
     # the median over test tasks (mean over seeds) and the blown-up tasks, from the per-task
     # tables: numpy's median of an even count averages the middle two, torch's takes the
     # lower one, so compare with the lower middle value
@@ -142,15 +222,50 @@ def test_study_tables_are_the_per_seed_numbers_with_t_intervals(tmp_path):
     assert comp.loc["maml", "diverged_10"] == blown
     text = (out / "study.md").read_text()
     assert "t₀.₉₇₅,2 = 4.303" in text and "Which differences the intervals resolve" in text
+    assert "Holm" in text and "Matched cost" not in text  # no matched regime in this study
     for fig in ("comparison.png", "heldout_mse.png", "learning_curves.png"):
         assert (out / fig).stat().st_size > 10_000
+
+
+def test_without_per_task_tables_the_task_part_is_the_bound(tmp_path):
+    # Re-aggregating runs whose per-task tables were not kept: the task part is bounded by
+    # the runs' mean std over tasks (read back from Finn et al.'s interval), which is at
+    # least the exact one; the table says so.
+    _, out, record = tiny_study(tmp_path)
+    exact = pd.read_csv(out / "comparison.csv").set_index("variant")
+    for path in out.rglob("heldout_per_task.csv"):
+        path.unlink()
+    (out / aggregate.TASK_MEANS).unlink()
+    aggregate.write_tables(out, record)
+    comp = pd.read_csv(out / "comparison.csv").set_index("variant")
+    n = TINY["heldout_tasks"]
+    for name in ("maml", "fomaml"):
+        sds = [outdir.read_json(out / "runs" / name / f"seed{s}" / "summary.json")["heldout"]
+               ["ci95_by_steps"][1] * math.sqrt(n) / 1.96 * math.sqrt(n / (n - 1))
+               for s in (0, 1, 2)]
+        seeds = [outdir.read_json(out / "runs" / name / f"seed{s}" / "summary.json")
+                 ["heldout"]["mse_by_steps"][1] for s in (0, 1, 2)]
+        want = combined_interval(seeds, float(np.mean(sds)), n, bound=True)
+        assert comp.loc[name, "mse_1_ci"] == pytest.approx(want.half_width, rel=1e-9)
+        assert comp.loc[name, "task_part"] == "bound"
+        assert comp.loc[name, "mse_1_ci"] >= exact.loc[name, "mse_1_ci"] * (1 - 1e-9)
+    assert "bounded" in (out / "study.md").read_text()
+    # paired differences: the seed part alone, said so (the bound would be far too wide)
+    diffs = pd.read_csv(out / "differences.csv")
+    row = diffs[(diffs.a == "maml") & (diffs.b == "fomaml") & (diffs.k == 1)].iloc[0]
+    d = [outdir.read_json(out / "runs" / "maml" / f"seed{s}" / "summary.json")["heldout"]
+         ["mse_by_steps"][1] - outdir.read_json(out / "runs" / "fomaml" / f"seed{s}" /
+                                                "summary.json")["heldout"]["mse_by_steps"][1]
+         for s in (0, 1, 2)]
+    want = paired_difference([float(x) for x in d], [0.0] * 3)
+    assert row.ci_low == pytest.approx(want.low, rel=1e-9) and row.task_part == "not included"
 
 
 def test_study_resumes_without_retraining_finished_runs(tmp_path, monkeypatch):
     spec, out, _ = tiny_study(tmp_path)
     before = (out / "runs" / "maml" / "seed1" / "summary.json").read_bytes()
     calls = []
-    monkeypatch.setattr(study, "train", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(study.design, "train", lambda *a, **k: calls.append(a))
     study.run(spec, out, resume=True, progress=False)
     assert calls == []  # every run was found finished with the same settings
     assert (out / "runs" / "maml" / "seed1" / "summary.json").read_bytes() == before
@@ -168,9 +283,10 @@ def test_tuning_never_draws_the_test_tasks(tmp_path, monkeypatch):
     spec = study.Study(base=TrainConfig(**TINY), methods=("penalty",), seeds=(0,),
                        tune=True)
     chosen = study.tune(spec, tmp_path / "a", resume=False, progress=False)
-    assert set(chosen) == {"penalty"} and chosen["penalty"]["lam"] in study.GRIDS["penalty"]["lam"]
+    grid = study.tuning_grid("penalty", "k1")["lam"]
+    assert set(chosen) == {"penalty"} and chosen["penalty"]["lam"] in grid
     scores = pd.read_csv(tmp_path / "a" / "tuning.csv")
-    assert len(scores) == len(study.GRIDS["penalty"]["lam"]) and scores.chosen.sum() == 1
+    assert len(scores) == len(grid) and scores.chosen.sum() == 1
     assert scores.loc[scores.validation_mse_1.idxmin(), "chosen"]
     # Another test set changes nothing that tuning saw.
     other = replace(spec, base=replace(spec.base, heldout_seed=999))
@@ -340,12 +456,15 @@ def test_preset_follows_docs_finn2017():
     for key in same:
         assert getattr(cfg, key) == (tuple(doc[key]) if isinstance(doc[key], list)
                                      else doc[key]), key
-    assert cfg.eval_lr == 0.01 and cfg.baseline_adam_steps == 70_000
-    # the literal replay of the released command
-    args = cli.build_parser("train").parse_args(["train", "--preset", "finn2017",
-                                                 "--inner-lr", "0.001"])
-    (cfg,) = train_cli._configs(train_cli.resolve(args))
+    # the released command's inner_lr (the setting that reproduces Table 2), in training
+    # and at test time
     assert cfg.inner_lr == 0.001 and cfg.eval_lr == 0.001
+    assert cfg.baseline_adam_steps == 70_000
+    # the paper's stated inner_lr
+    args = cli.build_parser("train").parse_args(["train", "--preset", "finn2017",
+                                                 "--inner-lr", "0.01"])
+    (cfg,) = train_cli._configs(train_cli.resolve(args))
+    assert cfg.inner_lr == 0.01 and cfg.eval_lr == 0.01
 
 
 def test_reference_test_tasks_match_the_check_values_of_the_note():
@@ -428,3 +547,44 @@ def test_baseline_step_size_is_chosen_on_validation_tasks_only(tmp_path, monkeyp
     for k, lr in a["eval_lr_by_steps"].items():
         curves = {float(x): c[int(k)] for x, c in a["validation_mse_by_lr"].items()}
         assert lr == min(curves, key=curves.get)
+
+
+# --------------------------------------------------------------------------------------------
+# the old public paths of what moved to metagrad.train.study
+
+
+@pytest.mark.parametrize("name", ["aggregate", "finn2017", "finn2017_report", "steptime"])
+def test_moved_modules_still_import_with_a_deprecation_warning(name):
+    import importlib
+    import sys
+    sys.modules.pop(f"metagrad.train.{name}", None)
+    with pytest.warns(DeprecationWarning, match=f"moved to metagrad.train.study.{name}"):
+        old = importlib.import_module(f"metagrad.train.{name}")
+    assert old is importlib.import_module(f"metagrad.train.study.{name}")
+
+
+def test_moved_names_still_answer_with_a_deprecation_warning():
+    # The values the old hand-kept tables had, now read off the method classes.
+    with pytest.warns(DeprecationWarning, match="train_settings"):
+        assert train_config.SETTING_DEFAULTS == {"imaml": {"lam": 300.0},
+                                                 "neumann": {"lam": 1000.0},
+                                                 "penalty": {"lam": 0.001}}
+    with pytest.warns(DeprecationWarning, match="outer_lr"):
+        assert train_config.REPTILE_META_LR == 1.0
+    with pytest.warns(DeprecationWarning, match="tuning_grid"):
+        assert study.GRIDS == {
+            "maml": {}, "fomaml": {},
+            "reptile": {"meta_lr": (0.1, 0.3, 1.0, 3.0), "steps": (1, 3, 10)},
+            "imaml": {"lam": (100.0, 300.0, 1000.0, 3000.0)},
+            "neumann": {"lam": (300.0, 1000.0, 3000.0), "step": (0.5, 1.0)},
+            "penalty": {"lam": (1e-4, 1e-3, 1e-2)},
+            "imaml-solved": {"lam": (300.0, 1000.0, 3000.0)},
+            "neumann-solved": {"lam": (300.0, 1000.0, 3000.0)}}
+
+
+def test_the_old_steptime_command_still_runs():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "metagrad.train.steptime", "--help"],
+                         capture_output=True, text=True, check=True)
+    assert "python -m metagrad.train.study.steptime" in out.stdout

@@ -253,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{command}`\n"
     )
     (out / "peers.md").write_text(md)
+    from metagrad import _provenance as provenance  # (imports torch: after the pinning)
+    provenance.write(out, command=provenance.command_line("python -m metagrad_bench.peers"),
+                     kind="bench", what="metagrad vs peer libraries, same workload, same run",
+                     mode="eager, and compiled for the 'compiled' rows", device=args.device)
     print(md)
     return 0
 

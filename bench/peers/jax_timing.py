@@ -349,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         with open(args.out, "w") as fh:
             fh.write(md)
+        from metagrad import _provenance as provenance
+        provenance.write(Path(args.out).parent, file=f"provenance_{Path(args.out).stem}.json",
+                         command=provenance.command_line(
+                             "python -m metagrad_bench.peers.jax_timing"), kind="bench",
+                         what="JAX jit(vmap) vs metagrad eager and compiled",
+                         mode="eager and compiled (per column)")
     return 0
 
 

@@ -1,6 +1,8 @@
 """MkDocs hook: the results pages are generated from the committed results in ``bench/results``.
 
-One page per results folder (``results/<folder>.md``): the folder's own markdown (its
+One page per results folder (``results/<folder>.md``): where the results came from (the
+folder's ``provenance.json``: commit, command, package versions, machine, eager or
+compiled, and whether a reproducibility trace checks them), the folder's own markdown (its
 README or report, which give the command, the machine and the date), every figure, the
 small CSV tables rendered and every CSV linked for download, and, where the folder has no
 markdown of its own, the machine and date read from the CSV's ``device_name``, ``torch``
@@ -16,6 +18,7 @@ generated pages.
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -133,9 +136,54 @@ def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ARG001
     return _relink(markdown, DOCS / src, str(src.parent) if src.parent.parts else "")
 
 
+PROVENANCE_ROWS = (("commit", "commit"), ("command", "command"), ("mode", "eager / compiled"),
+                   ("packages", "packages"), ("machine", "machine"), ("date", "date"),
+                   ("reproducibility", "reproducible"))
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "not recorded"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items() if v is not None)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _provenance(path: Path) -> str:
+    """A ``provenance.json`` as a two-column table (unknown fields say so)."""
+    record = json.loads(path.read_text())
+    rows = []
+    for key, label in PROVENANCE_ROWS:
+        value = record.get(key)
+        if key == "commit" and value:
+            value = f"`{value[:10]}`" + (" (uncommitted changes)" if record.get("dirty")
+                                         else "")
+        elif key == "command" and value:
+            value = f"`{value}`"
+        elif key == "reproducibility" and value is None:
+            value = (f"checked by the tests against `{record['trace']}`"
+                     if record.get("trace") else None)
+        note = record.get(f"{key}_note")
+        text = _cell(note) if value is None and note else \
+            _cell(value) + (f" ({_cell(note)})" if note else "")
+        rows.append(f"| {label} | {text} |")
+    where = path.parent.resolve().relative_to(RESULTS).as_posix()
+    return "\n".join([f"**Provenance** of `{where}/` (`{path.name}`: "
+                      f"{_cell(record.get('source', 'written by the command'))}):", "",
+                      "| | |", "|---|---|", *rows])
+
+
+def _provenance_blocks(folder: Path) -> list[str]:
+    """The folder's provenance records and those of its immediate subfolders."""
+    paths = sorted(folder.glob("provenance*.json")) + sorted(folder.glob("*/provenance*.json"))
+    return [_provenance(p) for p in paths]
+
+
 def page(folder: Path) -> str:
     parts = [f"# {_title(folder.name)}", "",
              f"Generated from `bench/results/{folder.name}/` when the site is built."]
+    for block in _provenance_blocks(folder):
+        parts += ["", block]
     markdown = sorted(folder.glob("*.md"), key=lambda p: (p.name != "README.md", p.name))
     for md in markdown:
         parts += ["", _demote(_relink(md.read_text(), md, PREFIX))]

@@ -457,6 +457,20 @@ class Method:
         grad, hyper_grad, diag = self.batched(loss)(theta, tasks.train, tasks.val, hyper)
         return self.finish(loss, theta, tasks, grad, diag, hyper_grad)
 
+    # -- meta-training policy, read by ``metagrad train`` (sinusoid regression) ------------
+    train_settings: ClassVar[dict[str, Any]] = {}
+    """Settings for sinusoid meta-training where the class default does not suit it
+    (the measurements behind them: ``bench/results/train_defaults``)."""
+    outer_optimizer: ClassVar[str] = "adam"
+    """The outer update in meta-training: ``"adam"`` or ``"sgd"`` (θ ← θ − ε g)."""
+    outer_lr: ClassVar[float] = 1e-3
+    """Its default rate: Adam 1e-3 (Finn, Abbeel & Levine 2017, §5.1)."""
+    min_train_steps: ClassVar[int] = 0
+    """Fewest inner steps for which meta-training moves θ at all."""
+    tuning_grid: ClassVar[dict[str, tuple]] = {}
+    """The values of its own settings a study tries on validation tasks (empty: the
+    protocol's settings are fixed)."""
+
 
 def _plain(value: Any) -> Any:
     """Option objects as plain values in a config dict: MAML's backward mode and a default

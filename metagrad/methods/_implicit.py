@@ -115,3 +115,14 @@ class ImplicitMethod(Method):
                 finding = replace(finding, tasks=kept)
             found.append(finding)
         return found
+
+    # Meta-training: the "solved" regime of a study (proximal problem and linear system
+    # solved for a Hessian spectrum assumed in [μ, L]) tries these λ on validation tasks.
+    solved_tuning_grid: ClassVar[dict[str, tuple]] = {"lam": (300.0, 1000.0, 3000.0)}
+
+    @classmethod
+    def solver_settings(cls, lam: float, curvature: tuple[float, float],
+                        tol: float) -> dict[str, Any]:
+        """The solver's settings that solve (I + H/λ) x = b to relative error ``tol`` for
+        every H with spectrum in ``curvature`` = [μ, L] (λ + μ > 0)."""
+        raise NotImplementedError

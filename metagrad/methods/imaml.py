@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -85,3 +86,17 @@ class IMAML(ImplicitMethod):
     @property
     def solver(self) -> ConjugateGradient:
         return ConjugateGradient(self.cg_iters)
+
+    # Meta-training on sinusoids (bench/results/train_defaults): λ above −λ_min(H) ≈ 75.
+    train_settings: ClassVar[dict[str, Any]] = {"lam": 300.0}
+    tuning_grid: ClassVar[dict[str, tuple]] = {"lam": (100.0, 300.0, 1000.0, 3000.0)}
+
+    @classmethod
+    def solver_settings(cls, lam: float, curvature: tuple[float, float],
+                        tol: float) -> dict[str, Any]:
+        """CG iterations m with 2((√κ − 1)/(√κ + 1))ᵐ ≤ tol, κ = (λ + L)/(λ + μ) the
+        condition number of I + H/λ (the classical CG bound)."""
+        lo, hi = curvature
+        root = math.sqrt((lam + hi) / (lam + lo))
+        r = (root - 1) / (root + 1)
+        return {"cg_iters": max(1, math.ceil(math.log(tol / 2) / math.log(r))) if r > 0 else 1}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -83,3 +84,19 @@ class Neumann(ImplicitMethod):
     @property
     def solver(self) -> NeumannSeries:
         return NeumannSeries(self.terms, self.step)
+
+    # Meta-training on sinusoids (bench/results/train_defaults): ρ(H/λ) < 1 along training.
+    train_settings: ClassVar[dict[str, Any]] = {"lam": 1000.0}
+    tuning_grid: ClassVar[dict[str, tuple]] = {"lam": (300.0, 1000.0, 3000.0),
+                                               "step": (0.5, 1.0)}
+
+    @classmethod
+    def solver_settings(cls, lam: float, curvature: tuple[float, float],
+                        tol: float) -> dict[str, Any]:
+        """The optimal step η = 2/(a_μ + a_L) for the spectrum [a_μ, a_L] = 1 + [μ, L]/λ of
+        I + H/λ, and J terms with ρᴶ ≤ tol, ρ = (a_L − a_μ)/(a_L + a_μ)."""
+        lo, hi = curvature
+        a_lo, a_hi = 1 + lo / lam, 1 + hi / lam
+        r = (a_hi - a_lo) / (a_hi + a_lo)
+        return {"step": 2.0 / (a_lo + a_hi),
+                "terms": max(1, math.ceil(math.log(tol) / math.log(r)))}

@@ -94,3 +94,7 @@ class Penalty(Method):
         g = pt.axpy(2 * self.lam, curvature, g_val)
         diag = {"inner_losses": inner.inner_losses, "penalty": pt.vdot(g_tr, g_tr)}
         return TaskOutput(g, inner.pre_update_loss, post, diag, inner.phi)
+
+    # Meta-training on sinusoids (bench/results/train_defaults): ‖∇L_tr‖² is 1-20 there.
+    train_settings: ClassVar[dict[str, Any]] = {"lam": 0.001}
+    tuning_grid: ClassVar[dict[str, tuple]] = {"lam": (1e-4, 1e-3, 1e-2)}

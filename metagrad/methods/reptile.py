@@ -73,3 +73,11 @@ class Reptile(Method):
         g = pt.sub(theta, inner.phi)
         return TaskOutput(g, inner.pre_update_loss, post, {"inner_losses": inner.inner_losses},
                           inner.phi)
+
+    # Meta-training: its own outer rule θ ← θ + ε(φ̄ − θ) = θ − ε g, with ε = 1 (Nichol et
+    # al. 2018 use an outer step of 1); for K = 0, g = 0 and nothing moves.
+    outer_optimizer: ClassVar[str] = "sgd"
+    outer_lr: ClassVar[float] = 1.0
+    min_train_steps: ClassVar[int] = 1
+    tuning_grid: ClassVar[dict[str, tuple]] = {"meta_lr": (0.1, 0.3, 1.0, 3.0),
+                                               "steps": (1, 3, 10)}

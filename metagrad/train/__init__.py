@@ -1,27 +1,31 @@
-"""Meta-training on sinusoid regression (Finn, Abbeel & Levine 2017, §5.1): the
-``metagrad train`` application.
+"""Meta-training on sinusoid regression (Finn, Abbeel & Levine 2017, §5.1).
 
-* :mod:`.config`: :class:`TrainConfig`, every setting and its default;
-* :mod:`.loop`: :func:`train`, the loop with logs, snapshots, probes and exact resume;
-* :mod:`.baseline`: the joint-training baseline; :mod:`.evaluation`: held-out MSE per task;
-* :mod:`.probe`: the meta-gradient against the exact ones during training;
-* :mod:`.snapshot`: crash-safe, digest-checked snapshots;
-* :mod:`.outdir`: the output folder (checked, locked, marked; strict JSON);
-* :mod:`.ranks`: the processes of a run under torchrun (rank 0 writes, errors shared);
-* :mod:`.study`: several seeds, tuning on validation tasks, regimes, matched cost;
-* :mod:`.stats`: intervals across seeds, tasks and paired differences;
-* :mod:`.aggregate`: a study's tables; :mod:`.status`: a run's status in tables;
-* :mod:`.finn2017`, :mod:`.finn2017_report`: Finn et al.'s protocol and its comparison
-  with the published numbers;
-* :mod:`.plots`: figures; :mod:`.command`: the CLI; :mod:`.section`: the report section.
+The training API (what this package exports):
+
+* :class:`TrainConfig` (:mod:`.config`): every setting and its default, the method facts
+  read off the method classes;
+* :func:`train` (:mod:`.loop`): the loop with logs, snapshots, probes and exact resume;
+  :func:`train_baseline` (:mod:`.baseline`): the joint-training baseline;
+  :func:`adaptation_curve` (:mod:`.evaluation`): held-out MSE after k adaptation steps.
+
+Around it: :mod:`.snapshot` (crash-safe, digest-checked snapshots), :mod:`.outdir` (the
+output folder: checked, locked, marked; strict JSON), :mod:`.ranks` (torchrun),
+:mod:`.probe` (the meta-gradient against the exact ones during training), :mod:`.stats`
+(intervals), :mod:`.status`, and the ``metagrad train`` application (:mod:`.command`,
+:mod:`.plots`, :mod:`.section`).
+
+The method comparison study and the Finn et al. 2017 reproduction sit apart, in
+:mod:`metagrad.train.study` (the old module paths ``metagrad.train.aggregate``,
+``.finn2017``, ``.finn2017_report`` and ``.steptime`` still import, with a
+DeprecationWarning).
 """
 
 from .baseline import BaselineResult, train_baseline
-from .config import TrainConfig, make_method, make_model
+from .config import TrainConfig, make_method, make_model, train_defaults
 from .evaluation import adaptation_curve, adaptation_losses
 from .loop import FILES, TrainingDiverged, TrainResult, log_columns, read_log, train
 from .snapshot import SnapshotError
 
 __all__ = ["FILES", "BaselineResult", "SnapshotError", "TrainConfig", "TrainResult",
            "TrainingDiverged", "adaptation_curve", "adaptation_losses", "log_columns",
-           "make_method", "make_model", "read_log", "train", "train_baseline"]
+           "make_method", "make_model", "read_log", "train", "train_baseline", "train_defaults"]

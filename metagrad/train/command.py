@@ -46,7 +46,7 @@ from ..methods import METHOD_NAMES, is_implicit, method_class
 from . import outdir, plots
 from . import ranks as _ranks
 from .baseline import train_baseline
-from .config import METHOD_SETTINGS, SETTING_DEFAULTS, TrainConfig
+from .config import METHOD_SETTINGS, TrainConfig, train_defaults
 from .loop import FILES, TrainingDiverged, TrainResult, check_world, train
 from .status import status
 
@@ -55,15 +55,10 @@ FIGURES = {
     "heldout": "heldout_mse.png",
     "predictions": "predictions.png",
 }
-STUDY_FIGURES = {
-    "curves": "learning_curves.png",
-    "heldout": "heldout_mse.png",
-    "comparison": "comparison.png",
-    "accuracy": "accuracy_along_training.png",
-    "tuning": "tuning.png",
-}
+STUDY_FIGURES = plots.STUDY_FIGURES
 TABLES = ("comparison.csv", "differences.csv", "probes.csv", "runs.csv", "tuning.csv",
-          "study.json", "study.md", "finn2017.md", "finn2017.csv", "finn2017.png")
+          "per_task_means.csv", "study.json", "study.md", "finn2017.md", "finn2017.csv",
+          "finn2017.png", "trace.json", "provenance.json")
 PRESETS = ("finn2017", "study")
 REGIME_CHOICES = {"k1": ("k1",), "solved": ("solved",), "both": ("k1", "solved")}
 
@@ -87,21 +82,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "meta-steps 0, 1/4, 1/2 and the end, checks every 10 steps, IMAML "
                         "and Neumann compiled. Flags given override the preset's values")
     p.add_argument("--method", default=None, choices=[*METHOD_NAMES, "all"],
-                   help="method to train, or all six (default: maml)")
+                   help=f"method to train, or all of them (default: {d.method})")
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=None,
                        help="initialisation and task stream (default 0)")
     seeds.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                        help="run every chosen method once per seed; tables give the mean and "
                             "95%% t intervals across seeds")
-    p.add_argument("--tune", action="store_true", default=None,
-                   help="choose each method's own settings on a grid, on validation tasks "
-                        "(never the test tasks), before the seeds run")
+    p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
+                   help="choose each method's own settings on its grid, on validation tasks "
+                        "(never the test tasks), before the seeds run (--no-tune: keep the "
+                        "default settings, e.g. under --preset study)")
     p.add_argument("--regime", choices=list(REGIME_CHOICES), default=None,
-                   help="k1: one inner step as Finn et al. (default); solved: IMAML and "
-                        "Neumann with the proximal problem solved (steps, inner_lr and "
-                        "solver iterations derived from lam); both")
-    p.add_argument("--matched-cost", action="store_true", default=None,
+                   help="k1: one inner step as Finn et al. (default); solved: the implicit "
+                        "methods (" + ", ".join(m for m in METHOD_NAMES if is_implicit(m))
+                        + ") with the proximal problem solved (steps, inner_lr and solver "
+                        "iterations derived from lam); both")
+    p.add_argument("--matched-cost", action=argparse.BooleanOptionalAction, default=None,
                    help="also run every method at MAML K=1's cost per meta-step "
                         "(4 gradient-equivalents per task)")
     p.add_argument("--probe-at", type=int, nargs="+", default=None, metavar="META_STEP",
@@ -119,20 +116,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(default: --inner-lr)")
     for name in METHOD_SETTINGS:
         readers = [m for m in METHOD_NAMES if name in method_class(m).setting_names()]
-        defaults = ", ".join(
-            f"{m} {({**method_class(m).default_settings(), **SETTING_DEFAULTS.get(m, {})})[name]:g}"
-            for m in readers)
+        defaults = ", ".join(f"{m} {train_defaults(m)[name]:g}" for m in readers)
         p.add_argument(f"--{name.replace('_', '-')}", type=float if name in ("lam", "step")
                        else int, default=None, help=f"{name} (default: {defaults})")
     p.add_argument("--meta-batch", type=int, default=None,
                    help=f"tasks per meta-step (default {d.meta_batch})")
     p.add_argument("--meta-lr", type=float, default=None,
-                   help="outer rate: Adam lr (default 1e-3); for reptile its ε (default 1.0)")
+                   help="outer rate (default: the method's own, " + ", ".join(
+                       f"{m} {method_class(m).outer_optimizer} {method_class(m).outer_lr:g}"
+                       for m in METHOD_NAMES) + ")")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     p.add_argument("--out", default="train_out", help="output folder (default: train_out/)")
     p.add_argument("--snapshot-every", type=int, default=None,
                    help=f"write a resumable snapshot every N meta-steps, 0: only at the end "
                         f"(default {d.snapshot_every})")
+    # The old spelling of --snapshot-every, kept working with a deprecation message.
+    p.add_argument("--checkpoint-every", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--resume", action="store_true",
                    help="continue the run (or study) in --out from its snapshots (same "
                         "settings)")
@@ -159,7 +158,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _preset(name: str | None, meta_steps: int | None) -> dict[str, Any]:
     if name == "finn2017":
-        from .finn2017 import PRESET
+        from .study.finn2017 import PRESET
         return dict(PRESET)
     if name == "study":
         steps = meta_steps or TrainConfig().meta_steps
@@ -180,17 +179,26 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     ``base`` (a TrainConfig of the common settings), ``given`` (method settings given
     explicitly) and the study's options; refuses flags that would do nothing."""
     given = _given(args)
+    if getattr(args, "checkpoint_every", None) is not None:
+        print("metagrad train: --checkpoint-every is deprecated, use --snapshot-every (the "
+              "same setting)", file=sys.stderr)
+        if given.get("snapshot_every", args.checkpoint_every) != args.checkpoint_every:
+            raise UsageError(f"--checkpoint-every {args.checkpoint_every} (the old spelling of "
+                             f"--snapshot-every) disagrees with --snapshot-every "
+                             f"{given['snapshot_every']}; give --snapshot-every only")
+        given["snapshot_every"] = args.checkpoint_every
     preset = _preset(args.preset, given.get("meta_steps"))
-    if args.preset == "finn2017" and given.get("method", "maml") != "maml":
-        raise UsageError(f"--preset finn2017 is MAML's protocol; --method {given['method']} "
-                         "would not be the protocol (use --method maml or no --method)")
+    if args.preset == "finn2017" and given.get("method", preset["method"]) != preset["method"]:
+        raise UsageError(f"--preset finn2017 is the protocol of {preset['method']}; --method "
+                         f"{given['method']} would not be the protocol (use --method "
+                         f"{preset['method']} or no --method)")
     if "seed" in given and "seeds" in preset:
         preset.pop("seeds")
     opts = {**preset, **given}
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in --out and --overwrite starts it "
                          "again; give one of them")
-    method = opts.pop("method", "maml")
+    method = opts.pop("method", TrainConfig().method)
     methods = list(METHOD_NAMES) if method == "all" else [method]
     seeds = opts.pop("seeds", None)
     if seeds is not None and len(set(seeds)) != len(seeds):
@@ -199,14 +207,17 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     regimes = REGIME_CHOICES[opts.pop("regime", "k1")]
     matched = bool(opts.pop("matched_cost", False))
     seed = opts.pop("seed", 0)
-    study = seeds is not None or tune or regimes != ("k1",) or matched
-    kind = "study" if study else ("all" if method == "all" else "single")
 
     method_given = {k: opts[k] for k in (*METHOD_SETTINGS, "steps", "inner_lr", "meta_lr")
                     if k in given}
+    implicit = [m for m in METHOD_NAMES if is_implicit(m)]
     if "solved" in regimes and not any(is_implicit(m) for m in methods):
-        raise UsageError(f"--regime {args.regime}: the solved regime is for the implicit "
-                         f"methods (imaml, neumann); {method} has no proximal problem")
+        if "regime" in given:
+            raise UsageError(f"--regime {args.regime}: the solved regime is for the implicit "
+                             f"methods ({', '.join(implicit)}); {method} has no proximal "
+                             "problem")
+        # A preset's regime applies where it can: this method has the K = 1 regime only.
+        regimes = tuple(r for r in regimes if r != "solved")
     k1_methods = methods if "k1" in regimes else []
     solved_derives = ("steps", "inner_lr", "cg_iters", "terms", "step")
     for name in METHOD_SETTINGS:  # a method setting no chosen method (in a regime) reads
@@ -228,14 +239,19 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         from .study import variants
         chosen = variants(methods, regimes, True)
         tunable = {k for v in chosen for k in v.grid}
-        if not tunable:
+        if not tunable and "tune" in given:
             raise UsageError(f"--tune: {method} has nothing to tune (its protocol settings "
                              "are fixed); run without --tune")
+        # A preset's --tune tunes what there is to tune, and a setting given explicitly
+        # stays fixed (dropped from the grid); an explicit --tune with it is refused.
+        tune = bool(tunable)
         clash = sorted(k for k in method_given if any(k in v.grid for v in chosen))
-        if clash:
+        if clash and "tune" in given:
             raise UsageError(f"--tune chooses {', '.join(clash)} for "
                              + ", ".join(v.name for v in chosen if set(v.grid) & set(clash))
                              + f"; do not also give --{clash[0].replace('_', '-')}")
+    study = seeds is not None or tune or regimes != ("k1",) or matched
+    kind = "study" if study else ("all" if method == "all" else "single")
     cfg_fields = {f.name for f in fields(TrainConfig)}
     common = {k: v for k, v in opts.items() if k in cfg_fields and k not in METHOD_SETTINGS}
     if "probe_at" in common:
@@ -268,7 +284,7 @@ def _configs(plan: dict[str, Any]) -> list[TrainConfig]:
 
 
 # --------------------------------------------------------------------------------------------
-# one seed: one method or all six
+# one seed: one method or all
 
 
 def train_many(configs: Sequence[TrainConfig], out: Path, *, resume: bool = False,
@@ -372,7 +388,7 @@ def _one_seed(plan: dict[str, Any], out: Path, args: argparse.Namespace) -> int:
         figures = write_figures(results, out)
         print(markdown_table(frame))
         if plan["preset"] == "finn2017" and results:
-            from .finn2017_report import write_report
+            from .study.finn2017_report import write_report
             figures["finn2017"] = write_report(out, [r.summary for r in results.values()
                                                      if r.summary is not None], [out])
         print("wrote " + ", ".join(str(p) for p in [out / "comparison.csv",
@@ -393,6 +409,7 @@ def _one_seed(plan: dict[str, Any], out: Path, args: argparse.Namespace) -> int:
 
 def _study(plan: dict[str, Any], out: Path, args: argparse.Namespace) -> int:
     from . import study
+    from .study import aggregate
 
     if (out / "study.json").is_file() and not (args.resume or args.overwrite):
         raise UsageError(f"--out {str(out)!r} already holds a study; pass --resume to continue "
@@ -402,48 +419,27 @@ def _study(plan: dict[str, Any], out: Path, args: argparse.Namespace) -> int:
                            plan["regimes"]) + (("matched",) if plan["matched"] else ()),
                        tune=plan["tune"], given=plan["given"])
     record = study.run(spec, out, resume=args.resume, progress=not args.quiet)
-    write_study_tables(out, record)
+    aggregate.write_tables(out, record)
     if plan["preset"] == "finn2017":
-        from .finn2017_report import write_report
-        folders = [out / "runs" / "maml" / f"seed{s}" for s in plan["seeds"]
-                   if (out / "runs" / "maml" / f"seed{s}" / FILES["summary"]).is_file()]
-        write_report(out, [outdir.read_json(f / FILES["summary"]) for f in folders], folders)
+        from .study.finn2017_report import write_report
+        runs = out / "runs" / plan["methods"][0]
+        folders = [runs / f"seed{s}" for s in plan["seeds"]
+                   if (runs / f"seed{s}" / FILES["summary"]).is_file()]
+        write_report(out, [outdir.read_json(f / FILES["summary"]) for f in folders], folders,
+                     [out / "baselines" / f.name for f in folders])
     print((out / "study.md").read_text())
     return 1 if record["diverged"] else 0
 
 
 def write_study_tables(out: Path, record: dict[str, Any]) -> dict[str, Path]:
-    """Tables (``comparison.csv``, ``differences.csv``, ``runs.csv``, ``probes.csv``,
-    ``study.md``) and figures of the study in ``out``, from the runs on disk."""
-    from . import aggregate, study
+    """Deprecated: :func:`metagrad.train.study.aggregate.write_tables`."""
+    import warnings
 
-    seeds = record["spec"]["seeds"]
-    runs = aggregate.load_runs(out, record)
-    regimes = {v.name: v.regime for v in study.variants(
-        record["spec"]["methods"], record["spec"]["regimes"], record["spec"]["tune"])}
-    regimes[aggregate.BASELINE] = "joint training"
-    comp = aggregate.comparison(runs, regimes, record.get("diverged"))
-    diffs = aggregate.differences(runs)
-    probes = aggregate.load_probes(out, record)
-    tuning = aggregate.load_tuning(out)
-    logs = aggregate.load_logs(out, record)
-    runs.to_csv(out / "runs.csv", index=False)
-    comp.to_csv(out / "comparison.csv", index=False)
-    diffs.to_csv(out / "differences.csv", index=False)
-    if not probes.empty:
-        probes.to_csv(out / "probes.csv", index=False)
-    (out / "study.md").write_text(aggregate.markdown(comp, diffs, tuning, probes, record,
-                                                     seeds))
-    figures = {"comparison": plots.plot_study_comparison(
-        comp, out / STUDY_FIGURES["comparison"], aggregate.KS),
-        "heldout": plots.plot_study_heldout(runs, out / STUDY_FIGURES["heldout"])}
-    if logs:
-        figures["curves"] = plots.plot_study_curves(logs, out / STUDY_FIGURES["curves"])
-    if not probes.empty:
-        figures["accuracy"] = plots.plot_accuracy(probes, logs, out / STUDY_FIGURES["accuracy"])
-    if not tuning.empty:
-        figures["tuning"] = plots.plot_tuning(tuning, out / STUDY_FIGURES["tuning"])
-    return figures
+    from .study import aggregate
+    warnings.warn("metagrad.train.command.write_study_tables moved to "
+                  "metagrad.train.study.aggregate.write_tables", DeprecationWarning,
+                  stacklevel=2)
+    return aggregate.write_tables(out, record)
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,6 +469,9 @@ def run(args: argparse.Namespace) -> int:
         out = ranks.from_writer(claim)
         try:
             code = (_study if plan["kind"] == "study" else _one_seed)(plan, out, args)
+            if ranks.writer:
+                code = max(code, write_provenance(plan, out, world,
+                                                  getattr(args, "argv", None)))
         except OSError as err:
             print(f"metagrad train: error: writing the results failed: "
                   f"{outdir.describe_os_error(err)}; the snapshots written before are intact: "
@@ -490,6 +489,45 @@ def run(args: argparse.Namespace) -> int:
             return 1
     if ranks.writer:
         print(f"total {time.perf_counter() - started:.1f} s")
+    return code
+
+
+def write_provenance(plan: dict[str, Any], out: Path, world: int,
+                     argv: list[str] | None = None) -> int:
+    """``trace.json`` (the first meta-steps of one seed of each run, replayed: see
+    :mod:`metagrad.train.study.trace`) and ``provenance.json`` (commit, command ``metagrad``
+    + ``argv``, packages, machine, eager or compiled) in ``out``; 1 when the replay could
+    not reproduce an eager run (the trace would check nothing), else 0."""
+    from .. import _provenance
+    from .study import trace
+
+    record = outdir.read_json(out / "study.json") if plan["kind"] == "study" else None
+    configs = {c.method: c for c in _configs(plan)} if plan["kind"] != "study" else {}
+    runs = [r for r in trace.traced_runs(out, plan["kind"], configs, record)
+            if plan["kind"] == "study" or (r[1] / FILES["summary"]).is_file()]
+    modes: dict[str, list[str]] = {}
+    for label, _, cfg in runs:
+        modes.setdefault("compiled" if cfg.compile else "eager", []).append(label)
+    mode = "; ".join(f"{m}: {', '.join(names)}" for m, names in sorted(modes.items())) \
+        if len(modes) > 1 else next(iter(modes), "eager")
+    extra: dict[str, Any] = {"processes": world, "threads": plan["base"].threads}
+    code = 0
+    if world > 1:
+        extra["trace"] = None
+        extra["trace_note"] = ("no trace: a run on several processes reduces in another order "
+                               "than the one-process replay (equal up to rounding)")
+    elif runs:
+        try:
+            trace.record(out, runs)
+            extra["trace"] = trace.FILE
+        except RuntimeError as err:
+            print(f"metagrad train: error: {err}", file=sys.stderr)
+            extra["trace"] = None
+            extra["trace_note"] = str(err)
+            code = 1
+    _provenance.write(out, command=_provenance.command_line("metagrad", argv), mode=mode,
+                      kind="train", what=outdir.KINDS[plan["kind"]],
+                      device=plan["base"].device, extra=extra)
     return code
 
 

@@ -1,32 +1,14 @@
 """Every setting of a meta-training run, its defaults, and the objects built from them.
 
 Defaults follow Finn, Abbeel & Levine 2017 §5.1 (sinusoid regression): MLP 1-40-40-1
-ReLU, meta-batch 25, 10 + 10 shots, ``inner_lr`` 0.01, Adam with ``meta_lr`` 1e-3,
-K = ``steps`` = 1 inner step in meta-training (up to 10 at test time), 2000 meta-steps
-(the quick experiment), float32.
+ReLU, meta-batch 25, 10 + 10 shots, ``inner_lr`` 0.01, K = ``steps`` = 1 inner step in
+meta-training (up to 10 at test time), 2000 meta-steps (the quick experiment), float32.
 
-Settings of the methods beyond ``steps`` and ``inner_lr`` take the method class's
-default unless :data:`SETTING_DEFAULTS` chose another value for this problem, with the
-measurements that chose it:
-
-* IMAML ``lam = 300``: meta-training sharpens the net (the largest train-loss Hessian
-  eigenvalue L grows from ~35 at initialisation to 150-400, the smallest reaches about
-  −75), CG needs I + H/λ positive definite (λ > −λ_min(H)), and with λ = 100 the system
-  turned indefinite and training went unstable (measured).
-* Neumann ``lam = 1000`` with η = 1: the series converges only while ρ(H/λ) < 1; at
-  λ = 100 or 300 (also η = 0.5 at λ = 100) it diverged after 400-600 meta-steps and
-  wrecked training. Larger λ means a milder correction (λ → ∞ is FOMAML). With K = 1 the
-  proximal inner problem is far from solved whatever λ, so the implicit gradient is a
-  preconditioned first-order direction here, not the exact bilevel gradient; the
-  diagnostics say so ("the proximal inner loop cannot converge"), counted in the log.
-* Penalty ``lam = 0.001``: ‖∇L_tr(φ)‖² is 1-20 here against L_val ≈ 1-4; at λ = 0.1 the
-  penalty won and training collapsed to a near-constant predictor (held-out MSE 4.07 ≈
-  E[A²]/2 before and after adaptation); λ = 0.01 only matched the joint-training
-  baseline; λ = 0.001 meta-learns (post-update MSE 1.25 over 2000 meta-steps).
-* Reptile takes its own outer rule θ ← θ + ε(φ̄ − θ), i.e. plain SGD with rate ε on
-  g = θ − φ̄, with ``meta_lr`` = ε = 1 (Nichol et al. 2018 use an outer step of 1,
-  annealed; g already carries α, so ε = 1 with α = 0.01 moves θ by 0.01·∇L_tr for K = 1).
-  For K = 1 Reptile *is* joint training on the train split; it meta-learns for K ≥ 2.
+Everything else about a method is read off its class (``metagrad.METHODS``): its own
+settings take the class default unless the class's ``train_settings`` chose another value
+for this problem (the measurements that chose them: ``bench/results/train_defaults``);
+the outer update is the class's ``outer_optimizer`` at ``outer_lr`` (Adam 1e-3, or for
+Reptile plain SGD θ ← θ − ε g with ε = 1), unless ``meta_lr`` is given.
 """
 
 from __future__ import annotations
@@ -38,20 +20,11 @@ import torch
 
 from .._validate import non_negative_int, positive_float, positive_int
 from ..distributions import Sinusoid
-from ..methods import METHOD_NAMES, SETTINGS, Method, method_class
+from ..methods import METHOD_NAMES, METHODS, SETTINGS, Method, method_class
 from ..models import mlp
 
 ADAM_META_LR = 1e-3
 """Finn et al.'s meta learning rate (Adam), also used for the joint-training baseline."""
-REPTILE_META_LR = 1.0
-"""Reptile's outer step size ε (see the module docstring)."""
-SETTING_DEFAULTS: dict[str, dict[str, Any]] = {
-    "imaml": {"lam": 300.0},
-    "neumann": {"lam": 1000.0},
-    "penalty": {"lam": 0.001},
-}
-"""Values chosen for sinusoid meta-training where a method's class default does not suit
-it (see the module docstring); every other setting takes the class default."""
 METHOD_SETTINGS = tuple(s for s in SETTINGS if s not in ("steps", "inner_lr"))
 """Settings that only some methods read; a run keeps them None for the others."""
 HELDOUT_SOURCES = ("torch", "numpy-legacy")
@@ -94,7 +67,7 @@ class TrainConfig:
     """``"torch"``: held-out tasks drawn by ``metagrad.Sinusoid`` from ``heldout_seed``
     with ``heldout_query`` query points; ``"numpy-legacy"``: the reference test tasks of
     Finn et al.'s code (``numpy.random.seed(heldout_seed)``, its draw order, K query
-    points per task; see :mod:`metagrad.train.finn2017`)."""
+    points per task; see :mod:`metagrad.train.study.finn2017`)."""
     init: str = "torch"
     """``"torch"``: PyTorch's default Linear initialisation (seeded); ``"finn2017"``:
     weights truncated normal (std 0.01, cut at ±2 std), biases zero, as the reference code."""
@@ -123,12 +96,12 @@ class TrainConfig:
     the checked steps only (non-finite numbers are caught on every step regardless)."""
     compile: bool = False
     """Run the meta-gradient through ``metagrad.compile`` (one ``torch.compile`` graph;
-    the same numbers up to float rounding, several times faster here after a one-off
-    compile of 5-15 s)."""
+    the same numbers up to float rounding, faster after a one-off compilation; measured in
+    ``bench/results/train_defaults``)."""
     threads: int = 1
     """CPU threads for torch ops during the run. One by default: every op here is tiny
-    (40-wide layers, 10 points per task), so intra-op threads only add synchronisation;
-    on the 2-core dev machine one thread made a meta-step 2-7x faster than two."""
+    (40-wide layers, 10 points per task), so intra-op threads only add synchronisation
+    (measured in ``bench/results/train_defaults``)."""
 
     # Settings that may change between a run and its resumption. (A different ``threads``
     # count or compiled vs eager changes float rounding, so bit-identical resumes need the
@@ -146,12 +119,10 @@ class TrainConfig:
         if ignored:
             raise ValueError(f"{self.method} does not read {', '.join(ignored)} "
                              f"(it reads {', '.join(reads)})")
-        chosen = {**cls.default_settings(), **SETTING_DEFAULTS.get(self.method, {})}
+        chosen = train_defaults(self.method)
         filled: dict[str, Any] = {name: (chosen[name] if given[name] is None else given[name])
                   if name in reads else None for name in METHOD_SETTINGS}
-        meta_lr = self.meta_lr
-        if meta_lr is None:
-            meta_lr = REPTILE_META_LR if self.method == "reptile" else ADAM_META_LR
+        meta_lr = cls.outer_lr if self.meta_lr is None else self.meta_lr
         eval_lr = self.inner_lr if self.eval_lr is None else self.eval_lr
         cfg = replace(self, meta_lr=meta_lr, hidden=tuple(self.hidden),
                       eval_steps=tuple(sorted(set(self.eval_steps))), eval_lr=eval_lr,
@@ -186,10 +157,10 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, "
                                  f"got {getattr(self, name)!r}")
-        if self.method == "reptile" and self.steps == 0:
-            # g = θ − φ = 0 for K = 0: every outer step would leave θ where it is.
-            raise ValueError("reptile needs steps >= 1: with steps=0 its meta-gradient "
-                             "θ − φ is zero and training does nothing")
+        least = method_class(self.method).min_train_steps
+        if self.steps < least:
+            raise ValueError(f"{self.method} needs steps >= {least}: with steps={self.steps} "
+                             "its meta-gradient is zero and training does nothing")
         if self.heldout_source == "torch" and self.validation_seed == self.heldout_seed:
             raise ValueError(f"validation_seed {self.validation_seed} equals heldout_seed: the "
                              "validation tasks would be the test tasks")
@@ -212,7 +183,8 @@ class TrainConfig:
 
     @property
     def optimizer(self) -> str:
-        return "sgd" if self.method == "reptile" else "adam"
+        """The outer update rule, ``"adam"`` or ``"sgd"`` (the method's ``outer_optimizer``)."""
+        return method_class(self.method).outer_optimizer
 
     def identity(self) -> dict[str, Any]:
         """Settings that determine the run's numbers; a snapshot must match all of them."""
@@ -227,6 +199,31 @@ class TrainConfig:
             d[name] = list(getattr(self, name))
         d["optimizer"] = self.optimizer
         return d
+
+
+def train_defaults(method: str) -> dict[str, Any]:
+    """Method ``method``'s settings for sinusoid meta-training: its class defaults, with its
+    ``train_settings`` where the class chose another value for this problem."""
+    cls = method_class(method)
+    return {**cls.default_settings(), **cls.train_settings}
+
+
+_DEPRECATED = {
+    "SETTING_DEFAULTS": "read metagrad.METHODS[name].train_settings (or train_defaults(name))",
+    "REPTILE_META_LR": "read metagrad.Reptile.outer_lr",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Names this module used to define; computed from the method classes now.
+    if name not in _DEPRECATED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import warnings
+    warnings.warn(f"metagrad.train.config.{name} is deprecated: {_DEPRECATED[name]}",
+                  DeprecationWarning, stacklevel=2)
+    if name == "SETTING_DEFAULTS":
+        return {m: dict(cls.train_settings) for m, cls in METHODS.items() if cls.train_settings}
+    return next(cls.outer_lr for cls in METHODS.values() if cls.outer_optimizer == "sgd")
 
 
 def make_method(cfg: TrainConfig) -> Method:
@@ -266,7 +263,7 @@ def heldout_tasks(cfg: TrainConfig, shots: int | None = None):
     of a run, never for choosing anything."""
     shots = cfg.shots if shots is None else shots
     if cfg.heldout_source == "numpy-legacy":
-        from .finn2017 import reference_test_tasks
+        from .study.finn2017 import reference_test_tasks
         return reference_test_tasks(cfg.heldout_tasks, shots, seed=cfg.heldout_seed,
                                     device=cfg.device)
     return Sinusoid(shots=shots, query=cfg.heldout_query).sample(
@@ -282,5 +279,5 @@ def validation_tasks(cfg: TrainConfig, shots: int | None = None):
 
 
 __all__ = ["ADAM_META_LR", "BASELINE_DATA", "HELDOUT_SOURCES", "INITS", "METHOD_NAMES",
-           "REPTILE_META_LR", "SETTING_DEFAULTS", "TrainConfig", "heldout_tasks", "make_method",
-           "make_model", "task_family", "validation_tasks"]
+           "TrainConfig", "heldout_tasks", "make_method", "make_model", "task_family",
+           "train_defaults", "validation_tasks"]

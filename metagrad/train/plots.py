@@ -19,6 +19,14 @@ from ..methods import METHOD_NAMES
 
 BASELINE = "baseline"
 BASELINE_COLOR = (0.25, 0.25, 0.25)
+STUDY_FIGURES = {
+    "curves": "learning_curves.png",
+    "heldout": "heldout_mse.png",
+    "comparison": "comparison.png",
+    "accuracy": "accuracy_along_training.png",
+    "tuning": "tuning.png",
+}
+"""The figure files of a study."""
 
 
 def _ordered(names) -> list[str]:
@@ -213,8 +221,8 @@ def plot_study_heldout(runs: pd.DataFrame, path: Path) -> Path:
 
 
 def plot_study_comparison(comp: pd.DataFrame, path: Path, ks: tuple[str, ...]) -> Path:
-    """Test MSE after k steps per variant: mean over seeds with the 95 % t interval (thick)
-    and Finn et al.'s interval over tasks (thin)."""
+    """Test MSE after k steps per variant: mean over seeds with the 95 % interval for seeds
+    and test tasks (thick) and Finn et al.'s interval over the tasks of one run (thin)."""
     plotting.setup()
     fig, axes = plotting.plt.subplots(1, len(ks), figsize=(5.2 * len(ks), 0.42 * len(comp) + 1.4),
                                       sharey=True, squeeze=False)
@@ -228,7 +236,7 @@ def plot_study_comparison(comp: pd.DataFrame, path: Path, ks: tuple[str, ...]) -
                         color=color, alpha=0.5, lw=1, capsize=2)
         ax.set_xscale("log")
         ax.set_title(f"test MSE after {k} step{'s' if k != '1' else ''}")
-        ax.set_xlabel("MSE (thick: ± seeds, t; thin: ± tasks)")
+        ax.set_xlabel("MSE (thick: ± seeds and tasks; thin: ± tasks of one run)")
     axes[0][0].set_yticks(y)
     axes[0][0].set_yticklabels(comp["variant"])
     return plotting.save(fig, path)

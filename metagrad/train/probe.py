@@ -51,7 +51,7 @@ from .._module import module_loss
 from .._task import Task
 from ..diagnose import largest_curvature
 from ..distributions import Sinusoid
-from ..methods import Method
+from ..methods import MAML, Method
 from ..problems import Problem
 from .config import TrainConfig, make_model
 
@@ -113,7 +113,9 @@ class GradientProbe:
             g = _flat(m(self.loss, theta32, one32).grad)
             problem = Problem(f"train-probe-{next(_KEYS)}", self.loss64,
                                             theta64, one64)
-            err, cos = _compare(g, self._compare.exact_target(problem, "maml", maml_settings))
+            # every method against exact MAML at the same K and inner_lr
+            err, cos = _compare(g, self._compare.exact_target(problem, MAML.name,
+                                                              maml_settings))
             errs["err_maml"].append(err)
             errs["cos_maml"].append(cos)
             if m.implicit:

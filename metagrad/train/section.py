@@ -1,8 +1,6 @@
-"""``metagrad report`` section: a short meta-training run of all six methods, long enough
-to show learning: 1000 meta-steps, in which MAML's held-out MSE after one step falls from
-2.9 to 1.3 (the joint-training baseline: 2.4), about a minute on one CPU thread (58 s
-measured at load average 3.5). Eager: compiling the six methods took 136 s with a cold
-compiler cache (30 s warm), more than it saves in 1000 meta-steps."""
+"""``metagrad report`` section: a short meta-training run of every method, long enough to
+show learning (1000 meta-steps), eager: compiling every method would cost more than it
+saves in 1000 meta-steps (the timings: ``bench/results/train_defaults``)."""
 
 from __future__ import annotations
 
@@ -25,7 +23,7 @@ def _settings(cfg: TrainConfig) -> str:
 
 
 def training_section(ctx) -> str:
-    """Short meta-training run of all six methods (``metagrad train --method all`` is the
+    """Short meta-training run of every method (``metagrad train --method all`` is the
     2000-step experiment, ``metagrad train --preset study`` the study with seeds, tuning and
     intervals): curves, held-out MSE and a comparison table."""
     meta_steps = QUICK_META_STEPS if ctx.quick else TrainConfig().meta_steps

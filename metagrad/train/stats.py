@@ -1,20 +1,35 @@
-"""Interval arithmetic of the training results: across seeds, across held-out tasks, and
-for paired differences between methods.
+"""Interval arithmetic of the training results: across seeds, across held-out tasks, both
+together, paired differences between methods, and a multiplicity correction.
 
 * **Across seeds** (training variability: initialisation and task stream): the mean of
   n per-seed numbers with the Student-t interval mean ± t₀.₉₇₅,ₙ₋₁ · s/√n, s the sample
   standard deviation (ddof = 1). For n = 5 seeds t₀.₉₇₅,₄ = 2.776. A t interval rather
   than a bootstrap: with 5 seeds a bootstrap has only 126 distinct resamples and
-  under-covers; the t interval is exact for normal per-seed numbers and robust enough
-  for these means of hundreds of task losses. No interval for n = 1.
-* **Paired differences.** Every method of a seed shares that seed's initialisation, task
-  stream and test tasks, so method a vs method b is judged on the per-seed differences
-  dₛ = aₛ − bₛ: mean ± t₀.₉₇₅,ₙ₋₁ · s_d/√n. The difference is *resolved* when this
-  interval excludes 0. Each interval is a 95 % interval on its own; with many pairs some
-  resolve by chance (no multiplicity correction is applied).
+  under-covers. No interval for n = 1.
 * **Across held-out tasks** (Finn et al.'s reference code, ``main.py:198-201``): the
   mean over n tasks ± 1.96 · std/√n with NumPy's population std (ddof = 0), the
   normal-approximation interval of one trained model's test error.
+* **Both** (:func:`combined_interval`): the expected test MSE over training seeds *and*
+  the task distribution, estimated by the mean over S seeds of each seed's mean over the
+  same T test tasks. Its variance is the sum of a seed part and a test-set part,
+  s²/S + σ²/T (crossed random effects: the test tasks are shared by the seeds, so the
+  test-set part is the variance over tasks of the seed-averaged per-task MSE, σ²; the
+  two parts are uncorrelated): s the sample std of the S seed means, σ the std (ddof = 1)
+  over tasks of the per-task MSE averaged over seeds. Where only each run's own std over
+  tasks σₛ is known (its task interval), σ ≤ mean σₛ (the std of an average is at most
+  the average std) gives a conservative interval. The quantile is Student's t with the
+  Welch–Satterthwaite degrees of freedom ν = (a + b)² / (a²/(S − 1) + b²/(T − 1)),
+  a = s²/S, b = σ²/T, rounded down (with the bound: ν = S − 1, its smallest value, so
+  that the interval stays at least as wide as the exact one).
+* **Paired differences.** Every variant of a seed shares that seed's initialisation, task
+  stream and test tasks, so a vs b is judged on the per-seed differences dₛ = aₛ − bₛ
+  (seed part) and the per-task differences averaged over seeds (test-set part, bounded by
+  σ_a + σ_b where the per-task numbers are not at hand), combined as above, with the
+  two-sided p-value of the t statistic mean/se.
+* **Multiplicity** (:func:`holm`): a table of m comparisons is judged with Holm's
+  step-down correction (Holm 1979, "A simple sequentially rejective multiple test
+  procedure"), which keeps the probability of any false "resolved" in the table below 5 %;
+  each interval shown is still a 95 % interval on its own.
 
 :func:`t_quantile` computes the Student-t quantile from the closed-form CDF for integer
 degrees of freedom (Abramowitz & Stegun 26.7.3-4) by bisection, so no scipy is needed.
@@ -79,12 +94,25 @@ def t_quantile(p: float, df: int) -> float:
 
 @dataclass(frozen=True)
 class Interval:
-    """``mean ± half_width`` from ``n`` numbers (``half_width`` NaN when n < 2)."""
+    """``mean ± half_width`` from ``n`` numbers (``half_width`` NaN when n < 2); ``se`` and
+    ``df``: the standard error and the t degrees of freedom behind it, where known."""
 
     mean: float
     half_width: float
     n: int
     method: str
+    se: float = math.nan
+    df: float = math.nan
+
+    @property
+    def p_value(self) -> float:
+        """Two-sided p-value of mean = 0 (the t statistic mean/se with ``df``)."""
+        if not (math.isfinite(self.se) and math.isfinite(self.df) and self.df >= 1
+                and math.isfinite(self.mean)):
+            return math.nan
+        if self.se == 0:
+            return 0.0 if self.mean != 0 else 1.0
+        return min(1.0, 2 * (1 - t_cdf(abs(self.mean) / self.se, int(self.df))))
 
     @property
     def low(self) -> float:
@@ -121,7 +149,10 @@ def seed_interval(values: Sequence[float | None], level: float = 0.95) -> Interv
     if n < 2:
         return Interval(mean, math.nan, n, "t")
     s = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
-    return Interval(mean, t_quantile((1 + level) / 2, n - 1) * s / math.sqrt(n), n, "t")
+    if not math.isfinite(s):
+        return Interval(mean, math.nan, n, "t")
+    se = s / math.sqrt(n)
+    return Interval(mean, t_quantile((1 + level) / 2, n - 1) * se, n, "t", se, n - 1)
 
 
 def paired_difference(a: Sequence[float | None], b: Sequence[float | None],
@@ -141,5 +172,55 @@ def task_interval(values: Sequence[float | None]) -> Interval:
     return Interval(mean, Z975 * std / math.sqrt(n), n, "normal, over tasks")
 
 
-__all__ = ["Z975", "Interval", "paired_difference", "seed_interval", "t_cdf", "t_quantile",
-           "task_interval"]
+def task_sd_from_interval(half_width: float | None, n: int) -> float:
+    """The std over tasks (ddof = 1) behind Finn et al.'s interval 1.96·std₀/√n (ddof = 0)."""
+    if half_width is None or n < 2:
+        return math.nan
+    return float(half_width) * math.sqrt(n) / Z975 * math.sqrt(n / (n - 1))
+
+
+def combined_interval(seed_values: Sequence[float | None], task_sd: float, n_tasks: int,
+                      level: float = 0.95, bound: bool = False) -> Interval:
+    """Mean over seeds of per-seed means over the same ``n_tasks`` test tasks, with the
+    interval for both sources of uncertainty (see the module docstring): variance
+    s²/S + ``task_sd``²/T, Welch–Satterthwaite degrees of freedom (rounded down).
+    ``bound``: ``task_sd`` is an upper bound (the mean of the runs' own stds over tasks),
+    which makes the interval conservative; said in ``method``."""
+    v = _floats(seed_values)
+    n = len(v)
+    mean = sum(v) / n
+    how = "t, seeds + tasks" + (" (task part bounded)" if bound else "")
+    s2 = sum((x - mean) ** 2 for x in v) / (n - 1) if n > 1 else 0.0
+    if not (math.isfinite(mean) and math.isfinite(s2) and math.isfinite(task_sd)) \
+            or n_tasks < 2:
+        return Interval(mean, math.nan, n, how)
+    a, b = s2 / n, task_sd ** 2 / n_tasks
+    if a + b == 0:
+        return Interval(mean, 0.0, n, how, 0.0, math.inf)
+    denom = (a * a / (n - 1) if n > 1 else 0.0) + b * b / (n_tasks - 1)
+    df = math.floor((a + b) ** 2 / denom) if denom > 0 else n_tasks - 1
+    if bound and n > 1:
+        # A larger task part raises ν and so lowers the quantile; with the bound, take the
+        # smallest ν Welch–Satterthwaite can give (S − 1) so the interval stays conservative.
+        df = n - 1
+    se = math.sqrt(a + b)
+    return Interval(mean, t_quantile((1 + level) / 2, max(1, df)) * se, n, how, se, df)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979): with the m p-values sorted,
+    p̃₍ᵢ₎ = max over j ≤ i of min(1, (m − j + 1) p₍ⱼ₎). Rejecting where p̃ < α keeps the
+    family-wise error rate of the m comparisons below α. NaN p-values stay NaN and do not
+    count in m."""
+    finite = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    m = len(finite)
+    out = [math.nan] * len(p_values)
+    running = 0.0
+    for j, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (m - j) * p))
+        out[i] = running
+    return out
+
+
+__all__ = ["Z975", "Interval", "combined_interval", "holm", "paired_difference",
+           "seed_interval", "t_cdf", "t_quantile", "task_interval", "task_sd_from_interval"]

@@ -1,114 +1,15 @@
-"""Time one meta-step (the meta-gradient of a meta-batch, without the outer update),
-eager against ``metagrad.compile``, side by side.
+"""Deprecated location of :mod:`metagrad.train.study.steptime` (moved with the rest of the
+study machinery); importing it here still works, with a DeprecationWarning."""
 
-The modes of a configuration are timed on the same task batches, alternating call by
-call, so that a change of machine load affects both alike; the table gives the median and
-interquartile range over rounds, and the one-off compile time. Numerical checks are off
-(``diagnose="off"``): they are not the computation.
+import sys
+import warnings
 
-    python -m metagrad.train.steptime --out timing.csv      # the study's configurations
-"""
-
-from __future__ import annotations
-
-import argparse
-import os
-import time
-from dataclasses import replace
-from pathlib import Path
-
-import pandas as pd
-import torch
-
-from .._module import params_of
-from ..compiled import compile as compile_method
-from .baseline import torch_threads
-from .config import TrainConfig, make_method, make_model, task_family
-from .loop import shared_loss
-
-
-def time_meta_steps(configs: dict[str, TrainConfig], rounds: int = 100,
-                    modes: tuple[str, ...] = ("eager", "compiled")) -> pd.DataFrame:
-    """Median and IQR (ms) of one meta-gradient call per configuration and mode.
-
-    Configurations are timed one after another (torch.compile keeps only a few traced
-    variants of one function alive, see ``loop._meta_gradient``); within a configuration
-    its modes alternate call by call on the same batches."""
-    gen = torch.Generator().manual_seed(0)
-    first = next(iter(configs.values())).resolved()
-    batches = [task_family(first).sample(first.meta_batch, generator=gen)
-               for _ in range(rounds)]
-    rows = []
-    for name, cfg in configs.items():
-        cfg = cfg.resolved()
-        model = make_model(cfg)
-        params = params_of(model)
-        method = replace(make_method(cfg), diagnose="off")
-        loss = shared_loss(cfg)
-        calls = {}
-        compile_s = {}
-        for mode in modes:
-            if mode == "compiled":
-                torch._dynamo.reset()
-            call = compile_method(method) if mode == "compiled" else method
-            started = time.perf_counter()
-            call(loss, params, batches[0])  # warm-up (and compile)
-            compile_s[mode] = time.perf_counter() - started if mode == "compiled" else 0.0
-            calls[mode] = call
-        times: dict[str, list[float]] = {mode: [] for mode in modes}
-        for batch in batches:
-            for mode, call in calls.items():
-                t0 = time.perf_counter()
-                call(loss, params, batch)
-                times[mode].append(time.perf_counter() - t0)
-        for mode, ts in times.items():
-            s = pd.Series(ts) * 1e3
-            rows.append({"config": name, "mode": mode, "median_ms": s.median(),
-                         "iqr_ms": s.quantile(0.75) - s.quantile(0.25), "rounds": len(ts),
-                         "compile_s": compile_s[mode], "load_avg": os.getloadavg()[0],
-                         "torch": torch.__version__})
-    return pd.DataFrame(rows)
-
-
-def study_configs() -> dict[str, TrainConfig]:
-    """The configurations of the committed study (``bench/results/study``): its chosen
-    settings, and the finn2017 preset's MAML."""
-    from .finn2017 import PRESET
-    from .study import solved_settings
-
-    base = TrainConfig()
-    return {
-        "maml K=1": replace(base, method="maml"),
-        "fomaml K=1": replace(base, method="fomaml"),
-        "reptile K=10": replace(base, method="reptile", steps=10),
-        "imaml K=1 lam=3000": replace(base, method="imaml", lam=3000.0),
-        "neumann K=1 lam=3000": replace(base, method="neumann", lam=3000.0, step=0.5),
-        "penalty K=1": replace(base, method="penalty", lam=0.001),
-        "imaml solved lam=3000": replace(base, method="imaml",
-                                         **solved_settings("imaml", 3000.0)),
-        "neumann solved lam=3000": replace(base, method="neumann",
-                                           **solved_settings("neumann", 3000.0)),
-        "finn2017 maml": TrainConfig(**{k: v for k, v in PRESET.items()
-                                        if k in TrainConfig.__dataclass_fields__}),
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m metagrad.train.steptime",
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="steptime.csv", help="CSV to write")
-    p.add_argument("--rounds", type=int, default=100)
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args(argv)
-    with torch_threads(args.threads):
-        frame = time_meta_steps(study_configs(), rounds=args.rounds)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(args.out, index=False)
-    wide = frame.pivot(index="config", columns="mode", values="median_ms")
-    wide["eager / compiled"] = wide["eager"] / wide["compiled"]
-    print(wide.round(2).to_markdown())
-    return 0
-
+from .study import steptime as _moved
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    warnings.warn("python -m metagrad.train.steptime is deprecated: run "
+                  "python -m metagrad.train.study.steptime", DeprecationWarning, stacklevel=1)
+    raise SystemExit(_moved.main())
+warnings.warn("metagrad.train.steptime moved to metagrad.train.study.steptime",
+              DeprecationWarning, stacklevel=2)
+sys.modules[__name__] = _moved

@@ -5,23 +5,20 @@ matched-cost view, and the meta-gradient's accuracy along training.
 **Variants.** A variant is one method in one regime, and a row of every table:
 
 * ``k1`` — Finn et al.'s protocol (2017, §5.1): one inner step (K = 1) at
-  ``inner_lr`` = 0.01 per meta-step. MAML, FOMAML, IMAML, Neumann and Penalty run it
-  as it is; Reptile is joint training at K = 1 (Nichol et al. 2018), so its K is its own
-  choice and is tuned. For IMAML and Neumann K = 1 proximal step does not solve the
-  proximal problem (and with the measured curvature inner_lr·(λ + L) ≥ 2 for the λ that
-  train stably), so their direction is not the implicit gradient there.
-* ``solved`` (IMAML and Neumann, variant names ``imaml-solved``, ``neumann-solved``) —
-  the regime of Rajeswaran et al. 2019's theory: the proximal problem
-  min_φ L_tr(φ) + λ/2‖φ − θ‖² nearly solved and the linear system nearly solved.
-  With the Hessian spectrum of the training loss assumed in [μ, L] = :data:`CURVATURE`
-  (measured along MAML training: L grows from ~35 to 150-400, the smallest eigenvalue
-  reaches about −75; margins added), λ > −μ makes the problem strongly convex and
-  :func:`solved_settings` takes the fastest proximal GD step α = 2/(2λ + μ + L)
-  (so α(λ + L) < 2, contraction ρ = (L − μ)/(2λ + μ + L) per step), K = ⌈log tol/log ρ⌉
-  steps, and enough CG iterations (κ = (λ + L)/(λ + μ)) or Neumann terms (with the
-  optimal η) to reach ``tol`` = :data:`TOL`. Each run's probe measures the curvature
-  and the proximal residual, and its log counts the "proximal inner loop cannot converge"
-  findings, which must be zero.
+  ``inner_lr`` = 0.01 per meta-step, each method at its sinusoid settings
+  (``train_settings``), with its ``tuning_grid`` tried when tuning (Reptile, joint
+  training at K = 1, tunes its K). For the implicit methods one proximal step does not
+  solve the proximal problem, so their direction is not the implicit gradient there.
+* ``solved`` (the implicit methods, variants ``<method>-solved``) — the regime of
+  Rajeswaran et al. 2019's theory: the proximal problem min_φ L_tr(φ) + λ/2‖φ − θ‖²
+  nearly solved and the linear system nearly solved. With the Hessian spectrum of the
+  training loss assumed in [μ, L] = :data:`CURVATURE`, λ > −μ makes the problem strongly
+  convex and :func:`solved_settings` takes the fastest proximal GD step
+  α = 2/(2λ + μ + L) (so α(λ + L) < 2, contraction ρ = (L − μ)/(2λ + μ + L) per step),
+  K = ⌈log tol/log ρ⌉ steps, and the method's ``solver_settings`` for the linear system
+  to reach ``tol`` = :data:`TOL`. Each run's probe measures the curvature and the proximal
+  residual, and its log counts the "proximal inner loop cannot converge" findings, which
+  must be zero.
 * ``matched`` (variant ``<method>-matched``) — every method at MAML's cost per meta-step,
   4 gradient-equivalents per task (``method.gradient_equivalents()``), spending it on
   its own inner steps or solver iterations (:func:`matched_settings`), the other
@@ -30,7 +27,7 @@ matched-cost view, and the meta-gradient's accuracy along training.
 **Evaluation** is the same for every variant: plain GD with ``eval_lr`` = 0.01 from the
 learned initialisation on the held-out test tasks, MSE after 1, 5 and 10 steps.
 
-**Tuning** (:func:`tune`): each variant's own settings (:data:`GRIDS`) are chosen by
+**Tuning** (:func:`tune`): each variant's own settings (:func:`tuning_grid`) are chosen by
 the validation MSE after one adaptation step, from runs with their own training seed
 (:data:`TUNING_SEED`) evaluated on the validation tasks (their own seed). The test
 tasks are never drawn while tuning.
@@ -38,7 +35,7 @@ tasks are never drawn while tuning.
 **Output layout** (``out``): ``study.json`` (the specification and what was chosen),
 ``runs/<variant>/seed<s>/`` and ``baselines/seed<s>/`` (one finished run each, resumable),
 ``tuning/<variant>/<point>/`` and ``tuning.csv``; the tables and figures are written
-by :mod:`metagrad.train.aggregate`.
+by :mod:`metagrad.train.study.aggregate`.
 """
 
 from __future__ import annotations
@@ -53,42 +50,39 @@ from typing import Any
 
 import pandas as pd
 
-from ..methods import METHOD_NAMES, is_implicit, method_class
-from . import outdir
-from .baseline import BaselineResult, train_baseline
-from .config import SETTING_DEFAULTS, TrainConfig
-from .loop import FILES, TrainingDiverged, train
-from .status import status as _status
+from ...methods import METHOD_NAMES, ImplicitMethod, is_implicit, method_class
+from .. import outdir
+from ..baseline import BaselineResult, train_baseline
+from ..config import TrainConfig, train_defaults
+from ..loop import FILES, TrainingDiverged, train
+from ..status import status as _status
 
 REGIMES = {
-    "k1": "K = 1 inner step at inner_lr (Finn et al. 2017); Reptile's K tuned",
-    "solved": "proximal problem and linear system solved to 1e-3 (IMAML, Neumann)",
+    "k1": "K = 1 inner step at inner_lr (Finn et al. 2017); K tuned where a method tunes it",
+    "solved": "proximal problem and linear system solved to 1e-3 (the implicit methods)",
     "matched": "4 gradient-equivalents per task per meta-step (MAML K = 1's cost)",
 }
 TUNING_SEED = 100
 """Initialisation and task stream of every tuning run (the study's seeds are others)."""
 CURVATURE = (-100.0, 500.0)
 """Assumed range [μ, L] of the training loss's Hessian eigenvalues along training for the
-``solved`` regime (measured −75 and 150-400 along MAML training, with margins)."""
+``solved`` regime (the measured range with margins: ``bench/results/train_defaults``)."""
 TOL = 1e-3
 """Contraction asked of the proximal loop and of the linear solver in the ``solved`` regime."""
 MATCHED_COST = 4.0
 """Gradient-equivalents per task per meta-step of the ``matched`` view: MAML with K = 1."""
-
-GRIDS: dict[str, dict[str, tuple]] = {
-    # Each variant's own settings and the values tried (a small grid, documented).
-    "maml": {},                                # protocol: K = 1, inner_lr = 0.01, Adam 1e-3
-    "fomaml": {},                              # the same
-    "reptile": {"meta_lr": (0.1, 0.3, 1.0, 3.0), "steps": (1, 3, 10)},   # ε and K
-    "imaml": {"lam": (100.0, 300.0, 1000.0, 3000.0)},
-    "neumann": {"lam": (300.0, 1000.0, 3000.0), "step": (0.5, 1.0)},
-    "penalty": {"lam": (1e-4, 1e-3, 1e-2)},
-    "imaml-solved": {"lam": (300.0, 1000.0, 3000.0)},
-    "neumann-solved": {"lam": (300.0, 1000.0, 3000.0)},
-}
-"""The tuning grid of each variant (``<method>-matched`` variants reuse the ``k1`` choice)."""
 BASELINE_EVAL_LRS = (0.003, 0.01, 0.03, 0.1)
 """Fine-tuning step sizes tried for the joint-training baseline in a study."""
+
+
+def tuning_grid(method: str, regime: str) -> dict[str, tuple]:
+    """The values of ``method``'s own settings tried in ``regime`` (read off the class:
+    ``tuning_grid``, or ``solved_tuning_grid`` for the solved regime; the matched view
+    reuses the ``k1`` choice and has none)."""
+    cls = method_class(method)
+    if regime == "solved":
+        return dict(cls.solved_tuning_grid) if issubclass(cls, ImplicitMethod) else {}
+    return dict(cls.tuning_grid) if regime == "k1" else {}
 
 
 def solved_settings(method: str, lam: float, curvature: tuple[float, float] = CURVATURE,
@@ -96,45 +90,35 @@ def solved_settings(method: str, lam: float, curvature: tuple[float, float] = CU
     """``steps``, ``inner_lr`` and the solver's settings that solve the proximal problem
     and the linear system to ``tol`` for any Hessian spectrum inside ``curvature`` (see
     the module docstring). Raises ``ValueError`` when λ + μ ≤ 0 (not strongly convex)."""
+    cls = method_class(method)
+    if not issubclass(cls, ImplicitMethod):
+        raise ValueError(f"the solved regime is for the implicit methods, not {method}")
     lo, hi = curvature
     if not lam + lo > 0:
         raise ValueError(f"the solved regime needs lam > {-lo:g} (the proximal problem must "
                          f"be strongly convex for curvature down to {lo:g}), got {lam!r}")
     rho = (hi - lo) / (2 * lam + lo + hi)
-    out: dict[str, Any] = {"lam": lam, "inner_lr": 2.0 / (2 * lam + lo + hi),
-                           "steps": max(1, math.ceil(math.log(tol) / math.log(rho)))}
-    if method == "imaml":
-        root = math.sqrt((lam + hi) / (lam + lo))  # √κ of I + H/λ
-        r = (root - 1) / (root + 1)
-        out["cg_iters"] = max(1, math.ceil(math.log(tol / 2) / math.log(r))) if r > 0 else 1
-    elif method == "neumann":
-        a_lo, a_hi = 1 + lo / lam, 1 + hi / lam
-        out["step"] = 2.0 / (a_lo + a_hi)
-        r = (a_hi - a_lo) / (a_hi + a_lo)
-        out["terms"] = max(1, math.ceil(math.log(tol) / math.log(r)))
-    else:
-        raise ValueError(f"the solved regime is for the implicit methods, not {method}")
-    return out
+    return {"lam": lam, "inner_lr": 2.0 / (2 * lam + lo + hi),
+            "steps": max(1, math.ceil(math.log(tol) / math.log(rho))),
+            **cls.solver_settings(lam, curvature, tol)}
 
 
 def matched_settings(method: str, settings: dict[str, Any],
                      budget: float = MATCHED_COST) -> dict[str, Any]:
-    """The smallest change of ``settings`` (inner steps, or the implicit methods' solver
-    iterations at K = 1) that makes ``gradient_equivalents()`` equal ``budget``."""
+    """The smallest change of ``settings`` that makes ``gradient_equivalents()`` equal
+    ``budget``: a method with a solver-iteration setting (an integer setting besides
+    ``steps``: CG iterations, Neumann terms) spends it there at K = 1, the others on
+    their inner steps."""
     cls = method_class(method)
     reads = cls.setting_names()
     base = {k: v for k, v in settings.items() if k in reads}
-    if is_implicit(method):
-        solver = "cg_iters" if "cg_iters" in reads else "terms"
-        for n in range(0, 64):
-            trial = {**base, "steps": 1, solver: n}
-            if cls(**trial).gradient_equivalents() == budget:
-                return trial
-    else:
-        for k in range(0, 64):
-            trial = {**base, "steps": k}
-            if cls(**trial).gradient_equivalents() == budget:
-                return trial
+    defaults = cls.default_settings()
+    solver = [k for k in reads if k != "steps" and isinstance(defaults[k], int)]
+    knob, fixed = (solver[0], {"steps": 1}) if solver else ("steps", {})
+    for n in range(0, 64):
+        trial: dict[str, Any] = {**base, **fixed, knob: n}
+        if cls(**trial).gradient_equivalents() == budget:
+            return trial
     raise ValueError(f"no setting of {method} costs exactly {budget:g} gradient-equivalents")
 
 
@@ -174,12 +158,13 @@ def variants(methods: Sequence[str], regimes: Sequence[str], tune: bool,
             if regime == "solved" and not is_implicit(m):
                 continue
             name = m if regime == "k1" else f"{m}-{regime}"
-            grid = GRIDS.get(name if regime != "matched" else m, {}) if tune else {}
             fixed = {k: v for k, v in given.items() if k in (*method_class(m).setting_names(),
                                                              "meta_lr")}
+            # A setting given explicitly stays as given: it is not tuned.
+            grid = {k: v for k, v in tuning_grid(m, regime).items()
+                    if k not in fixed} if tune else {}
             if regime == "solved" and "lam" not in grid and "lam" not in fixed:
-                fixed["lam"] = {**method_class(m).default_settings(),
-                                **SETTING_DEFAULTS.get(m, {})}["lam"]
+                fixed["lam"] = train_defaults(m)["lam"]
             out.append(Variant(name, m, regime, fixed, grid))
     return out
 
@@ -189,13 +174,10 @@ def point_id(point: dict[str, Any]) -> str:
 
 
 COMPILED_METHODS = tuple(name for name in METHOD_NAMES if is_implicit(name))
-"""Methods whose meta-gradient a study compiles when ``base.compile`` is set. Compiling a
-new configuration took 20-80 s on the shared 2-core machine (each λ is a new graph), more
-than the whole 2000-step eager run of MAML, FOMAML, Reptile or Penalty (2-15 ms per
-meta-step); IMAML and Neumann take 30-150 ms eager and 5-10 ms compiled. Runs of at least
-:data:`COMPILE_ALL_FROM` meta-steps (the finn2017 preset's 70 000) compile every method:
-MAML's 2.7 ms saved per meta-step (3.6 eager, 0.9 compiled, measured side by side) then
-pays for any compilation."""
+"""Methods whose meta-gradient a study compiles when ``base.compile`` is set: the implicit
+ones, whose eager meta-step is expensive enough that compiling a configuration pays within
+one run. Runs of at least :data:`COMPILE_ALL_FROM` meta-steps (the finn2017 preset's
+70 000) compile every method. The timings behind this rule: ``bench/results/train_defaults``."""
 COMPILE_ALL_FROM = 20_000
 
 
@@ -342,7 +324,9 @@ def run(study: Study, out: Path, *, resume: bool = False, progress: bool = True
 def _baseline(base: TrainConfig, seed: int, folder: Path, resume: bool,
               progress: bool) -> BaselineResult:
     """The seed's joint-training baseline, trained once and kept in ``folder``."""
-    cfg = replace(base, method="maml", seed=seed).resolved()
+    # The baseline reads no method setting; its settings are resolved with the registry's
+    # first method, so that its identity is the same whichever methods a study runs.
+    cfg = replace(base, method=METHOD_NAMES[0], seed=seed).resolved()
     path = folder / "summary.json"
     identity = outdir.as_json_value({"baseline": cfg.identity()})
     if resume and path.is_file():
@@ -360,6 +344,7 @@ def _baseline(base: TrainConfig, seed: int, folder: Path, resume: bool,
     return result
 
 
-__all__ = ["BASELINE_EVAL_LRS", "COMPILED_METHODS", "COMPILE_ALL_FROM", "CURVATURE", "GRIDS",
+__all__ = ["BASELINE_EVAL_LRS", "COMPILED_METHODS", "COMPILE_ALL_FROM", "CURVATURE",
            "MATCHED_COST", "REGIMES", "TOL", "TUNING_SEED", "Study", "Variant", "config_for",
-           "matched_settings", "point_id", "run", "solved_settings", "tune", "variants"]
+           "matched_settings", "point_id", "run", "solved_settings", "tune", "tuning_grid",
+           "variants"]
