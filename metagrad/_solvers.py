@@ -280,6 +280,19 @@ class ConjugateGradient:
             f"{float(rel.max()):.3g} > {CG_RESIDUAL_WARN} in {{where}}; increase cg_iters",
             tasks_of(bad))]
 
+    # -- what the audit (metagrad.testing) reads ----------------------------------------------
+    @staticmethod
+    def audit_curvature(lam: float) -> float:
+        """‖H‖ = 2λ for the audit's problems: I + H/λ then has condition number about 3, far
+        from the identity, so that m − 1, m and m + 1 iterations differ clearly."""
+        return 2.0 * lam
+
+    def rounding_amplification(self, eigenvalues: Tensor) -> float:
+        """κ(A) = max|μ| / min|μ| over the eigenvalues μ of A: how much CG may amplify a
+        relative rounding error in b or in the products with A."""
+        mags = eigenvalues.abs()
+        return float(mags.max() / mags.min())
+
 
 @dataclass(frozen=True)
 class NeumannSeries:
@@ -381,3 +394,17 @@ class NeumannSeries:
             f"relative residual {float(rel[worst]):.3g} > {CG_RESIDUAL_WARN} in {{where}}: "
             f"{how}, so the sum is not yet the solve it stands for; {advice}",
             tasks_of(bad))]
+
+    # -- what the audit (metagrad.testing) reads ----------------------------------------------
+    def audit_curvature(self, lam: float) -> float:
+        """‖H‖ for the audit's problems: the spectral radius of I − η(I + H/λ) about 1/2 (at
+        most 2λ), so that J − 1, J and J + 1 terms differ clearly."""
+        if self.step >= 2:
+            return 0.5 * lam
+        return lam * min(2.0, 0.5 * (2 / self.step - 1))
+
+    def rounding_amplification(self, eigenvalues: Tensor) -> float:
+        """η Σ_{j≤J} ρʲ, ρ = max |1 − ημ| over the eigenvalues μ of A: the norm of the
+        truncated series operator, which multiplies a relative rounding error in b."""
+        rho = float((1 - self.step * eigenvalues).abs().max())
+        return self.step * sum(rho ** j for j in range(self.terms + 1))

@@ -23,8 +23,9 @@ Modules:
   as in MAML++; parameters left out as in ANIL; momentum, Nesterov and Adam inner loops;
   MAML++'s multi-step loss) and every method's exact quantity for them, MAML's derivatives
   in θ, the rates and the momentum β by forward accumulation of dense Jacobians.
-* :mod:`metagrad_reference.variants`: the usual wrong meta-gradients (first order, stale-residual
-  CG, a non-alternating Neumann series, …), for diagnosing a failing implementation.
+* :mod:`metagrad_reference.variants`: the wrong meta-gradients code ships (first order, one
+  tensor detached, the query batch in the inner loop, a damped or warm-started iMAML system,
+  a non-alternating Neumann series, …), alone or combined, for diagnosing an implementation.
 """
 
 from . import closed_form, dense, finite_diff, inner_loops, methods, rates, targets, variants

@@ -471,6 +471,20 @@ class Method:
     """The values of its own settings a study tries on validation tasks (empty: the
     protocol's settings are fixed)."""
 
+    # -- what the audit (metagrad.testing) may compare this method with -------------------
+    audit_family: ClassVar[tuple[str, dict[str, Any]] | None] = None
+    """The family of ``metagrad_reference.variants`` whose options, as given here, compute this
+    method (e.g. ``("unrolled", {"output": "maml"})``); None: only the mistakes that any
+    method can make (sum, sign, query batch, off-by-one counts, …) are compared."""
+    audit_mistakes: ClassVar[tuple[str, ...]] = ()
+    """Keys of the catalogued mistakes of the family (``metagrad.testing.diagnosis``) that
+    code claiming this method is compared with when it fails."""
+
+    def audit_curvature(self) -> float:
+        """The spectral radius the audit's problems give the train-loss Hessian at θ: α·‖H‖ =
+        1/2, so that each factor I − αH moves a gradient by up to half."""
+        return 0.5 / self.inner_lr
+
 
 def _plain(value: Any) -> Any:
     """Option objects as plain values in a config dict: MAML's backward mode and a default

@@ -126,3 +126,9 @@ class ImplicitMethod(Method):
         """The solver's settings that solve (I + H/λ) x = b to relative error ``tol`` for
         every H with spectrum in ``curvature`` = [μ, L] (λ + μ > 0)."""
         raise NotImplementedError
+
+    def audit_curvature(self) -> float:
+        """The solver's choice (:meth:`ConjugateGradient.audit_curvature`), kept where the
+        proximal loop converges, α(λ + ‖H‖) ≤ 1, and at least λ/4."""
+        s = self.solver.audit_curvature(self.lam)
+        return max(min(s, 1 / self.inner_lr - self.lam), 0.25 * self.lam)

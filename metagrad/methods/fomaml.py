@@ -60,3 +60,8 @@ class FOMAML(Method):
         g, post = grad_and_value(loss)(inner.phi, val)
         return TaskOutput(g, inner.pre_update_loss, post, {"inner_losses": inner.inner_losses},
                           inner.phi)
+
+    audit_family: ClassVar[tuple[str, dict[str, Any]] | None] = (
+        "unrolled", {"output": "maml", "graph": "none"})
+    audit_mistakes: ClassVar[tuple[str, ...]] = ("second_order", "last_step_squared",
+                                                 "last_step_doubled")

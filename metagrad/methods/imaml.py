@@ -100,3 +100,8 @@ class IMAML(ImplicitMethod):
         root = math.sqrt((lam + hi) / (lam + lo))
         r = (root - 1) / (root + 1)
         return {"cg_iters": max(1, math.ceil(math.log(tol / 2) / math.log(r))) if r > 0 else 1}
+
+    audit_family: ClassVar[tuple[str, dict[str, Any]] | None] = ("implicit", {"solver": "cg"})
+    audit_mistakes: ClassVar[tuple[str, ...]] = (
+        "no_solve", "no_lam", "damped", "exact_solve", "cg_stale", "cg_normal",
+        "cg_warm_start", "plain_inner", "pullback")

@@ -170,6 +170,12 @@ class MAML(Method):
             diag["final_inner_loss"] = vmap(loss)(inner.phi, train)
         return pt.mean0(v), {}, diag
 
+    # -- what the audit (metagrad.testing) may compare it with ------------------------------
+    audit_family: ClassVar[tuple[str, dict[str, Any]] | None] = ("unrolled", {"output": "maml"})
+    audit_mistakes: ClassVar[tuple[str, ...]] = (
+        "first_order", "graph_first_step", "detached", "last_step_squared",
+        "last_step_doubled")
+
 
 def _weights(weights: Any, steps: int) -> tuple[float, ...]:
     """The multi-step loss's weights, one per inner step, as finite floats."""

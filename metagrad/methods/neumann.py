@@ -100,3 +100,8 @@ class Neumann(ImplicitMethod):
         r = (a_hi - a_lo) / (a_hi + a_lo)
         return {"step": 2.0 / (a_lo + a_hi),
                 "terms": max(1, math.ceil(math.log(tol) / math.log(r)))}
+
+    audit_family: ClassVar[tuple[str, dict[str, Any]] | None] = (
+        "implicit", {"solver": "neumann"})
+    audit_mistakes: ClassVar[tuple[str, ...]] = (
+        "no_solve", "no_lam", "non_alternating", "exact_solve", "plain_inner", "pullback")

@@ -98,3 +98,8 @@ class Penalty(Method):
     # Meta-training on sinusoids (bench/results/train_defaults): ‖∇L_tr‖² is 1-20 there.
     train_settings: ClassVar[dict[str, Any]] = {"lam": 0.001}
     tuning_grid: ClassVar[dict[str, tuple]] = {"lam": (1e-4, 1e-3, 1e-2)}
+
+    audit_family: ClassVar[tuple[str, dict[str, Any]] | None] = (
+        "unrolled", {"output": "penalty"})
+    audit_mistakes: ClassVar[tuple[str, ...]] = ("no_penalty_term", "penalty_no_two",
+                                                 "last_step_squared", "last_step_doubled")

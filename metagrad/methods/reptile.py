@@ -81,3 +81,8 @@ class Reptile(Method):
     min_train_steps: ClassVar[int] = 1
     tuning_grid: ClassVar[dict[str, tuple]] = {"meta_lr": (0.1, 0.3, 1.0, 3.0),
                                                "steps": (1, 3, 10)}
+
+    audit_family: ClassVar[tuple[str, dict[str, Any]] | None] = (
+        "unrolled", {"output": "displacement"})
+    audit_mistakes: ClassVar[tuple[str, ...]] = ("displacement_early", "reptile_unscaled",
+                                                 "last_step_squared", "last_step_doubled")

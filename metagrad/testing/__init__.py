@@ -14,6 +14,9 @@ checks a gradient.
   the dense float64 oracle and finite differences; failures are diagnosed against the
   usual wrong variants (:mod:`.diagnosis`).
 * :func:`assert_meta_gradient_close`: the same, raising ``AssertionError`` with the table.
+* :func:`module_target`: code written against an ``nn.Module`` (``model(x) → logits →
+  F.cross_entropy(logits, y)``), ``fn(model, tasks)``, audited on the battery's models
+  (:mod:`.modules`); :class:`LossModule` wraps a functional loss as a module.
 * :func:`gradcheck`: a metagrad method on the user's own loss, parameters and tasks.
 * ``metagrad audit`` (:mod:`.command`): the same from the command line, for a callable
   ``package.module:name`` or a peer library ``peer:torchopt``.
@@ -29,7 +32,9 @@ from .check import (
     is_factory,
     validate_settings,
 )
+from .modules import LossModule, ModuleTarget, ScalarTanh, ScaledTanh, module_target
 from .result import AuditResult, CaseResult
 
-__all__ = ["MAX_DIM", "AuditResult", "CaseResult", "assert_meta_gradient_close",
-           "check_meta_gradient", "gradcheck", "is_factory", "validate_settings"]
+__all__ = ["MAX_DIM", "AuditResult", "CaseResult", "LossModule", "ModuleTarget", "ScalarTanh",
+           "ScaledTanh", "assert_meta_gradient_close", "check_meta_gradient", "gradcheck",
+           "is_factory", "module_target", "validate_settings"]

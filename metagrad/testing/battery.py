@@ -24,14 +24,15 @@ Each problem is a loss, parameters θ and a meta-batch of tasks (a
 
 Curvature is set from the settings, so that the bug classes are far apart whatever
 ``inner_lr`` and ``lam`` the target was built with: every loss is multiplied by c = s/L₀,
-L₀ the largest |eigenvalue| of the unscaled train-loss Hessian at θ over the tasks, with
+L₀ the largest |eigenvalue| of the unscaled train-loss Hessian at θ over the tasks, and s
+the method's own choice (``mg.METHODS[name](**settings).audit_curvature()``):
 
 * s = 0.5/α for the gradient-descent methods: α·‖H‖ ≈ 0.5, so each (I − αH) factor moves
   the gradient by up to half and first- and second-order answers differ by tens of percent;
-* s = min(2λ, 1/α − λ) for IMAML: I + H/λ has condition number about 3, far from the
+* s = min(2λ, 1/α − λ) for CG (IMAML): I + H/λ has condition number about 3, far from the
   identity, and the proximal loop α(λ + ‖H‖) ≤ 1 converges;
-* s = λ·min(2, (2/η − 1)/2) for Neumann (capped the same way): the series converges with
-  spectral radius about 1/2 (η = 1), so J − 1, J and J + 1 terms differ clearly.
+* s = λ·min(2, (2/η − 1)/2) for the Neumann series (capped the same way): the series
+  converges with spectral radius about 1/2 (η = 1), so J − 1, J and J + 1 terms differ.
 
 For the implicit methods c is also capped so that c·N₀ ≤ λ/2, N₀ the size of the most
 negative Hessian eigenvalue at θ: I + H/λ stays positive definite (eigenvalues above
@@ -39,20 +40,38 @@ about 1/2), where CG and the series are well defined.
 
 A factory target (one that takes the settings) is also run at other step counts on
 ``scalar+matrix``: K = 0, 1 and several inner steps.
+
+**Module form** (for :class:`metagrad.testing.ModuleTarget`, code written against an
+``nn.Module``): the same three problems as models, ``ScaledTanh(4, 3)`` (``layer.weight``
+3×4, ``layer.bias``, ``scale``), ``nn.Linear(5, 4)`` and ``ScalarTanh()``, with the loss
+``F.cross_entropy(model(x), y)`` (labels balanced and sorted by class: 3 × 2, 4 × 2 and
+2 × 4 shots) or ``F.mse_loss(model(x), y)`` (targets from a teacher near θ plus noise), as
+the code computes it: the loss is not multiplied by c. The curvature is set instead through
+the data: inputs multiplied by a and the first layer's weights (the 0-dim scale of
+``ScalarTanh``) divided by a, which leaves the outputs at θ unchanged and scales that
+layer's Hessian by a², and, for squared error with ``ScaledTanh``, the scale and the
+targets multiplied by a. a is chosen by a few steps of a ← a·√(s/L(a)) (and the cap above
+for the implicit methods).
 """
 
 from __future__ import annotations
 
+import copy
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import metagrad_reference as oracle
 import torch
 from metagrad_reference import dense
+from torch import Tensor, nn
 
+from .._module import module_loss, params_of
 from .._task import Task
-from ..methods import is_implicit
+from ..methods import is_implicit, method_class
 from ..problems import Problem
+from .modules import CRITERIA, ScalarTanh, ScaledTanh
 
 
 @dataclass(frozen=True)
@@ -150,16 +169,7 @@ def scaled(loss, c: float):
 
 def curvature_target(method: str, settings: dict[str, Any]) -> float:
     """s, the spectral radius the scaled train-loss Hessian gets at θ (module docstring)."""
-    lr = settings["inner_lr"]
-    if is_implicit(method):
-        lam = settings["lam"]
-        if method == "imaml":
-            s = 2 * lam
-        else:
-            eta = settings.get("step", 1.0)
-            s = lam * min(2.0, 0.5 * (2 / eta - 1)) if eta < 2 else 0.5 * lam
-        return max(min(s, 1 / lr - lam), 0.25 * lam)
-    return 0.5 / lr
+    return method_class(method)(**settings).audit_curvature()
 
 
 _SPECTRUM: dict[tuple[str, int], tuple[float, float]] = {}
@@ -195,27 +205,154 @@ def scale_for(label: str, tasks: int, method: str, settings: dict[str, Any]) -> 
 
 
 def problems(label: str, tasks: int, method: str, settings: dict[str, Any],
-             float32: bool = False) -> tuple[Problem, Problem]:
+             float32: bool = False, criterion: str | None = None) -> tuple[Problem, Problem]:
     """``(given, exact)``: the problem the target is given and its float64 twin for the
     oracle. In float64 they are the same problem; with ``float32`` the target gets float32
     data and parameters, and the twin holds the same numbers promoted exactly to float64,
-    so that the error measured is the target's float32 arithmetic alone."""
+    so that the error measured is the target's float32 arithmetic alone. With a
+    ``criterion`` (``"cross_entropy"`` or ``"mse"``), the module form: the problems carry
+    ``module`` and ``criterion``, and the loss is ``criterion(module(x), y)``."""
+    if criterion is not None:
+        return _module_problems(label, tasks, method, settings, float32, criterion)
     c = scale_for(label, tasks, method, settings)
     key = (label, tasks, c, float32)
     if key not in _PROBLEMS:
         params, task, loss = _base(label, tasks)
         description = f"{label}, {tasks} task(s), loss scaled by {c:.4g}"
         name = f"audit:{label}:c={c!r}"
-        if float32:
-            p32 = {k: v.float() for k, v in params.items()}
-            t32 = task.to(torch.float32)
-            given = Problem(name, scaled(loss, c), p32, t32, description=description)
-            exact = Problem(name + ":exact", scaled(loss, c),
-                            {k: v.double() for k, v in p32.items()}, t32.to(torch.float64),
-                            description=description)
-        else:
-            given = exact = Problem(name, scaled(loss, c), params, task, description=description)
-        _PROBLEMS[key] = (given, exact)
+        _PROBLEMS[key] = _pair(name, description, scaled(loss, c), params, task, float32)
+    return _PROBLEMS[key]
+
+
+def _pair(name: str, description: str, loss, params: dict[str, Tensor], task: Task,
+          float32: bool, module: nn.Module | None = None,
+          criterion: Callable[[Tensor, Tensor], Tensor] | None = None) -> tuple[Problem, Problem]:
+    if not float32:
+        problem = Problem(name, loss, params, task, description=description, module=module,
+                          criterion=criterion)
+        return problem, problem
+    p32 = {k: v.float() for k, v in params.items()}
+    t32 = task.to(torch.float32)
+    given = Problem(name, loss, p32, t32, description=description,
+                    module=None if module is None else copy.deepcopy(module).float(),
+                    criterion=criterion)
+    exact = Problem(name + ":exact", loss, {k: v.double() for k, v in p32.items()},
+                    t32.to(torch.float64), description=description, module=module,
+                    criterion=criterion)
+    return given, exact
+
+
+# --------------------------------------------------------------------------------------------
+# the module form
+
+def _module_base(label: str, tasks: int, criterion: str, a: float
+                 ) -> tuple[nn.Module, Task]:
+    """The model (float64, parameters θ) and tasks of problem ``label`` at knob ``a``."""
+    g = torch.Generator().manual_seed(BUILDERS[label][1] + 100)
+    classes = criterion == "cross_entropy"
+
+    def randn(*shape, scale=1.0):
+        return scale * torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    def labels(n_classes: int, shots: int) -> Tensor:
+        return torch.arange(n_classes).repeat_interleave(shots).expand(tasks, -1).clone()
+
+    model: nn.Module
+    if label == "scalar+matrix":
+        model = ScaledTanh(4, 3).double()
+        weight, bias, scale = randn(3, 4, scale=0.6), randn(3, scale=0.2), 1.3
+        teacher = ScaledTanh(4, 3).double()
+        with torch.no_grad():
+            teacher.layer.weight.copy_(weight + randn(3, 4, scale=0.3))
+            teacher.layer.bias.copy_(bias + randn(3, scale=0.3))
+            teacher.scale.fill_(scale + 0.3 * float(randn(1)))
+
+        def batch():
+            x = randn(tasks, 6, 4)
+            if classes:
+                return a * x, labels(3, 2)
+            with torch.no_grad():
+                y = teacher(x) + randn(tasks, 6, 3, scale=0.2)
+            return x, a * y
+
+        with torch.no_grad():
+            model.layer.weight.copy_(weight / a if classes else weight)
+            model.layer.bias.copy_(bias)
+            model.scale.fill_(scale if classes else a * scale)
+    elif label == "softmax":
+        model = nn.Linear(5, 4).double()
+        weight, bias = randn(4, 5, scale=0.3), randn(4, scale=0.1)
+        teacher_w, teacher_b = weight + randn(4, 5, scale=0.3), bias + randn(4, scale=0.3)
+
+        def batch():
+            x = randn(tasks, 8, 5)
+            if classes:
+                return a * x, labels(4, 2)
+            return a * x, x @ teacher_w.T + teacher_b + randn(tasks, 8, 4, scale=0.2)
+
+        with torch.no_grad():
+            model.weight.copy_(weight / a)
+            model.bias.copy_(bias)
+    else:  # one scalar
+        model = ScalarTanh().double()
+        features = 2 if classes else 1
+
+        def batch():
+            x = randn(tasks, 8, features)
+            if classes:
+                return a * x, labels(2, 4)
+            return a * x, torch.tanh(1.5 * x) + randn(tasks, 8, 1, scale=0.1)
+
+        with torch.no_grad():
+            model.scale.fill_(0.8 / a)
+    return model, Task(train=batch(), val=batch())
+
+
+def _module_spectrum(model: nn.Module, task: Task, criterion: str) -> tuple[float, float]:
+    loss = module_loss(model, CRITERIA[criterion])
+    params = params_of(model)
+    f, theta = oracle.flat_loss(loss, params), oracle.flatten(params)
+    eig = [torch.linalg.eigvalsh(dense.hessian(f, theta, task.task(i)[0]))
+           for i in range(task.num_tasks)]
+    return (max(float(e.abs().max()) for e in eig), max(max(-float(e.min()), 0.0) for e in eig))
+
+
+_KNOBS: dict[tuple, float] = {}
+
+
+def _knob(label: str, tasks: int, criterion: str, radius: float, cap: float | None) -> float:
+    """a with L(a) ≈ ``radius`` (and N(a) ≤ ``cap``): a ← a·√(target/L(a)), the Hessian of
+    the scaled layer growing like a²."""
+    key = (label, tasks, criterion, radius, cap)
+    if key not in _KNOBS:
+        a = 1.0
+        for _ in range(8):
+            largest, negative = _module_spectrum(*_module_base(label, tasks, criterion, a),
+                                                 criterion)
+            ratio = radius / largest
+            if cap is not None and negative > 0:
+                ratio = min(ratio, cap / negative)
+            if abs(ratio - 1) < 0.02:
+                break
+            a *= math.sqrt(ratio)
+        _KNOBS[key] = a
+    return _KNOBS[key]
+
+
+def _module_problems(label: str, tasks: int, method: str, settings: dict[str, Any],
+                     float32: bool, criterion: str) -> tuple[Problem, Problem]:
+    cap = 0.5 * settings["lam"] if is_implicit(method) else None
+    a = _knob(label, tasks, criterion, curvature_target(method, settings), cap)
+    key = ("module", label, tasks, criterion, a, float32)
+    if key not in _PROBLEMS:
+        model, task = _module_base(label, tasks, criterion, a)
+        name = f"audit-module:{label}:{criterion}:a={a!r}"
+        description = f"{label} ({type(model).__name__}, {criterion}), {tasks} task(s), data " \
+                      f"scaled by {a:.4g}"
+        loss = module_loss(model, CRITERIA[criterion])
+        params = {k: v.detach().clone() for k, v in params_of(model).items()}
+        _PROBLEMS[key] = _pair(name, description, loss, params, task, float32, model,
+                               CRITERIA[criterion])
     return _PROBLEMS[key]
 
 

@@ -7,6 +7,11 @@ return the mean over tasks of one method's per-task meta-gradient gᵢ at given 
 arguments only, ``factory(**settings) -> target``; the audit can then rebuild the target
 at other inner step counts. Which one a callable is, is read off its signature: required
 positional parameters make a target, keyword-only parameters or ``**settings`` a factory.
+Code written against an ``nn.Module`` is audited through :func:`module_target`
+(:mod:`.modules`).
+
+The target runs isolated (:mod:`.isolate`): an exception, ``sys.exit``, ``os._exit`` or a
+timeout is a failed case with one line saying so, never the end of the audit.
 """
 
 from __future__ import annotations
@@ -22,50 +27,33 @@ from torch import Tensor
 from torch.utils import _pytree
 
 from .._task import Task
-from ..methods import METHOD_NAMES, Method, method_class
+from ..methods import METHODS, Method, method_class
 from ..problems import Problem
 from ..verify.compare import FD_RTOL, REF_RTOL, fd_result, flat, reference_result, rel_error
-from . import battery, diagnosis
+from . import battery, diagnosis, isolate
+from .modules import ModuleTarget, fresh_model, grads_of
 from .result import AuditResult, CaseResult
 from .tolerance import float32_tolerance, reduction_length
 
 Target = Callable[..., Any]
 
 OPTIONAL = ("step",)
-"""Settings that may be left out: they take the method class's default (Neumann's η = 1)."""
+"""Settings whose default is part of the method's definition (Neumann's η = 1)."""
 
 
 def validate_settings(method: str, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The method's settings in its own order, defaults filled for :data:`OPTIONAL` ones.
+    """The method's settings in its own order, its class defaults for the ones not given.
 
-    Unknown or missing names raise ``TypeError`` naming them and what the method reads
+    An unknown method raises ``ValueError`` naming the registered ones; unknown setting
+    names raise ``TypeError`` naming them and what the method reads
     (``mg.METHODS[method].setting_names()``); bad values raise the method's own
-    ``ValueError`` (e.g. ``lam must be a finite positive number, got -1.0``).
-
-    Parameters
-    ----------
-    method : str
-        A registered method name (``mg.METHOD_NAMES``).
-    settings : Mapping[str, Any]
-        Setting name -> value, in the one vocabulary (``steps``, ``inner_lr``, ``lam``,
-        ``cg_iters``, ``terms``, ``step``).
-
-    Returns
-    -------
-    dict[str, Any]
-        Every setting the method reads, in its order.
-    """
-    if method not in METHOD_NAMES:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHOD_NAMES)}")
+    ``ValueError`` (e.g. ``lam must be a finite positive number, got -1.0``)."""
     cls = method_class(method)
     names = cls.setting_names()
     unknown = sorted(set(settings) - set(names))
     if unknown:
         raise TypeError(f"{method} does not read setting(s) {unknown}; it reads "
                         f"{list(names)}")
-    missing = [n for n in names if n not in settings and n not in OPTIONAL]
-    if missing:
-        raise TypeError(f"{method}: missing setting(s) {missing} (it reads {list(names)})")
     defaults = cls.default_settings()
     out = {n: settings[n] if n in settings else defaults[n] for n in names}
     cls(**out)  # the method's own value checks
@@ -73,18 +61,7 @@ def validate_settings(method: str, settings: Mapping[str, Any]) -> dict[str, Any
 
 
 def is_factory(obj: Any) -> bool:
-    """Whether ``obj`` is a factory ``factory(**settings) -> target`` rather than a target.
-
-    Parameters
-    ----------
-    obj : Any
-        What was given to the audit.
-
-    Returns
-    -------
-    bool
-        True when its signature has no positional parameter and some keyword ones.
-    """
+    """True for ``factory(**settings)``: no positional parameter, some keyword ones."""
     try:
         sig = inspect.signature(obj)
     except (TypeError, ValueError):
@@ -98,6 +75,8 @@ def is_factory(obj: Any) -> bool:
 
 def describe(obj: Any) -> str:
     """A short name for a target in tables: ``module.qualname`` or the type's name."""
+    if isinstance(obj, ModuleTarget):
+        return describe(obj.fn)
     name = getattr(obj, "__qualname__", None) or type(obj).__name__
     module = getattr(obj, "__module__", None)
     return f"{module}.{name}" if module and module != "__main__" else name
@@ -114,10 +93,14 @@ def _clone_tasks(tasks: Task) -> Task:
                 dict(tasks.info))
 
 
-def _same_tasks(a: Task, b: Task) -> bool:
+def _same_tasks(a: Any, b: Task) -> bool:
+    if not isinstance(a, Task):
+        return False
     la = _pytree.tree_leaves((a.train, a.val))
     lb = _pytree.tree_leaves((b.train, b.val))
-    return all(torch.equal(x, y) if isinstance(x, Tensor) else True for x, y in zip(la, lb))
+    return len(la) == len(lb) and all(
+        torch.equal(x, y) if isinstance(x, Tensor) and isinstance(y, Tensor) else True
+        for x, y in zip(la, lb))
 
 
 def _as_grad(out: Any) -> Any:
@@ -125,12 +108,70 @@ def _as_grad(out: Any) -> Any:
     return grad if isinstance(grad, Mapping) else out
 
 
-def _structure(out: Any, params: dict[str, Tensor]) -> tuple[list[str], Tensor | None]:
-    """Problems with the target's output (wrong type, keys, shapes, dtype, non-finite
-    values) and its values flattened in ``params`` order (None when they cannot be)."""
+Run = Callable[[dict[str, Tensor], Task], tuple[Any, list[str]]]
+"""``run(params, tasks) -> (output, notes)``: one call of the target on copies."""
+
+
+def _functional_run(target: Target, problem: Problem) -> Run:
+    def run(params: dict[str, Tensor], tasks: Task) -> tuple[Any, list[str]]:
+        return _as_grad(target(problem.loss, params, tasks)), []
+
+    return run
+
+
+def _module_run(fn: Target, problem: Problem) -> Run:
+    """Call ``fn(model, tasks)`` on a fresh copy of the problem's model; a ``None`` result
+    is read from the parameters' ``.grad`` (zeros where none was written, said in a note)."""
+    template = problem.module
+    assert template is not None
+
+    def run(params: dict[str, Tensor], tasks: Task) -> tuple[Any, list[str]]:
+        model = fresh_model(template, params)
+        out = fn(model, tasks)
+        if out is not None:
+            return _as_grad(out), []
+        grads = grads_of(model, list(params))
+        missing = [k for k, g in grads.items() if g is None]
+        if len(missing) == len(grads):
+            return None, ["it returned None and wrote no .grad of the model's parameters"]
+        notes = ([f"no .grad was written for {missing} (read as zeros)"] if missing else [])
+        return {k: torch.zeros_like(params[k]) if g is None else g
+                for k, g in grads.items()}, notes
+
+    return run
+
+
+def _describe_output(out: Any, params: dict[str, Tensor]) -> str:
+    """Why ``out`` is not a ``dict[str, Tensor]``, with what to return instead."""
+    dim = sum(v.numel() for v in params.values())
+    if out is None:
+        return ("the target returned None, not a dict[str, Tensor] (did it forget to return "
+                "the gradients?)")
+    if isinstance(out, Tensor):
+        hint = (f": the {dim} entries of all parameters flattened? return them as a dict "
+                "keyed like params" if out.numel() == dim else "")
+        return (f"the target returned a Tensor of shape {tuple(out.shape)}, not a "
+                f"dict[str, Tensor]{hint}")
+    if isinstance(out, (tuple, list)):
+        hint = ""
+        if out and isinstance(out[0], Mapping):
+            hint = "; its first item is a dict: return the gradients alone"
+        elif len(out) == len(params) and all(isinstance(x, Tensor) for x in out):
+            hint = "; one tensor per parameter: return dict(zip(params, ...))"
+        return (f"the target returned a {type(out).__name__} of {len(out)} items, not a "
+                f"dict[str, Tensor]{hint}")
+    return f"the target returned {type(out).__name__}, not a dict[str, Tensor]"
+
+
+def _structure(out: Any, params: dict[str, Tensor]) -> tuple[list[str], Tensor | None,
+                                                             list[str]]:
+    """Problems with the target's output (wrong type, keys, shapes, dtype, device, non-finite
+    values), its values flattened in ``params`` order in float64 on the CPU (None when they
+    cannot be compared), and remarks that are no failure (a result that carries a graph)."""
     if not isinstance(out, Mapping):
-        return [f"the target returned {type(out).__name__}, not a dict[str, Tensor]"], None
-    problems = []
+        return [_describe_output(out, params)], None, []
+    problems: list[str] = []
+    notes: list[str] = []
     missing = [k for k in params if k not in out]
     extra = [k for k in out if k not in params]
     if missing:
@@ -138,32 +179,56 @@ def _structure(out: Any, params: dict[str, Tensor]) -> tuple[list[str], Tensor |
     if extra:
         problems.append(f"the result has entries that are not parameters: {extra}")
     if missing:
-        return problems, None
+        return problems, None, notes
     pieces = []
+    comparable = True
     for key, p in params.items():
         g = out[key]
         if not isinstance(g, Tensor):
-            return problems + [f"result[{key!r}] is {type(g).__name__}, not a Tensor"], None
+            problems.append(f"result[{key!r}] is {type(g).__name__}, not a Tensor")
+            comparable = False
+            continue
+        if g.device.type == "meta":
+            problems.append(f"result[{key!r}] is on the meta device: it holds no values")
+            comparable = False
+            continue
+        if g.device != p.device:
+            problems.append(f"result[{key!r}] is on {g.device}, the parameter on {p.device}")
         if g.shape != p.shape:
             problems.append(f"result[{key!r}] has shape {tuple(g.shape)}, the parameter "
                             f"{tuple(p.shape)}")
         if g.dtype != p.dtype:
             problems.append(f"result[{key!r}] is {g.dtype}, the parameter {p.dtype}")
-        if not bool(torch.isfinite(g).all()):
+        if not (g.is_floating_point() or g.is_complex()):
+            comparable = False
+            continue
+        if g.requires_grad:
+            notes.append(f"result[{key!r}] carries an autograd graph (requires_grad=True); "
+                         ".detach() it, or every call keeps its graph alive")
+        values = g.detach().to("cpu")
+        if values.is_complex():
+            problems.append(f"result[{key!r}] is complex")
+            comparable = False
+            continue
+        if not bool(torch.isfinite(values).all()):
             problems.append(f"result[{key!r}] has NaN or infinite entries")
         if g.numel() != p.numel():
-            return problems, None
-        pieces.append(g.detach().to(torch.float64).reshape(-1))
-    return problems, torch.cat(pieces)
+            comparable = False
+            continue
+        pieces.append(values.to(torch.float64).reshape(-1))
+    return problems, (torch.cat(pieces) if comparable else None), notes
 
 
-def evaluate(target: Target, given: Problem, exact: Problem, method: str,
+def evaluate(run: Run, given: Problem, exact: Problem, method: str,
              settings: dict[str, Any], *, where: str, case: str, float32: bool = False,
              fd: bool = True, tol_reference: float = REF_RTOL, tol_fd: float = FD_RTOL,
-             coverage: bool = True) -> CaseResult:
-    """Run ``target`` on copies of ``given`` and judge it against the oracle on ``exact``
-    (the float64 twin): errors, verdict, diagnosis; ``coverage`` also records how far each
-    known mistake is from the correct value here."""
+             coverage: bool = True, optional: bool = False,
+             timeout: float | None = None) -> CaseResult:
+    """Run the target (``run``) on copies of ``given`` and judge it against the oracle on
+    ``exact`` (the float64 twin): errors, verdict, diagnosis; ``coverage`` also records how
+    far each known mistake is from the correct value here. ``optional``: the case is one
+    the user did not ask for (another step count of a factory): a target that raises there
+    is reported "not run", not failed."""
     ref = reference_result(exact, method, settings).grad
     numeric = None
     notes = []
@@ -172,10 +237,11 @@ def evaluate(target: Target, given: Problem, exact: Problem, method: str,
             numeric = fd_result(exact, method, settings)
         except Exception as err:  # noqa: BLE001 - e.g. a loss that torch.vmap cannot batch
             notes.append(f"finite differences unavailable ({type(err).__name__}: {err})")
+    f, theta = flat(exact)
+    n = reduction_length(given.params, [given.tasks.train, given.tasks.val])
+    tol32 = float32_tolerance(method, settings, f, theta, exact.task_list(), n)
     if float32:
-        f, theta = flat(exact)
-        n = reduction_length(given.params, [given.tasks.train, given.tasks.val])
-        tol_reference = float32_tolerance(method, settings, f, theta, exact.task_list(), n)
+        tol_reference = tol32
         tol_fd = max(FD_RTOL, tol_reference)
     row = CaseResult(case=case, problem=given.description or given.name,
                      tasks=given.meta_batch, dim=given.dim, settings=dict(settings),
@@ -187,19 +253,29 @@ def evaluate(target: Target, given: Problem, exact: Problem, method: str,
 
     params = {k: v.detach().clone() for k, v in given.params.items()}
     tasks = _clone_tasks(given.tasks)
-    try:
-        out = _as_grad(target(given.loss, params, tasks))
-    except Exception as err:  # noqa: BLE001 - a crash is a failed case, shown in the table
-        message = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        row.status = "FAIL"
+    keys = list(params)
+    output, error = isolate.call(lambda: run(params, tasks), timeout)
+    if error is not None:
+        row.status = "not run" if optional else "FAIL"
         row.closest = "raised"
-        row.diagnosis = f"{where}: the target raised {type(err).__name__}: {message}"
+        row.diagnosis = f"{where}: {error}"
         return row
-    problems, got = _structure(out, params)
-    if any(not torch.equal(params[k], given.params[k]) for k in params):
+    out, remarks = output
+    problems = []
+    added, removed = [k for k in params if k not in keys], [k for k in keys if k not in params]
+    if added:
+        problems.append(f"the target added key(s) {added} to the params dict it was given")
+    if removed:
+        problems.append(f"the target removed key(s) {removed} from the params dict it was "
+                        "given")
+    if given.module is None and any(
+            not torch.equal(params[k], given.params[k]) for k in keys if k in params):
         problems.append("the target changed the parameters it was given in place")
     if not _same_tasks(tasks, given.tasks):
         problems.append("the target changed the task tensors it was given in place")
+    found, got, structure_notes = _structure(out, given.params)
+    problems += found
+    row.notes = remarks + structure_notes
     if got is not None:
         row.err_reference = rel_error(got, ref)
         if numeric is not None:
@@ -216,18 +292,37 @@ def evaluate(target: Target, given: Problem, exact: Problem, method: str,
         row.closest = "structure" if got is None else "non-finite"
         row.diagnosis = f"{where}: {prefix}"
         return row
-    tensors = diagnosis.per_tensor(
-        {k: out[k].detach().to(torch.float64).reshape(-1) for k in params},
-        {k: v.reshape(-1) for k, v in _unflat(ref, params).items()}, tol_reference)
-    diag = diagnosis.diagnose(got, ctx, tol_reference, where, tensors)
-    row.closest, row.closest_error, row.match = diag.key, diag.error, diag.match
-    row.closest_title, row.also = diag.title or None, diag.also
-    if row.err_reference is not None and row.err_reference <= tol_reference and not problems:
+    assert row.err_reference is not None
+    values_right = row.err_reference <= tol_reference and (
+        row.err_fd is None or row.err_fd <= tol_fd)
+    if problems and (values_right or (not float32 and row.err_reference <= tol32)):
+        # numerically right (to rounding): say what is wrong, not a mistake it is not
+        how = "" if values_right else " to float32 rounding"
+        row.closest = "structure"
+        row.diagnosis = (f"{where}: your values are right{how} (relative error "
+                         f"{row.err_reference:.1e}), but {prefix}")
+        return row
+    if bool((got == 0).all()) and bool((ref != 0).any()):
+        row.closest, row.closest_title, row.match = "zeros", "all zeros", True
+        row.closest_error = 0.0
+        row.diagnosis = (f"{where}: your result is all zeros: no gradient reached any "
+                         "parameter (a detached graph, or gradients read before they were "
+                         "written)" + (f" ({prefix})" if prefix else ""))
+        return row
+    if values_right:
         # right value, but not the gradient the finite differences measure
         row.diagnosis = (f"{where}: your result equals the reference but differs from finite "
                          f"differences by {row.err_fd:.1e}")
-    else:
-        row.diagnosis = diag.message + (f" ({prefix})" if prefix else "")
+        return row
+    tensors = diagnosis.per_tensor(
+        {k: out[k].detach().to("cpu", torch.float64).reshape(-1) for k in given.params},
+        {k: v.reshape(-1) for k, v in _unflat(ref, given.params).items()}, tol_reference)
+    diag = diagnosis.diagnose(got, ctx, tol_reference, where, tensors,
+                              tol32=None if float32 else tol32)
+    row.closest, row.closest_error, row.match = diag.key, diag.error, diag.match
+    row.closest_title, row.also, row.ranking = diag.title or None, diag.also, diag.ranking
+    row.fitted = diag.fitted
+    row.diagnosis = diag.message + (f" ({prefix})" if prefix else "")
     return row
 
 
@@ -243,7 +338,7 @@ def _unflat(vec: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
 # the public checks
 
 def check_meta_gradient(target: Target, method: str, *, float32: bool = False,
-                        **settings: Any) -> AuditResult:
+                        timeout: float | None = None, **settings: Any) -> AuditResult:
     """Audit ``target`` as ``method`` at ``settings`` on the battery (``metagrad.testing.
     battery``) against the dense float64 oracle, ``metagrad_reference``.
 
@@ -252,58 +347,75 @@ def check_meta_gradient(target: Target, method: str, *, float32: bool = False,
     (``mg.METHODS[method].gradient_of``), against central finite differences of it
     (≤ 1e-7); with ``float32=True`` the target gets float32 problems and the tolerances
     are derived from float32's unit roundoff (``metagrad.testing.tolerance``). A failing
-    case is diagnosed: the closest of the usual wrong variants is named (see
-    ``metagrad.testing.diagnosis``).
-
-    ``target`` is a target, ``target(loss, params, tasks) -> dict[str, Tensor]``, or a
-    factory, ``factory(**settings) -> target``, which is also run at other step counts.
-    ``settings`` are the method's (``mg.METHODS[method].setting_names()``): unknown or
-    missing ones raise ``TypeError``, bad values ``ValueError``.
+    case is diagnosed: the closest of the catalogued mistakes, alone or combined, is named
+    (see ``metagrad.testing.diagnosis``), with a ranking by distance that includes the
+    correct value; a float64 result off by float32 rounding only is called that.
 
     Parameters
     ----------
-    target : Callable
-        ``target(loss, params, tasks) -> dict[str, Tensor]``, claiming the method's mean
-        meta-gradient, or a factory ``factory(**settings) -> target``.
-    method : str
-        The method it claims to compute (``mg.METHOD_NAMES``).
-    float32 : bool
-        Give the target float32 problems, with tolerances derived from float32's unit
-        roundoff (default False: float64).
+    target
+        A target ``target(loss, params, tasks) -> dict[str, Tensor]``, a factory
+        ``factory(**settings) -> target`` (also run at other step counts), or a
+        :func:`module_target` for code written against an ``nn.Module``.
+    method
+        The method the target claims to compute, a name in ``mg.METHODS``.
+    float32
+        Give the target float32 problems, with tolerances from float32's epsilon.
+    timeout
+        Seconds one call of the target may take (POSIX main thread); a call that takes
+        longer is a failed case. None: no limit.
     **settings
-        The method's settings (``steps``, ``inner_lr``, ``lam``, ``cg_iters``, ``terms``,
-        ``step``).
+        The method's settings (``mg.METHODS[method].setting_names()``); those not given
+        take the method's defaults (``default_settings()``). Unknown names raise
+        ``TypeError``, bad values ``ValueError``.
 
     Returns
     -------
     AuditResult
-        One row per case of the battery, with errors, tolerances, pass/fail and a
-        diagnosis; ``passed``, ``table()``, ``report()``.
+        One row per case (``.table()``, ``.diagnosis``, ``.passed``, ``.to_csv()`` …).
     """
     settings = validate_settings(method, settings)
-    factory = is_factory(target)
-    base = target(**settings) if factory else target
+    form = target if isinstance(target, ModuleTarget) else None
+    fn = form.fn if form is not None else target
+    criterion = form.criterion if form is not None else None
+    factory = is_factory(fn)
+    base: Any = fn
+    base_error = None
+    if factory:
+        base, base_error = _build(fn, settings)
     results = []
     for case in battery.cases(method, settings, vary_steps=factory):
         s = case.config
-        given, exact = battery.problems(case.label, case.tasks, method, s, float32)
+        given, exact = battery.problems(case.label, case.tasks, method, s, float32, criterion)
         where = f"{method} on {case.name}"
-        if s == settings:
-            made = base
-        else:
-            try:
-                made = target(**s)
-            except Exception as err:  # noqa: BLE001 - a factory may refuse e.g. steps=0
-                results.append(CaseResult(
-                    case=case.name, problem=given.description, tasks=case.tasks,
-                    dim=given.dim, settings=s, status="not run",
-                    diagnosis=f"{where}: the factory refused these settings "
-                              f"({type(err).__name__}: {err})"))
-                continue
-        results.append(evaluate(made, given, exact, method, s, where=where, case=case.name,
-                                float32=float32))
+        extra = s != settings
+        made, error = (base, base_error) if not extra else _build(fn, s)
+        if error is not None:
+            results.append(CaseResult(
+                case=case.name, problem=given.description, tasks=case.tasks,
+                dim=given.dim, settings=s, status="not run" if extra else "FAIL",
+                closest="raised", diagnosis=f"{where}: the factory refused these settings "
+                                            f"({error})"))
+            continue
+        run = _module_run(made, given) if form is not None else _functional_run(made, given)
+        results.append(evaluate(run, given, exact, method, s, where=where, case=case.name,
+                                float32=float32, optional=extra, timeout=timeout))
     return AuditResult(method, settings, describe(target), float32, results,
-                       _notes(method, settings, results, factory))
+                       _notes(method, settings, results, factory), criterion)
+
+
+def _build(factory: Target, settings: dict[str, Any]) -> tuple[Any, str | None]:
+    """``(factory(**settings), None)`` or ``(None, why)``, run isolated. A factory whose
+    signature does not take these setting names raises ``TypeError`` (a usage error, not a
+    failure of the code)."""
+    try:
+        inspect.signature(factory).bind(**settings)
+    except TypeError as err:
+        raise TypeError(f"the factory does not take the settings {sorted(settings)}: "
+                        f"{err}") from None
+    except ValueError:
+        pass  # no signature to read (a builtin): let the call say
+    return isolate.call(lambda: factory(**settings))
 
 
 def _notes(method: str, settings: dict[str, Any], cases: list[CaseResult],
@@ -324,8 +436,7 @@ def _notes(method: str, settings: dict[str, Any], cases: list[CaseResult],
     for c in cases:
         for key, sep in c.separations.items():
             best[key] = max(best.get(key, 0.0), sep)
-    applicable = {m.key for m in diagnosis.MISTAKES if method in m.methods}
-    weak = sorted(k for k in applicable if best.get(k, 0.0) < 1e-6 and k != "sum")
+    weak = sorted(k for k, v in best.items() if v < 1e-6)
     if weak:
         notes.append(f"at these settings the battery cannot tell these mistakes from the "
                      f"correct value: {', '.join(weak)}")
@@ -333,30 +444,15 @@ def _notes(method: str, settings: dict[str, Any], cases: list[CaseResult],
         if key in best and best[key] < 0.1:
             notes.append(f"first- and second-order answers differ by at most "
                          f"{best[key]:.1%} here (aim: 10%)")
+    remarks = sorted({n for c in cases for n in c.notes})
+    notes += remarks
     return notes
 
 
 def assert_meta_gradient_close(target: Target, method: str, *, float32: bool = False,
                                **settings: Any) -> AuditResult:
     """:func:`check_meta_gradient`, raising ``AssertionError`` with the table and the
-    diagnosis when any case fails; for use in a test.
-
-    Parameters
-    ----------
-    target : Callable
-        As for :func:`check_meta_gradient`.
-    method : str
-        As for :func:`check_meta_gradient`.
-    float32 : bool
-        As for :func:`check_meta_gradient`.
-    **settings
-        As for :func:`check_meta_gradient`.
-
-    Returns
-    -------
-    AuditResult
-        The result, when every case passed.
-    """
+    diagnosis when any case fails; returns the result when all pass."""
     result = check_meta_gradient(target, method, float32=float32, **settings)
     if not result.passed:
         raise AssertionError("meta-gradient check failed\n" + result.report())
@@ -379,35 +475,12 @@ def gradcheck(method: Method, loss: Callable[..., Tensor], params: Mapping[str, 
     differences (≤ ``fd_rtol``; 2d evaluations of the objective, ``fd=False`` skips them).
 
     The oracle forms d × d float64 Hessians: a model with more than ``max_dim`` parameters
-    is refused with a ``ValueError`` before anything is allocated. Returns the
-    :class:`AuditResult`; on failure raises ``AssertionError`` with its table and diagnosis
+    is refused with a ``ValueError`` before anything is allocated. So are parameters on
+    the meta device (no values), a loss that is random (dropout in training mode: two
+    calls differ) and one that computes in float32 internally (a float64 check would
+    measure float32 rounding, not the method). Returns the :class:`AuditResult`; on
+    failure raises ``AssertionError`` with its table and diagnosis
     (``raise_exception=False`` returns it instead).
-
-    Parameters
-    ----------
-    method : Method
-        A configured metagrad method, e.g. ``mg.MAML(steps=2, inner_lr=0.1)``.
-    loss : Callable[..., Tensor]
-        ``loss(params, batch)``, as the method takes it.
-    params : Mapping[str, Tensor]
-        θ, by name (copied to float64; not modified).
-    tasks : Task
-        The meta-batch (its floating tensors are copied to float64).
-    max_dim : int
-        Largest number of parameters d accepted (the oracle's Hessians are d × d).
-    rtol : float
-        Largest relative error against the dense reference.
-    fd_rtol : float
-        Largest relative error against central finite differences.
-    fd : bool
-        Run the finite-difference check where gᵢ is a gradient.
-    raise_exception : bool
-        Raise ``AssertionError`` on failure (default) or return the result.
-
-    Returns
-    -------
-    AuditResult
-        The cases run, with errors, tolerances and diagnosis.
     """
     if not isinstance(method, Method):
         raise TypeError(f"method must be a metagrad method such as mg.MAML(steps=2, "
@@ -423,6 +496,11 @@ def gradcheck(method: Method, loss: Callable[..., Tensor], params: Mapping[str, 
             "sub-module's (the others stay fixed inside a loss built with mg.module_loss; "
             "convert the model with .double() first), or use a smaller width; fewer tasks "
             "make the check faster. max_dim=... raises the limit if you have the memory.")
+    meta = [k for k, v in params.items() if isinstance(v, Tensor) and v.device.type == "meta"]
+    if meta:
+        raise ValueError(f"params {meta} are on the meta device: they hold no values to "
+                         "check; materialise the model first (e.g. model.to_empty(device="
+                         "'cpu') and load its weights)")
     if not isinstance(tasks, Task):
         raise TypeError(f"tasks must be a metagrad.Task, got {type(tasks).__name__}")
     params64 = {k: v.detach().to(torch.float64).clone() for k, v in params.items()}
@@ -434,13 +512,18 @@ def gradcheck(method: Method, loss: Callable[..., Tensor], params: Mapping[str, 
 
     tasks64 = Task(_pytree.tree_map(to64, tasks.train), _pytree.tree_map(to64, tasks.val),
                    dict(tasks.info))
+    _check_loss_for_gradcheck(loss, params64, tasks64)
     problem = Problem(f"gradcheck#{next(_GRADCHECK)}", loss, params64, tasks64,
                       description=f"your problem, d = {dim}")
     checked = dataclasses.replace(method, diagnose="record")
     settings = method.settings()
     case = f"your problem, T={problem.meta_batch}, K={settings['steps']}"
-    row = evaluate(lambda lo, pa, ta: checked(lo, pa, ta).grad, problem, problem, method.name,
-                   settings, where=f"{method.name} on {case}", case=case,
+
+    def run(pa: dict[str, Tensor], ta: Task) -> tuple[Any, list[str]]:
+        return checked(loss, pa, ta).grad, []
+
+    row = evaluate(run, problem, problem, method.name, settings,
+                   where=f"{method.name} on {case}", case=case,
                    fd=fd and method.gradient_of is not None, tol_reference=rtol,
                    tol_fd=fd_rtol, coverage=False)
     result = AuditResult(method.name, settings, f"metagrad {type(method).__name__}", False,
@@ -448,3 +531,42 @@ def gradcheck(method: Method, loss: Callable[..., Tensor], params: Mapping[str, 
     if not result.passed and raise_exception:
         raise AssertionError("gradcheck failed\n" + result.report())
     return result
+
+
+def _check_loss_for_gradcheck(loss: Callable[..., Tensor], params: dict[str, Tensor],
+                              tasks: Task) -> None:
+    """The loss must be deterministic and compute in float64: ``ValueError`` saying which
+    it is not (dropout in training mode; a ``.float()`` inside)."""
+    train, _ = tasks.task(0)
+    with torch.no_grad():
+        values = [loss(params, train) for _ in range(2)]
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(2):
+            nudged = {k: v + 1e-3 * v.abs().mean().clamp_min(1e-3)
+                      * torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in
+                      params.items()}
+            values.append(loss(nudged, train))
+    if not all(isinstance(v, Tensor) and v.dim() == 0 for v in values):
+        return  # the method's own validation says what is wrong
+    if float(values[0]) != float(values[1]):
+        raise ValueError(
+            f"the loss is random: two calls with the same parameters and batch gave "
+            f"{float(values[0]):.17g} and {float(values[1]):.17g} (dropout or another random "
+            "layer in training mode?); gradcheck compares exact values: check the model in "
+            "eval mode (model.eval()) or without its random layers")
+    if values[0].dtype != torch.float64:
+        raise ValueError(
+            f"the loss returns {values[0].dtype} for float64 parameters and data: it computes "
+            "in lower precision internally, so a float64 check would measure its rounding, "
+            "not the method; make it compute in the parameters' dtype (no .float() inside)")
+    singles = [float(v) == float(v.float()) and float(v) != 0.0 for v in values[1:]]
+    if all(singles):
+        raise ValueError(
+            "the loss computes in float32 internally: its float64 values at three points "
+            f"({', '.join(f'{float(v):.17g}' for v in values[1:])}) are all float32 numbers, "
+            "so a float64 check would measure float32 rounding, not the method; make it "
+            "compute in the parameters' dtype (no .float() inside)")
+
+
+__all__ = ["MAX_DIM", "METHODS", "assert_meta_gradient_close", "check_meta_gradient",
+           "describe", "evaluate", "gradcheck", "is_factory", "validate_settings"]

@@ -1,7 +1,8 @@
 """``metagrad audit``: check a meta-gradient implementation against the oracle.
 
     metagrad audit TARGET --method M [--steps K] [--inner-lr A] [--lam L] [--cg-iters M]
-                   [--terms J] [--step ETA] [--variant NAME] [--float32] [--out DIR]
+                   [--terms J] [--step ETA] [--module CRITERION] [--variant NAME]
+                   [--float32] [--timeout S] [--out DIR]
 
 TARGET is ``package.module:name``, a callable importable from the current directory or
 the environment: a target ``target(loss, params, tasks) -> dict[str, Tensor]`` or a
@@ -11,9 +12,13 @@ counts), told apart by signature as in :func:`metagrad.testing.check_meta_gradie
 ``metagrad_bench.peers.<NAME>_`` maps metagrad's method names to factories
 (``AUDIT_TARGETS``) and has library-native alternatives (``AUDIT_VARIANTS``, chosen with
 ``--variant``). Settings the method reads and the command line does not give take the
-method's defaults (``mg.METHODS[M].default_settings()``). Prints the table and the
-diagnosis, writes ``audit.md``, ``audit.csv`` and ``audit.json`` into ``--out``; exit
-status 0 when every case passes, 1 when one fails, 2 for bad usage.
+method's defaults (``mg.METHODS[M].default_settings()``). With ``--module CRITERION``
+(``cross_entropy`` or ``mse``) TARGET is code written against an ``nn.Module``,
+``fn(model, tasks)`` (see :func:`metagrad.testing.module_target`). The target runs isolated:
+an exception, ``sys.exit``, ``os._exit`` or a run past ``--timeout`` seconds is a failed
+case, never the command's own exit. ``--out`` is checked before any work. Prints the table
+and the diagnosis, writes ``audit.md``, ``audit.csv`` and ``audit.json`` into ``--out``;
+exit status 0 when every case passes, 1 when one fails, 2 for bad usage.
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ import contextlib
 import importlib
 import sys
 import warnings
-from pathlib import Path
 from typing import Any
 
-from .._app import UsageError
-from ..methods import METHOD_NAMES, SETTINGS, method_class
+from .._app import UsageError, prepare_out
+from ..methods import METHODS, SETTINGS, method_class
+from .isolate import first_line
 
 PEERS = ("higher", "learn2learn", "torchopt", "betty")
 
@@ -50,30 +55,41 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("target", metavar="TARGET",
                    help="package.module:callable (a target or a factory taking the settings), "
                         f"or peer:NAME with NAME in {', '.join(PEERS)}")
-    p.add_argument("--method", required=True, choices=METHOD_NAMES, metavar="METHOD",
-                   help=f"the method TARGET claims to compute: {', '.join(METHOD_NAMES)}")
+    p.add_argument("--method", required=True, metavar="METHOD",
+                   help=f"the method TARGET claims to compute: {', '.join(METHODS)} (or one "
+                        "TARGET's module registers)")
     for name, (flag, kind) in FLAGS.items():
         p.add_argument(flag, dest=name, type=kind, default=None,
                        help=f"{name} (default: the method's own)")
     p.add_argument("--variant", default=None,
                    help="peer:NAME only: a library-native alternative from the adapter's "
                         "AUDIT_VARIANTS (e.g. 'imaml normal_cg' for torchopt)")
+    p.add_argument("--module", default=None, metavar="CRITERION",
+                   choices=("cross_entropy", "mse"),
+                   help="TARGET is code written against an nn.Module, fn(model, tasks), whose "
+                        "loss is CRITERION(model(x), y): cross_entropy or mse")
     p.add_argument("--float32", action="store_true",
                    help="give the target float32 problems; tolerances from float32's epsilon")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="seconds one call of TARGET may take (a longer one is a failed case)")
     p.add_argument("--out", default="audit", help="folder for audit.md, audit.csv and "
                                                    "audit.json (default: audit/)")
     p.set_defaults(func=run)
 
 
 def settings_from(method: str, given: dict[str, Any]) -> dict[str, Any]:
-    """The method's settings: the flags given, its class defaults for the others; a flag
-    the method does not read is a :class:`UsageError`."""
-    names = method_class(method).setting_names()
+    """The method's settings: the flags given, its class defaults for the others; an
+    unknown method or a flag the method does not read is a :class:`UsageError`."""
+    try:
+        cls = method_class(method)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    names = cls.setting_names()
     extra = [FLAGS[k][0] for k, v in given.items() if v is not None and k not in names]
     if extra:
         raise UsageError(f"{method} does not read {', '.join(extra)}; it reads "
                          f"{', '.join(FLAGS[n][0] for n in names)}")
-    defaults = method_class(method).default_settings()
+    defaults = cls.default_settings()
     return {n: given[n] if given.get(n) is not None else defaults[n] for n in names}
 
 
@@ -121,8 +137,9 @@ def resolve(spec: str, method: str, variant: str | None = None) -> tuple[Any, st
         sys.path.insert(0, "")  # like `python -m`: the current directory's modules import
     try:
         obj: Any = importlib.import_module(module_name)
-    except Exception as err:  # noqa: BLE001
-        raise UsageError(f"cannot import {module_name!r} ({type(err).__name__}: {err})") from None
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - its own exit must not end the audit
+        raise UsageError(f"cannot import {module_name!r} ({type(err).__name__}: "
+                         f"{first_line(err)})") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise UsageError(f"{module_name!r} has no attribute {attr!r}")
@@ -132,18 +149,27 @@ def resolve(spec: str, method: str, variant: str | None = None) -> tuple[Any, st
     return obj, spec
 
 
-def audit(spec: str, method: str, settings: dict[str, Any], *, variant: str | None = None,
-          float32: bool = False):
-    """The audit ``metagrad audit`` runs (also used by ``metagrad_bench.audit_peers``)."""
+def audit(spec: str, method: str, settings: dict[str, Any] | None = None, *,
+          variant: str | None = None, float32: bool = False, module: str | None = None,
+          timeout: float | None = None, given: dict[str, Any] | None = None):
+    """The audit ``metagrad audit`` runs (also used by ``metagrad_bench.audit_peers``).
+    ``given``: the settings flags as typed (None where absent), read after TARGET is
+    imported, so that a method its module registers is known."""
     from .check import check_meta_gradient
+    from .modules import module_target
 
     target, label = resolve(spec, method, variant)
+    if settings is None:
+        settings = settings_from(method, given or {})
+    if module is not None:
+        target = module_target(target, module)
     quiet = warnings.catch_warnings() if spec.startswith("peer:") else contextlib.nullcontext()
     with quiet:
         if spec.startswith("peer:"):
             warnings.simplefilter("ignore")  # the libraries' deprecation notices
         try:
-            result = check_meta_gradient(target, method, float32=float32, **settings)
+            result = check_meta_gradient(target, method, float32=float32, timeout=timeout,
+                                         **settings)
         except TypeError as err:  # a factory that does not take these settings
             raise UsageError(f"{label} as {method}: {err}") from None
     result.target = label
@@ -151,12 +177,11 @@ def audit(spec: str, method: str, settings: dict[str, Any], *, variant: str | No
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = settings_from(args.method, {k: getattr(args, k) for k in FLAGS})
-    result = audit(args.target, args.method, settings, variant=args.variant,
-                   float32=args.float32)
+    out = prepare_out(args.out)  # before any work: a file in the way is one line, exit 2
+    given = {k: getattr(args, k) for k in FLAGS}
+    result = audit(args.target, args.method, variant=args.variant, float32=args.float32,
+                   module=args.module, timeout=args.timeout, given=given)
     print(result.report())
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     written = [result.to_markdown(out / "audit.md"), result.to_csv(out / "audit.csv"),
                result.to_json(out / "audit.json")]
     print(f"\n{'PASSED' if result.passed else 'FAILED'}; wrote "

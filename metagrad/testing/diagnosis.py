@@ -1,221 +1,453 @@
-"""Diagnosis: which known mistake a wrong meta-gradient is.
+"""Diagnosis: which known mistake, or which combination of them, a wrong meta-gradient is.
 
-When a target disagrees with the oracle, its output is compared with the oracle's values
-of the usual wrong variants of the method (each defined by its equation in
-:mod:`metagrad_reference.variants`, or a plain transformation of the correct value), and
-the closest is named, with its relative error and whether it is a match to rounding:
+When a target disagrees with the oracle, its output is compared with the oracle's values of
+the catalogued deviations (:mod:`.catalogue`), alone and combined, each computed exactly
+(:mod:`metagrad_reference.variants`, or the method's own reference at changed inputs), with
+free parameters (a damping, a warm start) fitted to the result (:mod:`.fit`). The search is
+first every combination of up to three rows of the method's family (cheap: they share the
+inner points and Hessians) and every row alone, then a beam search: the closest few
+extended by one more generic row (the query batch, an off-by-one count, the sum over
+tasks, …), up to four rows in all. The closest candidate is named, with its relative error, and is a
+*match* when that error is within the tolerance:
 
-    imaml on scalar+matrix, T=3, K=1: your result equals ∇L_val(φ), no linear solve, to
-    2e-16 — the implicit correction (I + H/λ)⁻¹ is missing: the inner loop is treated as a
-    constant
+    imaml on scalar+matrix, T=3, K=3: your result equals iMAML with 3 deviations, to 4e-16:
+    the solve at φ from plain gradient descent — the inner loop has no proximal term λ(φ − θ);
+    the solve at φ after an extra pull-back step φ ← φ − αλ(φ − θ) — …; the damped system
+    (1 + c)I + H/(λ + δ) with c = 1, δ = 10 — …
 
-A variant that coincides with the correct value on a case (e.g. one inner step fewer at
-K = 0) is left out there: it cannot be told apart from a correct result.
+In float64 mode a result that is off by float32 rounding (within the float32 tolerance of
+the case, :mod:`.tolerance`, and far below every catalogued mistake) is called that, not
+blamed on the nearest mistake; a combination plus float32 rounding is a match "up to float32
+rounding". Every diagnosis ranks the candidates by distance from the result, the correct
+value among them. A candidate that coincides with the correct value on a case (e.g. one
+inner step fewer at K = 0) is left out there: it cannot be told apart from a correct result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import metagrad_reference as oracle
 import torch
-from metagrad_reference import variants as wrong
+from metagrad_reference import variants
 from torch import Tensor
 
-from ..methods import METHOD_NAMES, is_implicit
+from .._task import Task
+from ..methods import method_class
 from ..problems import Problem
-from ..verify.compare import flat, reference_result, rel_error
+from ..verify.compare import reference_result, rel_error
+from .catalogue import FAMILY, GENERIC, ROWS, Mistake, count_rows
+from .fit import fit
+
+BEAM = 6
+"""How many of the closest candidates of one round are extended by the generic rows."""
+FAMILY_DEPTH = 3
+"""The most rows of the method's family combined (all such combinations are tried)."""
+DEPTH = 4
+"""The most rows combined in all."""
+ROUNDING_MARGIN = 100.0
+"""A float32-rounding verdict needs the result this many times closer to the candidate than
+to any other (and within the float32 tolerance)."""
 
 
 @dataclass
+class Candidate:
+    rows: tuple[Mistake, ...]
+    value: Tensor
+    distance: float
+    fitted: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return "+".join(r.key for r in self.rows) if self.rows else "correct"
+
+    def title(self) -> str:
+        return " and ".join(_fill(r.title, r, self.fitted) for r in self.rows)
+
+
+def distance(result: Tensor, value: Tensor) -> float:
+    """‖result − value‖/‖value‖, or relative to ‖result‖ where the value is zero (then "all
+    zeros" is 1 away from any nonzero result, not ‖result‖)."""
+    scale = float(torch.linalg.vector_norm(value)) or float(torch.linalg.vector_norm(result))
+    diff = float(torch.linalg.vector_norm(result.double() - value.double()))
+    return diff / scale if scale > 0 else diff
+
+
+def _fill(text: str, row: Mistake, fitted: dict[str, float]) -> str:
+    values = {f.symbol: fitted.get(f.option, f.typical) for f in row.free}
+    return text.format(**values) if values else text
+
+
 class Context:
-    """What the variants are computed from: the float64 problem, the method, its settings
-    and the correct (reference) mean meta-gradient, flat."""
+    """What the candidates are computed from: the float64 problem, the method, its settings
+    and the correct (reference) mean meta-gradient, flat; values are memoised."""
 
-    problem: Problem
-    method: str
-    settings: dict[str, Any]
-    reference: Tensor
+    def __init__(self, problem: Problem, method: str, settings: dict[str, Any],
+                 reference: Tensor):
+        self.problem, self.method, self.settings = problem, method, dict(settings)
+        self.reference = reference
+        self.cls = method_class(method)
+        self.f = oracle.flat_loss(problem.loss, problem.params)
+        self.theta = oracle.flatten(problem.params)
+        self.tasks = problem.task_list()
+        self.memo = variants.Memo(self.f)
+        self._values: dict[tuple, Tensor | None] = {}
+        self._query: Problem | None = None
 
-    def mean(self, fn: Callable[..., Tensor], **changes: Any) -> Tensor:
-        """(1/T) Σᵢ fn(f, θ, trainᵢ, valᵢ, **settings): a variant over the meta-batch."""
-        f, theta = flat(self.problem)
-        s = {**self.settings, **changes}
-        return torch.stack([fn(f, theta, tr, val, **s)
-                            for tr, val in self.problem.task_list()]).mean(0)
+    # -- the rows that apply ------------------------------------------------------------------
+    def rows(self) -> list[Mistake]:
+        """Generic rows, off-by-one rows for every integer setting the method reads, and the
+        family rows its class lists, expanded per parameter tensor where they name one."""
+        names = list(self.problem.params)
+        out: list[Mistake] = []
+        for row in GENERIC:
+            if row.key == "zero":
+                if len(names) > 1:
+                    out += [_per_tensor(row, n) for n in names]
+            else:
+                out.append(row)
+        defaults = self.cls.default_settings()
+        for name in self.cls.setting_names():
+            if isinstance(defaults[name], int) and not isinstance(defaults[name], bool):
+                out += count_rows(name)
+        if self.cls.audit_family is not None:
+            family = {r.key: r for r in FAMILY}
+            for key in self.cls.audit_mistakes:
+                row = family[key]
+                if "{tensor}" in row.title:
+                    if len(names) > 1:
+                        out += [_per_tensor(row, n) for n in names]
+                else:
+                    out.append(row)
+        return out
 
-    def correct_at(self, **changes: Any) -> Tensor:
-        """The method's correct value at other settings (e.g. one inner step fewer)."""
-        return reference_result(self.problem, self.method, {**self.settings, **changes}).grad
+    # -- values ---------------------------------------------------------------------------------
+    def value(self, rows: Sequence[Mistake], fitted: dict[str, float] | None = None
+              ) -> Tensor | None:
+        """The mean over tasks of the method's value with ``rows`` applied (None where they
+        do not apply here, e.g. one step fewer at K = 0)."""
+        fitted = fitted or {}
+        key = (tuple(r.key for r in rows), tuple(sorted(fitted.items())))
+        if key not in self._values:
+            self._values[key] = self._compute(rows, fitted)
+        return self._values[key]
+
+    def _compute(self, rows: Sequence[Mistake], fitted: dict[str, float]) -> Tensor | None:
+        settings = dict(self.settings)
+        options: dict[str, Any] = {}
+        query = summed = negated = False
+        zero: str | None = None
+        absolute: str | None = None
+        for row in rows:
+            absolute = row.absolute or absolute
+            t = row.transform
+            if t == "query":
+                query = True
+            elif t == "sum":
+                summed = True
+            elif t == "sign":
+                negated = True
+            elif t == "zero":
+                zero = row.options["tensor"]
+            elif t is not None:
+                name, delta = t[:-2], int(t[-2:])
+                settings[name] += delta
+                if settings[name] < 0:
+                    return None
+            options.update({k: v for k, v in row.options.items() if k != "tensor"})
+        for row in rows:
+            for free in row.free:
+                options[free.option] = fitted.get(free.option, free.typical)
+        if absolute == "unadapted":
+            value = torch.stack([self.memo.gradient(self.theta, val)
+                                 for _, val in self.tasks]).mean(0)
+        elif absolute == "zeros":
+            value = torch.zeros_like(self.reference)
+        elif options:
+            computed = self._family(options, settings, query)
+            if computed is None:
+                return None
+            value = computed
+        elif query:
+            value = reference_result(self._query_problem(), self.method, settings).grad
+        else:
+            value = reference_result(self.problem, self.method, settings).grad
+        if zero is not None:
+            blocks = oracle.unflatten(value.clone(), self.problem.params)
+            blocks[zero] = torch.zeros_like(blocks[zero])
+            value = oracle.flatten(blocks)
+        if summed:
+            if len(self.tasks) == 1:
+                return None
+            value = value * len(self.tasks)
+        return -value if negated else value
+
+    def _family(self, options: dict[str, Any], settings: dict[str, Any],
+                query: bool) -> Tensor | None:
+        assert self.cls.audit_family is not None
+        name, base = self.cls.audit_family
+        opts = {**base, **options}
+        steps, lr = settings["steps"], settings["inner_lr"]
+        if "rates" in opts:
+            if steps == 0:
+                return None
+            last = lr * lr if opts["rates"] == "last_squared" else 2 * lr
+            opts["rates"] = [lr] * (steps - 1) + [last]
+        if opts.get("read_back", 0) > steps:
+            return None
+        if opts.get("displacement_scale") == "1/inner_lr":
+            opts["displacement_scale"] = 1.0 / lr
+        if isinstance(opts.get("detached"), str):
+            opts["detached"] = self._mask(opts["detached"])
+        fn = variants.FAMILIES[name]
+        per_task = [fn(self.memo, self.theta, val if query else train, val, **settings, **opts)
+                    for train, val in self.tasks]
+        return torch.stack(per_task).mean(0)
+
+    def _mask(self, tensor: str) -> Tensor:
+        blocks = {k: torch.full_like(v, float(k == tensor))
+                  for k, v in self.problem.params.items()}
+        return oracle.flatten(blocks)
+
+    def _query_problem(self) -> Problem:
+        if self._query is None:
+            tasks = self.problem.tasks
+            self._query = replace(self.problem, name=self.problem.name + ":query-inner",
+                                  tasks=Task(tasks.val, tasks.val, dict(tasks.info)))
+        return self._query
+
+    # -- candidates -----------------------------------------------------------------------------
+    def candidate(self, rows: Sequence[Mistake], result: Tensor | None = None,
+                  fitted: bool = False) -> Candidate | None:
+        """The rows' value and its distance from ``result`` (without a result: from the
+        reference). Free parameters take their typical values, or, with ``fitted``, the
+        values that bring the candidate closest to ``result``."""
+        frees = [f for r in rows for f in r.free]
+        values: dict[str, float] = {}
+        if frees and fitted and result is not None:
+            lower = [(-self.settings["lam"] if f.lower == "-lam" else f.lower) for f in frees]
+            scale = float(torch.linalg.vector_norm(result)) or 1.0
+
+            def residual(p: list[float]) -> Tensor:
+                v = self.value(rows, dict(zip([f.option for f in frees], p)))
+                if v is None:
+                    return torch.full_like(result, math.inf)
+                return (result - v) / scale
+
+            starts = list(zip(*[f.starts for f in frees]))
+            p, _ = fit(residual, starts, lower)  # type: ignore[arg-type]
+            values = dict(zip([f.option for f in frees], p))
+        value = self.value(rows, values)
+        if value is None or not bool(torch.isfinite(value).all()):
+            return None
+        gap = (rel_error(value, self.reference) if result is None
+               else distance(result, value))
+        return Candidate(tuple(rows), value, gap, values)
 
 
-@dataclass(frozen=True)
-class Mistake:
-    """A known wrong variant: ``title`` names the value, ``why`` says what the code did."""
-
-    key: str
-    methods: tuple[str, ...]
-    title: str
-    why: str
-    compute: Callable[[Context], Tensor | None]
+def _per_tensor(row: Mistake, tensor: str) -> Mistake:
+    return replace(row, key=f"{row.key}:{tensor}", title=row.title.replace("{tensor}", tensor),
+                   why=row.why.replace("{tensor}", tensor),
+                   options={**row.options, **({"tensor": tensor} if row.transform == "zero"
+                                               else {"detached": tensor})})
 
 
-ALL = tuple(METHOD_NAMES)
-GD = tuple(name for name in METHOD_NAMES if not is_implicit(name))
-IMPLICIT = tuple(name for name in METHOD_NAMES if is_implicit(name))
-
-
-def _count(ctx: Context, name: str, delta: int) -> Tensor | None:
-    value = ctx.settings[name] + delta
-    return None if value < 0 else ctx.correct_at(**{name: value})
-
-
-MISTAKES: tuple[Mistake, ...] = (
-    Mistake("first_order", ("maml",), "FOMAML's ∇L_val(φ)",
-            "the inner loop is not differentiated (first-order MAML)",
-            lambda c: c.mean(wrong.first_order)),
-    Mistake("first_order", ("penalty",), "FOMAML's ∇L_val(φ)",
-            "the penalty term 2λH(φ)∇L_tr(φ) is missing",
-            lambda c: c.mean(wrong.first_order)),
-    Mistake("first_order", IMPLICIT, "∇L_val(φ), no linear solve",
-            "the implicit correction (I + H/λ)⁻¹ is missing: the inner loop is treated as a "
-            "constant", lambda c: c.mean(wrong.implicit_first_order)),
-    Mistake("second_order", ("fomaml",), "MAML's second-order gradient",
-            "the inner loop is differentiated, which first-order MAML treats as a constant",
-            lambda c: c.mean(wrong.second_order)),
-    Mistake("unadapted", ALL, "∇L_val(θ)",
-            "no inner adaptation: the validation loss is differentiated at θ",
-            lambda c: c.mean(wrong.unadapted)),
-    Mistake("sum", ALL, "the sum over tasks",
-            "the per-task meta-gradients are summed, not averaged",
-            lambda c: (c.reference * c.problem.meta_batch if c.problem.meta_batch > 1
-                       else None)),
-    Mistake("sign", ALL, "the negated meta-gradient", "the sign is wrong",
-            lambda c: -c.reference),
-    Mistake("steps-1", ALL, "the value for one inner step fewer",
-            "one inner step is missing (K − 1 steps taken)",
-            lambda c: _count(c, "steps", -1)),
-    Mistake("steps+1", ALL, "the value for one inner step more",
-            "one inner step too many (K + 1 steps taken)",
-            lambda c: _count(c, "steps", +1)),
-    Mistake("cg-1", ("imaml",), "m − 1 CG iterations", "CG ran one iteration too few",
-            lambda c: _count(c, "cg_iters", -1)),
-    Mistake("cg+1", ("imaml",), "m + 1 CG iterations", "CG ran one iteration too many",
-            lambda c: _count(c, "cg_iters", +1)),
-    Mistake("cg_stale", ("imaml",), "CG with the stale residual",
-            "the next CG direction is built from the old residual, pₖ₊₁ = rₖ + βₖpₖ "
-            "(conjugate gradient uses rₖ₊₁)", lambda c: c.mean(wrong.cg_stale_residual)),
-    Mistake("cg_normal", ("imaml",), "CG on the normal equations A²x = Ab",
-            "a different solver: CG on the normal equations has the same limit as CG on "
-            "A = I + H/λ but different iterates", lambda c: c.mean(wrong.cg_normal_equations)),
-    Mistake("no_lam", ("imaml",), "(H + λI)⁻¹∇L_val(φ) by m CG iterations",
-            "the factor λ of λ(H + λI)⁻¹ is missing (the solve is on H + λI)",
-            lambda c: c.mean(wrong.cg_without_lam)),
-    Mistake("no_lam", ("neumann",), "the series for (H + λI)⁻¹∇L_val(φ)",
-            "the factor λ of λ(H + λI)⁻¹ is missing (the series is on H + λI)",
-            lambda c: c.mean(wrong.neumann_without_lam)),
-    Mistake("non_alternating", ("neumann",), "the non-alternating series Σ(H/λ)ʲb",
-            "a sign error: the Neumann series of (I − H/λ)⁻¹, not of (I + H/λ)⁻¹",
-            lambda c: c.mean(wrong.neumann_non_alternating)),
-    Mistake("terms-1", ("neumann",), "the series with J − 1 terms",
-            "the Neumann series has one term too few", lambda c: _count(c, "terms", -1)),
-    Mistake("terms+1", ("neumann",), "the series with J + 1 terms",
-            "the Neumann series has one term too many", lambda c: _count(c, "terms", +1)),
-    Mistake("exact_solve", IMPLICIT, "the exact solve (I + H/λ)⁻¹∇L_val(φ)",
-            "the linear system is solved to convergence, not by the fixed number of "
-            "iterations or terms", lambda c: c.mean(wrong.implicit_exact_solve)),
-    Mistake("plain_inner", IMPLICIT, "the solve at φ from plain gradient descent",
-            "the inner loop has no proximal term λ(φ − θ)",
-            lambda c: c.mean(wrong.implicit_plain_inner)),
-    Mistake("penalty_no_two", ("penalty",), "∇L_val(φ) + λH(φ)∇L_tr(φ)",
-            "the factor 2 of ∇(λ‖∇L_tr‖²) = 2λH∇L_tr is missing",
-            lambda c: c.mean(wrong.penalty_without_two)),
-    Mistake("reptile_unscaled", ("reptile",), "(θ − φ)/α",
-            "the displacement is divided by the inner step size",
-            lambda c: c.mean(wrong.reptile_unscaled)),
-)
-"""Every known mistake, in the order ties are named."""
-
-
-def _zero_tensor_mistakes(ctx: Context) -> list[tuple[Mistake, Tensor]]:
-    """One candidate per tensor: the correct value with that tensor's block at zero."""
-    params = ctx.problem.params
-    if len(params) == 1:
-        key = next(iter(params))
-        return [(Mistake("zero", ALL, "zero", f"no gradient reaches '{key}': the result is "
-                         "identically zero", lambda c: None), torch.zeros_like(ctx.reference))]
-    out = []
-    blocks = oracle.unflatten(ctx.reference, params)
-    for key in params:
-        value = oracle.flatten({k: torch.zeros_like(v) if k == key else v
-                                for k, v in blocks.items()})
-        out.append((Mistake(f"zero:{key}", ALL, f"the meta-gradient with '{key}' at zero",
-                            f"no gradient reaches '{key}'", lambda c: None), value))
+def separations(ctx: Context, tol: float) -> dict[str, float]:
+    """How far each applicable single mistake is from the correct value on this case
+    (relative error; free parameters at their typical values); those within ``tol`` of it
+    are left out (they cannot be told apart here)."""
+    out = {}
+    for row in ctx.rows():
+        cand = ctx.candidate([row])
+        if cand is not None and cand.distance > tol:
+            out[row.key] = cand.distance
     return out
 
 
-def candidates(ctx: Context) -> list[tuple[Mistake, Tensor]]:
-    """The wrong variants that apply to the method and case, with their values."""
-    out = []
-    for mistake in MISTAKES:
-        if ctx.method in mistake.methods:
-            value = mistake.compute(ctx)
-            if value is not None:
-                out.append((mistake, value))
-    return out + _zero_tensor_mistakes(ctx)
-
+# --------------------------------------------------------------------------------------------
+# the search and the verdict
 
 @dataclass
 class Diagnosis:
-    """The closest known mistake to a wrong result."""
+    """The closest known mistake (or combination) to a wrong result."""
 
     key: str | None = None
     title: str = ""
     why: str = ""
     error: float | None = None
-    """Relative error of the result against the closest mistake's value."""
+    """Relative error of the result against the closest candidate's value."""
     match: bool = False
-    """True when that error is within the tolerance: the result IS that mistake."""
+    """True when that error is within the tolerance: the result IS that candidate."""
+    rounding: bool = False
+    """The match holds up to float32 rounding (float64 mode)."""
     also: list[str] = field(default_factory=list)
-    """Other mistakes the result matches as well (they coincide on this case)."""
+    """Other candidates the result matches as well (they coincide on this case)."""
+    ranking: list[tuple[str, float]] = field(default_factory=list)
+    """The closest candidates and the correct value, with their distances from the result."""
+    fitted: dict[str, float] = field(default_factory=dict)
     message: str = ""
 
 
-def separations(ctx: Context, tol: float) -> dict[str, float]:
-    """How far each applicable mistake is from the correct value on this case (relative
-    error); the mistakes within ``tol`` of it are left out (they cannot be told apart)."""
-    return {m.key: rel_error(v, ctx.reference) for m, v in candidates(ctx)
-            if rel_error(v, ctx.reference) > tol}
+def search(ctx: Context, result: Tensor, tol: float, tol32: float | None = None
+           ) -> list[Candidate]:
+    """Every candidate tried, closest first (module docstring); candidates that coincide
+    with the correct value are left out.
+
+    First a beam search with free parameters at their typical values; then the free
+    parameters of the closest candidates that have some (and of each such row alone) are
+    fitted to the result, where the result has enough entries to pin them down (at least
+    three per parameter: a fit to fewer numbers matches anything)."""
+    rows = ctx.rows()
+    tried: dict[frozenset[str], Candidate] = {}
+
+    def tol32_or(tol: float) -> float:
+        return max(tol, tol32 or 0.0)
+
+    def consider(combo: tuple[Mistake, ...], fitted: bool = False) -> Candidate | None:
+        cand = ctx.candidate(combo, result, fitted)
+        if cand is None:
+            return None
+        if rel_error(cand.value, ctx.reference) <= tol:
+            cand.distance = math.inf  # the correct value itself here: not a mistake
+        key = frozenset(r.key for r in combo)
+        if key not in tried or cand.distance < tried[key].distance:
+            tried[key] = cand
+        return cand
+
+    def extend(base: tuple[Mistake, ...], row: Mistake) -> Candidate | None:
+        if base and (not row.combines or row.axis in {r.axis for r in base}):
+            return None
+        combo = tuple(sorted((*base, row), key=rows.index))
+        if frozenset(r.key for r in combo) in tried:
+            return None
+        value, before = ctx.value(combo), ctx.value(base) if base else None
+        if value is not None and before is not None and rel_error(value, before) <= tol:
+            return None  # the row changes nothing here (e.g. CG iterations, no solve)
+        return consider(combo)
+
+    # 1. every combination of up to FAMILY_DEPTH rows of the method's family (cheap: the
+    #    expensive parts, inner points and Hessians, are shared), and every row alone
+    family = [r for r in rows if not r.generic]
+    layer: list[tuple[Mistake, ...]] = [()]
+    for _ in range(FAMILY_DEPTH):
+        grown = []
+        for base in layer:
+            for row in family[family.index(base[-1]) + 1:] if base else family:
+                cand = extend(base, row)
+                if cand is not None:
+                    grown.append(cand.rows)
+        layer = grown
+    for row in rows:
+        extend((), row)
+    # 2. the closest few (and the correct value), extended by the generic rows, in rounds
+    frontier = [()] + [c.rows for c in sorted(tried.values(), key=lambda c: c.distance)
+                       if all(r.combines for r in c.rows)][:BEAM]
+    generic = [r for r in rows if r.generic and r.combines]
+    for _ in range(DEPTH - 1):
+        if min((c.distance for c in tried.values()), default=math.inf) <= tol:
+            break
+        new = [c for base in frontier for row in generic
+               if (c := extend(base, row)) is not None and len(c.rows) <= DEPTH]
+        if not new:
+            break
+        new.sort(key=lambda c: c.distance)
+        frontier = [c.rows for c in new][:BEAM]
+    best = min((c.distance for c in tried.values()), default=math.inf)
+    if best > tol:
+        free_rows = [(r,) for r in rows if r.free]
+        closest = sorted((c for c in tried.values() if any(r.free for r in c.rows)),
+                         key=lambda c: c.distance)[:BEAM]
+        for combo in [*free_rows, *(c.rows for c in closest)]:
+            n_free = sum(len(r.free) for r in combo)
+            if result.numel() >= 3 * n_free:
+                fitted = ctx.candidate(combo, result, fitted=True)
+                # A fit only counts as a match: fitted near-misses would crowd the
+                # ranking, being close by construction.
+                if fitted is not None and fitted.distance <= tol32_or(tol):
+                    consider(combo, fitted=True)
+    return sorted((c for c in tried.values() if math.isfinite(c.distance)),
+                  key=lambda c: (c.distance, len(c.rows)))
 
 
-def diagnose(result: Tensor, ctx: Context, tol: float, where: str,
-             tensor_report: str = "") -> Diagnosis:
-    """Name the known mistake closest to ``result`` (flat, any float dtype)."""
-    scored = []
-    for mistake, value in candidates(ctx):
-        if rel_error(value, ctx.reference) <= tol:
-            continue  # indistinguishable from the correct value here
-        scored.append((rel_error(result, value), mistake))
-    if not scored:
-        return Diagnosis(message=f"{where}: your result is wrong and matches no known mistake"
-                         + (f"; {tensor_report}" if tensor_report else ""))
-    scored.sort(key=lambda pair: pair[0])
-    error, best = scored[0]
-    match = error <= tol
-    diag = Diagnosis(best.key, best.title, best.why, error, match)
-    if match:
-        others = [m for e, m in scored[1:] if e <= tol]
-        diag.also = [m.key for m in others]
-        also = "".join(f"; it also equals {m.title} — {m.why}" for m in others)
-        diag.message = (f"{where}: your result equals {best.title} to {error:.0e} — "
-                        f"{best.why}{also}")
-    else:
-        diag.message = (f"{where}: your result matches no known mistake; the closest is "
-                        f"{best.title} (relative error {error:.1e}: {best.why})"
+def diagnose(result: Tensor, ctx: Context, tol: float, where: str, tensor_report: str = "",
+             tol32: float | None = None) -> Diagnosis:
+    """Name the known mistake, or combination, closest to ``result`` (flat, any float
+    dtype); with ``tol32`` (float64 mode), recognise float32 rounding."""
+    result = result.detach().to(torch.float64)
+    correct = rel_error(result, ctx.reference)
+    found = search(ctx, result, tol, tol32)
+    ranking = [(c.key, c.distance) for c in found[:5]] + [("correct", correct)]
+    ranking.sort(key=lambda pair: pair[1])
+    diag = Diagnosis(ranking=ranking)
+    if tol32 is not None and correct <= tol32 and all(
+            correct * ROUNDING_MARGIN <= c.distance for c in found):
+        nearest = next((c for c in found if len(c.rows) == 1), found[0] if found else None)
+        diag.key, diag.title, diag.error, diag.match, diag.rounding = (
+            "float32_rounding", "the correct value up to float32 rounding", correct, True, True)
+        far = (f"; the nearest catalogued mistake, {nearest.key}, is {nearest.distance:.1e} "
+               "away" if nearest else "")
+        diag.message = (
+            f"{where}: your result agrees with the correct value to float32 rounding "
+            f"(relative error {correct:.1e}, within the float32 tolerance {tol32:.1e} of this "
+            f"case{far}): the code computes in float32 somewhere (float32 data, or a step "
+            "size, λ or the 1/T task weight kept as a float32 tensor). Run the audit with "
+            "--float32 (float32=True) to check it at float32 tolerances.")
+        return diag
+    if not found:
+        diag.message = (f"{where}: your result is wrong and matches no known mistake"
                         + (f"; {tensor_report}" if tensor_report else ""))
+        return diag
+    best = found[0]
+    match = best.distance <= tol
+    rounding = False
+    if not match and tol32 is not None and best.distance <= tol32:
+        others = [c.distance for c in found[1:] if rel_error(c.value, best.value) > tol32]
+        others.append(correct)
+        match = rounding = best.distance * ROUNDING_MARGIN <= min(others)
+    level = tol32 if rounding and tol32 is not None else tol
+    if match:
+        # Among the candidates that match, the simplest explanation: fewest rows, then rows of
+        # the method's family before generic ones (their distances differ by rounding only).
+        matching = [c for c in found if c.distance <= max(level, best.distance)]
+        best = min(matching, key=lambda c: (len(c.rows), sum(r.generic for r in c.rows),
+                                            c.distance))
+    diag.key, diag.error, diag.fitted = best.key, best.distance, best.fitted
+    diag.title = best.title()
+    diag.why = "; ".join(_fill(r.why, r, best.fitted) for r in best.rows)
+    diag.match, diag.rounding = match, rounding
+    if diag.match:
+        diag.also = [c.key for c in found if c is not best and c.distance <= level
+                     and len(c.rows) <= len(best.rows)]
+        how = (f"up to float32 rounding ({best.distance:.1e}; the code also computes in "
+               "float32 somewhere: --float32 checks it at float32 tolerances)"
+               if diag.rounding else f"to {best.distance:.0e}")
+        if len(best.rows) == 1:
+            also = "".join(f"; it also equals {_describe(k, found)}" for k in diag.also)
+            diag.message = f"{where}: your result equals {diag.title} {how} — {diag.why}{also}"
+        else:
+            parts = "; ".join(f"{_fill(r.title, r, best.fitted)} — {_fill(r.why, r, best.fitted)}"
+                              for r in best.rows)
+            diag.message = (f"{where}: your result equals {ctx.cls.title or ctx.method} with "
+                            f"{len(best.rows)} deviations, {how}: {parts}")
+        return diag
+    single = next((c for c in found if len(c.rows) == 1), best)
+    diag.key, diag.error, diag.fitted = single.key, single.distance, single.fitted
+    diag.title = single.title()
+    diag.why = "; ".join(_fill(r.why, r, single.fitted) for r in single.rows)
+    diag.message = (f"{where}: your result matches no known mistake; the closest single one "
+                    f"is {diag.title} (relative error {single.distance:.1e}: {diag.why})"
+                    + (f"; {tensor_report}" if tensor_report else ""))
     return diag
+
+
+def _describe(key: str, found: list[Candidate]) -> str:
+    """``title — why`` of a candidate named in a match's "also" list."""
+    cand = next(c for c in found if c.key == key)
+    return "; ".join(f"{_fill(r.title, r, cand.fitted)} — {_fill(r.why, r, cand.fitted)}"
+                     for r in cand.rows)
 
 
 def per_tensor(result: dict[str, Tensor], reference: dict[str, Tensor], tol: float) -> str:
@@ -233,3 +465,7 @@ def per_tensor(result: dict[str, Tensor], reference: dict[str, Tensor], tol: flo
         return ""
     text = "wrong in " + ", ".join(wrong_keys)
     return text + (f"; right in {', '.join(right)}" if right else "")
+
+
+__all__ = ["ROWS", "Candidate", "Context", "Diagnosis", "diagnose", "per_tensor", "search",
+           "separations"]

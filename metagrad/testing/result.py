@@ -20,73 +20,51 @@ STATUSES = ("pass", "FAIL", "not run")
 class CaseResult:
     """One battery case: the target's errors against the dense float64 reference and
     (where the method's quantity is a gradient) central finite differences, the
-    tolerances, the verdict and, when it failed, the diagnosis.
-
-    Attributes
-    ----------
-    case : str
-        The case's name, e.g. ``"scalar+matrix, T=3, K=2"``.
-    problem : str
-        The problem it ran on, in words.
-    tasks : int
-        T, the number of tasks.
-    dim : int
-        d, the number of parameters.
-    settings : dict[str, Any]
-        The method's settings in this case.
-    status : str
-        ``"pass"``, ``"FAIL"``, or ``"not run"`` (a factory that refused these settings).
-    err_reference, err_fd : float or None
-        Relative error ‖g − g_ref‖/‖g_ref‖ against the dense reference and against
-        central finite differences (None where not computed).
-    tol_reference, tol_fd : float or None
-        The tolerances those errors were held to.
-    diagnosis : str
-        Full sentence for a failure (or why the case did not run); empty for a pass.
-    closest : str or None
-        Key of the closest known mistake (e.g. ``"first_order"``), for a failure.
-    closest_title : str or None
-        What the closest mistake's value is, in words (e.g. ``"FOMAML's ∇L_val(φ)"``).
-    closest_error : float or None
-        Relative distance of the result from that mistake's value.
-    match : bool
-        The result equals the closest mistake to rounding.
-    also : list[str]
-        Other mistakes the result equals as well (they coincide on this case).
-    separations : dict[str, float]
-        How far each known mistake is from the correct value on this case.
-    """
+    tolerances, the verdict and, when it failed, the diagnosis."""
 
     case: str
+    """e.g. ``"scalar+matrix, T=3, K=2"``."""
     problem: str
     tasks: int
     dim: int
     settings: dict[str, Any]
     status: str
+    """``"pass"``, ``"FAIL"``, or ``"not run"`` (a factory that refused these settings)."""
     err_reference: float | None = None
     err_fd: float | None = None
     tol_reference: float | None = None
     tol_fd: float | None = None
     diagnosis: str = ""
+    """Full sentence for a failure (or why the case did not run); empty for a pass."""
     closest: str | None = None
+    """Key of the closest known mistake (e.g. ``"first_order"``), for a failure."""
     closest_title: str | None = None
+    """What the closest mistake's value is, in words (e.g. ``"FOMAML's ∇L_val(φ)"``)."""
     closest_error: float | None = None
     match: bool = False
+    """The result equals the closest mistake to rounding."""
     also: list[str] = field(default_factory=list)
+    """Other mistakes the result equals as well (they coincide on this case)."""
     separations: dict[str, float] = field(default_factory=dict)
+    """How far each known mistake is from the correct value on this case."""
+    ranking: list[tuple[str, float]] = field(default_factory=list)
+    """For a failure: the closest candidates and the correct value (``"correct"``), with
+    their relative distances from the result, closest first."""
+    fitted: dict[str, float] = field(default_factory=dict)
+    """The fitted free parameters of the closest candidate (e.g. a damping)."""
+    notes: list[str] = field(default_factory=list)
+    """Remarks that are no failure (a result that carries an autograd graph)."""
 
     @property
     def passed(self) -> bool:
-        """True for a case that ran and passed."""
         return self.status == "pass"
 
     @property
     def short_diagnosis(self) -> str:
-        """The diagnosis in a few words, for the table's last column."""
         if self.status == "pass":
             return ""
         if self.status == "not run":
-            return "the factory refused these settings"
+            return "not run: " + self.diagnosis.split(": ", 1)[-1][:80]
         if self.closest is not None and self.closest_error is not None:
             sign = "=" if self.match else "closest:"
             return f"{sign} {self.closest} ({self.closest_error:.0e})"
@@ -105,30 +83,18 @@ def _cell(text: Any) -> str:
 
 @dataclass
 class AuditResult:
-    """What :func:`metagrad.testing.check_meta_gradient` and :func:`gradcheck` return.
-
-    Attributes
-    ----------
-    method : str
-        The method the target was checked as.
-    settings : dict[str, Any]
-        The method's settings.
-    target : str
-        What was audited (the callable's name, or ``peer:torchopt``).
-    float32 : bool
-        Whether the float32 mode ran.
-    cases : list[CaseResult]
-        One row per battery case.
-    notes : list[str]
-        Remarks on the battery (bug classes it could not separate at these settings).
-    """
+    """What :func:`metagrad.testing.check_meta_gradient` and :func:`gradcheck` return."""
 
     method: str
     settings: dict[str, Any]
     target: str
+    """What was audited (the callable's name, or ``peer:torchopt``)."""
     float32: bool
     cases: list[CaseResult]
     notes: list[str] = field(default_factory=list)
+    """Remarks on the battery (bug classes it could not separate at these settings)."""
+    module: str | None = None
+    """The criterion of a module target (``"cross_entropy"``, ``"mse"``), None otherwise."""
 
     @property
     def passed(self) -> bool:
@@ -138,12 +104,10 @@ class AuditResult:
 
     @property
     def failures(self) -> list[CaseResult]:
-        """The cases that ran and failed."""
         return [c for c in self.cases if c.status == "FAIL"]
 
     @property
     def worst_error(self) -> float | None:
-        """The largest relative error of any case, against either reference (None if none)."""
         errors = [e for c in self.cases for e in (c.err_reference, c.err_fd) if e is not None]
         return max(errors) if errors else None
 
@@ -165,15 +129,19 @@ class AuditResult:
             why = first.diagnosis.split(" — ", 1)[-1].split("; it also equals")[0]
             lines.append(f"In every failing case your result equals {first.closest_title}: "
                          f"{why}.")
-        lines += [f"- {c.diagnosis}" for c in failures]
+        for c in failures:
+            lines.append(f"- {c.diagnosis}")
+            if c.ranking:
+                lines.append("  distances from your result: " + ", ".join(
+                    f"{key} {dist:.1e}" for key, dist in c.ranking))
         return "\n".join(lines + refused)
 
     def header(self) -> str:
-        """One line: the target, the method, its settings and the precision."""
         settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                              for k, v in self.settings.items())
         mode = "float32" if self.float32 else "float64"
-        return f"{self.target} as {self.method} ({settings}; {mode})"
+        form = f"; nn.Module form, {self.module}" if self.module else ""
+        return f"{self.target} as {self.method} ({settings}; {mode}{form})"
 
     def table(self) -> str:
         """Markdown: one row per case, errors, verdict and the short diagnosis."""
@@ -209,23 +177,12 @@ class AuditResult:
                    "tol_reference": c.tol_reference, "tol_fd": c.tol_fd,
                    "status": c.status, "closest": c.closest,
                    "closest_error": c.closest_error, "match": c.match,
+                   "ranking": "; ".join(f"{k} {d:.3e}" for k, d in c.ranking),
                    "diagnosis": c.diagnosis}
             out.append(row)
         return out
 
     def to_csv(self, path: str | Path) -> Path:
-        """Write :meth:`rows` as CSV, one row per case.
-
-        Parameters
-        ----------
-        path : str or Path
-            The file to write (replaced if it exists).
-
-        Returns
-        -------
-        Path
-            ``path``.
-        """
         path = Path(path)
         rows = self.rows()
         names: list[str] = []
@@ -238,38 +195,15 @@ class AuditResult:
         return path
 
     def to_json(self, path: str | Path) -> Path:
-        """Write the whole result as JSON (settings, verdict, diagnosis, notes, cases).
-
-        Parameters
-        ----------
-        path : str or Path
-            The file to write (replaced if it exists).
-
-        Returns
-        -------
-        Path
-            ``path``.
-        """
         path = Path(path)
         data = {"target": self.target, "method": self.method, "settings": self.settings,
-                "float32": self.float32, "passed": self.passed, "diagnosis": self.diagnosis,
+                "float32": self.float32, "module": self.module, "passed": self.passed,
+                "diagnosis": self.diagnosis,
                 "notes": self.notes, "cases": [asdict(c) for c in self.cases]}
         path.write_text(json.dumps(data, indent=2, default=str) + "\n")
         return path
 
     def to_markdown(self, path: str | Path) -> Path:
-        """Write the header, the table, the diagnosis and the notes as markdown.
-
-        Parameters
-        ----------
-        path : str or Path
-            The file to write (replaced if it exists).
-
-        Returns
-        -------
-        Path
-            ``path``.
-        """
         path = Path(path)
         path.write_text(f"# Audit: {self.header()}\n\n{self.table()}\n\n{self.diagnosis}\n"
                         + "".join(f"\nNote: {n}\n" for n in self.notes))

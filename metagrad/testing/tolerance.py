@@ -44,21 +44,18 @@ __all__ = ["FD_RTOL", "REF_RTOL", "U32", "amplification", "float32_tolerance", "
 def amplification(method: str, settings: dict[str, Any], f, theta: Tensor,
                   tasks: Sequence[tuple[Any, Any]]) -> float:
     """How much the method's linear solve can amplify a relative rounding error: 1 for the
-    methods without one, max over tasks of κ(A) for IMAML's CG and of η Σ_{j≤J} ρ(I − ηA)ʲ
-    for the Neumann series, A = I + H(φ)/λ at the method's own φ (dense, float64)."""
-    if method_class(method).target != "implicit":
+    methods without one; for those with a solver (``method.solver``), the worst over tasks
+    of the solver's own factor (``rounding_amplification``: κ(A) for CG, η Σ_{j≤J} ρ(I − ηA)ʲ
+    for the Neumann series) at A = I + H(φ)/λ, φ after K proximal steps (dense, float64)."""
+    instance = method_class(method)(**settings)
+    amplify = getattr(getattr(instance, "solver", None), "rounding_amplification", None)
+    if amplify is None:
         return 1.0
-    s = settings
+    s, lam = settings, settings["lam"]
     worst = 1.0
     for train, _ in tasks:
-        phi = dense.proximal_gd(f, theta, train, s["steps"], s["inner_lr"], s["lam"])[-1]
-        a = 1 + torch.linalg.eigvalsh(dense.hessian(f, phi, train)) / s["lam"]
-        if method == "imaml":
-            worst = max(worst, float(a.abs().max() / a.abs().min()))
-        else:
-            step = s.get("step", 1.0)
-            rho = float((1 - step * a).abs().max())
-            worst = max(worst, step * sum(rho ** j for j in range(s["terms"] + 1)))
+        phi = dense.proximal_gd(f, theta, train, s["steps"], s["inner_lr"], lam)[-1]
+        worst = max(worst, amplify(1 + torch.linalg.eigvalsh(dense.hessian(f, phi, train)) / lam))
     return worst
 
 
