@@ -473,3 +473,37 @@ def test_a_method_registered_later_is_audited(monkeypatch):
     assert check_meta_gradient(fomaml_target, "lookahead", **s).passed
     bad = check_meta_gradient(maml_target, "lookahead", **s)
     _failures_named(bad, {"second_order"})
+
+
+# ---- the documentation's examples -------------------------------------------------------------
+
+def _python_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+
+
+def test_recipes_page_examples_run_and_say_what_they_promise(tmp_path, monkeypatch):
+    """docs/howto/audit-recipes.md: the three repository shapes, wrapped, audited: the
+    correct ones pass, the first-order one is named, the unsupported models are "not run",
+    and (where higher is installed) copy_initial_weights=True is caught."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in _python_blocks(ROOT / "docs" / "howto" / "audit-recipes.md"):
+        exec(compile(block, "audit-recipes.md", "exec"), namespace)  # noqa: S102
+    assert namespace["first_order"].failures and not namespace["first_order"].passed
+    learner = namespace["result"]
+    assert learner.passed
+    assert {c.status for c in learner.cases} == {"pass", "not run"}
+    assert all("NotImplementedError" in c.diagnosis for c in learner.cases
+               if c.status == "not run")
+    if namespace["higher"] is not None:
+        assert "wrote no .grad" in namespace["detached"].failures[0].diagnosis
+
+
+def test_readme_module_target_example_passes():
+    readme = (ROOT / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+                 if "module_target" in b)
+    namespace: dict = {"torch": torch}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    assert namespace["audit"].passed
+    assert len(namespace["audit"].cases) == 4

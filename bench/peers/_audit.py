@@ -1,6 +1,6 @@
 """Pieces the audit adapters share: turning a functional ``loss(params, batch)`` into the
-``nn.Module`` the peer libraries want, checking the settings a factory is given, and the
-mean over tasks.
+``nn.Module`` the peer libraries want (``metagrad.testing.LossModule``), checking the
+settings a factory is given, and the mean over tasks.
 
 An audit *target* is ``target(loss, params, tasks) -> dict[str, Tensor]``: the mean over
 the meta-batch of one method's per-task meta-gradient, computed by a peer library's own
@@ -15,35 +15,18 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from metagrad.testing import LossModule
 
 Loss = Callable[[Mapping[str, Tensor], Any], Tensor]
 Target = Callable[[Loss, Mapping[str, Tensor], Any], dict[str, Tensor]]
 
 
-class ParamModule(nn.Module):
-    """An ``nn.Module`` whose parameters are copies of ``params`` and whose forward is the loss.
-
-    ``forward(batch) = loss({key: parameter}, batch)``. Parameter names are ``p0, p1, …``
-    in ``params`` order because ``nn.Module`` forbids dots in names (``params_of`` keys
-    such as ``"0.weight"`` have them); ``keys`` maps them back. Reading the parameters
-    by attribute in ``forward`` is what lets the libraries swap in adapted weights: higher
-    patches the module, learn2learn and torchopt replace entries of ``_parameters``.
-    """
-
-    def __init__(self, loss: Loss, params: Mapping[str, Tensor]):
-        super().__init__()
-        self._loss = loss
-        self.keys = list(params)
-        self._names = [f"p{i}" for i in range(len(self.keys))]
-        for name, value in zip(self._names, params.values()):
-            self.register_parameter(name, nn.Parameter(value.detach().clone()))
-
-    def as_dict(self) -> dict[str, Tensor]:
-        return {k: getattr(self, n) for k, n in zip(self.keys, self._names)}
-
-    def forward(self, batch: Any) -> Tensor:
-        return self._loss(self.as_dict(), batch)
+ParamModule = LossModule
+"""The functional loss as an ``nn.Module`` whose ``forward(batch)`` is the loss: the public
+:class:`metagrad.testing.LossModule` (parameters ``p0, p1, …``, ``keys`` the original names),
+which higher, learn2learn and torchopt patch and betty optimises."""
 
 
 def proximal(phi: Sequence[Tensor], theta: Sequence[Tensor], lam: float) -> Tensor:

@@ -133,7 +133,7 @@ def _module_run(fn: Target, problem: Problem) -> Run:
         grads = grads_of(model, list(params))
         missing = [k for k, g in grads.items() if g is None]
         if len(missing) == len(grads):
-            return None, ["it returned None and wrote no .grad of the model's parameters"]
+            return _NO_GRAD, []
         notes = ([f"no .grad was written for {missing} (read as zeros)"] if missing else [])
         return {k: torch.zeros_like(params[k]) if g is None else g
                 for k, g in grads.items()}, notes
@@ -141,9 +141,20 @@ def _module_run(fn: Target, problem: Problem) -> Run:
     return run
 
 
+class _NoGrad:
+    """What a module target gave when it returned None and wrote no ``.grad``."""
+
+
+_NO_GRAD = _NoGrad()
+
+
 def _describe_output(out: Any, params: dict[str, Tensor]) -> str:
     """Why ``out`` is not a ``dict[str, Tensor]``, with what to return instead."""
     dim = sum(v.numel() for v in params.values())
+    if out is _NO_GRAD:
+        return ("the target returned None and wrote no .grad of the model's parameters: no "
+                "gradient reached them (a graph cut before them: a detached copy, e.g. "
+                "higher's copy_initial_weights=True, or .data / .detach() on the weights)")
     if out is None:
         return ("the target returned None, not a dict[str, Tensor] (did it forget to return "
                 "the gradients?)")
@@ -228,7 +239,8 @@ def evaluate(run: Run, given: Problem, exact: Problem, method: str,
     ``exact`` (the float64 twin): errors, verdict, diagnosis; ``coverage`` also records how
     far each known mistake is from the correct value here. ``optional``: the case is one
     the user did not ask for (another step count of a factory): a target that raises there
-    is reported "not run", not failed."""
+    is reported "not run", not failed; so is a ``NotImplementedError`` anywhere (the code
+    says it cannot express this problem)."""
     ref = reference_result(exact, method, settings).grad
     numeric = None
     notes = []
@@ -256,7 +268,7 @@ def evaluate(run: Run, given: Problem, exact: Problem, method: str,
     keys = list(params)
     output, error = isolate.call(lambda: run(params, tasks), timeout)
     if error is not None:
-        row.status = "not run" if optional else "FAIL"
+        row.status = "not run" if optional or error.startswith(isolate.UNSUPPORTED) else "FAIL"
         row.closest = "raised"
         row.diagnosis = f"{where}: {error}"
         return row
@@ -393,7 +405,8 @@ def check_meta_gradient(target: Target, method: str, *, float32: bool = False,
         if error is not None:
             results.append(CaseResult(
                 case=case.name, problem=given.description, tasks=case.tasks,
-                dim=given.dim, settings=s, status="not run" if extra else "FAIL",
+                dim=given.dim, settings=s,
+                status="not run" if extra or error.startswith(isolate.UNSUPPORTED) else "FAIL",
                 closest="raised", diagnosis=f"{where}: the factory refused these settings "
                                             f"({error})"))
             continue

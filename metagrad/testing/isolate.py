@@ -1,7 +1,8 @@
 """Running someone else's code without letting it end the audit.
 
 :func:`call` runs ``fn()`` and returns ``(value, None)`` or ``(None, why)``, ``why`` one
-line saying what went wrong: an exception (its type and first line), ``sys.exit(...)`` /
+line saying what went wrong: an exception (its type and first line; a
+``NotImplementedError`` reads "does not support", see :data:`UNSUPPORTED`), ``sys.exit(...)`` /
 ``exit()`` (``SystemExit``), a call of ``os._exit`` (refused while the target runs: it would
 end the process with the target's status, an exit 0 reading as a pass), or, with a
 ``timeout`` in seconds, a run that did not finish (interrupted by ``SIGALRM``; only on
@@ -16,6 +17,11 @@ import signal
 import threading
 from collections.abc import Callable
 from typing import Any
+
+UNSUPPORTED = "the target does not support this case"
+"""How a ``NotImplementedError`` from the target begins: code that cannot express a problem
+(an architecture it has no layer for, a step count it refuses) says so by raising it, and
+the case is reported "not run" rather than failed."""
 
 
 class TargetExit(BaseException):
@@ -66,6 +72,8 @@ def call(fn: Callable[[], Any], timeout: float | None = None) -> tuple[Any, str 
     except TargetTimeout:
         return None, (f"the target did not finish within {timeout:g} s (stopped; raise the "
                       "limit with timeout=... / --timeout if it is merely slow)")
+    except NotImplementedError as err:
+        return None, f"{UNSUPPORTED} (NotImplementedError: {first_line(err)})"
     except Exception as err:  # noqa: BLE001 - any failure of the target is a failed case
         return None, f"the target raised {type(err).__name__}: {first_line(err)}"
     finally:

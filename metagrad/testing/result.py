@@ -29,7 +29,8 @@ class CaseResult:
     dim: int
     settings: dict[str, Any]
     status: str
-    """``"pass"``, ``"FAIL"``, or ``"not run"`` (a factory that refused these settings)."""
+    """``"pass"``, ``"FAIL"``, or ``"not run"`` (a factory that refused settings the user did
+    not ask for, or code that said it cannot express the case: ``NotImplementedError``)."""
     err_reference: float | None = None
     err_fd: float | None = None
     tol_reference: float | None = None
@@ -64,7 +65,7 @@ class CaseResult:
         if self.status == "pass":
             return ""
         if self.status == "not run":
-            return "not run: " + self.diagnosis.split(": ", 1)[-1][:80]
+            return self.diagnosis.split(": ", 1)[-1][:110]
         if self.closest is not None and self.closest_error is not None:
             sign = "=" if self.match else "closest:"
             return f"{sign} {self.closest} ({self.closest_error:.0e})"
