@@ -33,7 +33,8 @@ code base does) and name exactly the combination a failing implementation comput
   φ ← φ − αλ(φ − θ) after the inner loop; a damped system (1 + c)I + H/(λ + δ); the
   system H + λI (no factor λ); I − H/λ (the non-alternating series); no solve at all
   (x = b); CG started from x₀ = w·b; CG with the stale residual or on the normal
-  equations; the exact solve.
+  equations; CG stopped on a residual tolerance (keeping or dropping its last update);
+  the exact solve.
 
 Dense Hessians and gradients are memoised per call in a :class:`Memo`; an auditor that
 evaluates many combinations on one problem passes one ``Memo`` to all of them.
@@ -162,11 +163,14 @@ def inner_point(f: FlatLoss | Memo, theta: Tensor, train: Any, *, steps: int, in
 
 
 def conjugate_gradient(A: Tensor, b: Tensor, iters: int, x0: Tensor | None = None,
-                       stale: bool = False) -> Tensor:
+                       stale: bool = False, tol: float | None = None,
+                       tol_returns_previous: bool = False) -> Tensor:
     """``iters`` CG iterations on A x = b from ``x0`` (default 0): r₀ = p₀ = b − Ax₀;
     αᵢ = rᵢᵀrᵢ/pᵢᵀApᵢ; xᵢ₊₁ = xᵢ + αᵢpᵢ; rᵢ₊₁ = rᵢ − αᵢApᵢ; βᵢ = rᵢ₊₁ᵀrᵢ₊₁/rᵢᵀrᵢ;
     pᵢ₊₁ = rᵢ₊₁ + βᵢpᵢ (Hestenes & Stiefel 1952), or, ``stale``, pᵢ₊₁ = rᵢ + βᵢpᵢ (the
-    direction built from the old residual). An exactly zero residual ends the loop."""
+    direction built from the old residual). An exactly zero residual ends the loop; with
+    ``tol``, so does ‖rᵢ₊₁‖ < tol, returning xᵢ₊₁, or, ``tol_returns_previous``, xᵢ (the
+    update computed but not kept)."""
     x = torch.zeros_like(b) if x0 is None else x0.clone()
     r = b - A @ x
     p = r.clone()
@@ -176,8 +180,11 @@ def conjugate_gradient(A: Tensor, b: Tensor, iters: int, x0: Tensor | None = Non
             break
         ap = A @ p
         alpha = rr / (p @ ap)
-        x = x + alpha * p
+        x_new = x + alpha * p
         r_new = r - alpha * ap
+        if tol is not None and float(torch.linalg.vector_norm(r_new)) < tol:
+            return x if tol_returns_previous else x_new
+        x = x_new
         p = (r if stale else r_new) + ((r_new @ r_new) / rr) * p
         r = r_new
     return x
@@ -187,6 +194,7 @@ def implicit_solve(h: Tensor, b: Tensor, *, lam: float, solver: str = "cg",
                    cg_iters: int | None = None, terms: int | None = None, step: float = 1.0,
                    system: str = "standard", damping: float = 0.0, lam_damping: float = 0.0,
                    start: float = 0.0, cg: str = "standard", exact: bool = False,
+                   tol: float | None = None, tol_returns_previous: bool = False,
                    **_: Any) -> Tensor:
     """x for the system A x = b built from H = ``h`` (the implicit family, module docstring).
 
@@ -194,9 +202,11 @@ def implicit_solve(h: Tensor, b: Tensor, *, lam: float, solver: str = "cg",
     ``lam_damping``; 0 and 0 is iMAML's I + H/λ), ``"no_lam"`` A = H + λI (the Neumann
     series then with step η/λ), ``"flipped"`` A = I − H/λ, ``"none"`` no solve (x = b).
     ``solver``: ``"cg"`` (``cg_iters`` iterations from x₀ = ``start``·b; ``cg`` =
-    ``"stale"`` or ``"normal"`` for CG with the stale residual or on A²x = Ab; m ≥ d
-    iterations of plain CG are the exact solve) or ``"neumann"`` (η Σ_{j≤J} (I − ηA)ʲ b,
-    J = ``terms``, η = ``step``); ``exact``: the dense solve instead of either."""
+    ``"stale"`` or ``"normal"`` for CG with the stale residual or on A²x = Ab; ``tol``: CG
+    also stops once ‖r‖ < tol, keeping the last update or, ``tol_returns_previous``, not;
+    m ≥ d iterations of plain CG without a tolerance are the exact solve) or ``"neumann"``
+    (η Σ_{j≤J} (I − ηA)ʲ b, J = ``terms``, η = ``step``); ``exact``: the dense solve
+    instead of either."""
     eye = _eye(b)
     if system == "none":
         return b
@@ -219,9 +229,10 @@ def implicit_solve(h: Tensor, b: Tensor, *, lam: float, solver: str = "cg",
     if cg == "normal":
         return (torch.linalg.solve(a, b) if cg_iters >= b.numel()
                 else conjugate_gradient(a @ a, a @ b, cg_iters))
-    if cg == "standard" and cg_iters >= b.numel():
+    if cg == "standard" and tol is None and cg_iters >= b.numel():
         return torch.linalg.solve(a, b)  # CG is exact after d iterations (exact arithmetic)
-    return conjugate_gradient(a, b, cg_iters, x0=start * b, stale=cg == "stale")
+    return conjugate_gradient(a, b, cg_iters, x0=start * b, stale=cg == "stale", tol=tol,
+                              tol_returns_previous=tol_returns_previous)
 
 
 def implicit(f: FlatLoss | Memo, theta: Tensor, train: Any, val: Any, *, steps: int,

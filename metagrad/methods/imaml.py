@@ -104,4 +104,4 @@ class IMAML(ImplicitMethod):
     audit_family: ClassVar[tuple[str, dict[str, Any]] | None] = ("implicit", {"solver": "cg"})
     audit_mistakes: ClassVar[tuple[str, ...]] = (
         "no_solve", "no_lam", "damped", "exact_solve", "cg_stale", "cg_normal",
-        "cg_warm_start", "plain_inner", "pullback")
+        "cg_warm_start", "cg_tolerance", "cg_tolerance_previous", "plain_inner", "pullback")

@@ -356,17 +356,21 @@ def _module_problems(label: str, tasks: int, method: str, settings: dict[str, An
     return _PROBLEMS[key]
 
 
-def cases(method: str, settings: dict[str, Any], vary_steps: bool) -> list[BatteryCase]:
+def cases(method: str, settings: dict[str, Any], vary_steps: bool,
+          vary_on: str = "scalar+matrix") -> list[BatteryCase]:
     """The battery for ``method`` at ``settings``: every problem at the given settings, and,
-    when the target can be rebuilt at other settings (a factory), ``scalar+matrix`` at
+    when the target can be rebuilt at other settings (a factory), problem ``vary_on`` at
     other inner step counts so that K = 0, 1 and several steps are all run."""
     base = tuple(sorted(settings.items()))
     out = [BatteryCase("scalar+matrix", 3, base), BatteryCase("scalar+matrix", 1, base),
            BatteryCase("softmax", 3, base), BatteryCase("one scalar", 3, base)]
     if vary_steps:
-        k = settings["steps"]
-        for other in [s for s in (0, 1, 3) if s != k][:2]:
-            out.append(BatteryCase("scalar+matrix", 3,
-                                   tuple(sorted({**settings, "steps": other}.items()))))
+        out += step_cases(settings, vary_on)
     return out
 
+
+def step_cases(settings: dict[str, Any], label: str = "scalar+matrix") -> list[BatteryCase]:
+    """Problem ``label`` (3 tasks) at two other inner step counts among K = 0, 1, 3."""
+    k = settings["steps"]
+    return [BatteryCase(label, 3, tuple(sorted({**settings, "steps": other}.items())))
+            for other in [s for s in (0, 1, 3) if s != k][:2]]

@@ -44,6 +44,9 @@ class Free:
     starts: tuple[float, ...]
     typical: float
     lower: str | float | None = None
+    grid: tuple[float, ...] = ()
+    """For a parameter the value depends on in steps (a stopping tolerance): the values
+    tried, instead of a continuous fit."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,10 @@ def count_rows(setting: str) -> tuple[Mistake, Mistake]:
                     f"one {one} too many ({setting} + 1 {many} taken)", axis=setting,
                     transform=f"{setting}+1", generic=True))
 
+
+TOLERANCES = tuple(10.0 ** -k for k in range(2, 17))
+"""The stopping tolerances on ‖r‖ tried for a CG that stops early (the iterates it returns
+change only where a task's stopping iteration does)."""
 
 GENERIC: tuple[Mistake, ...] = (
     Mistake("query_inner", "the value with the validation (query) batch in the inner loop",
@@ -165,6 +172,15 @@ FAMILY: tuple[Mistake, ...] = (
             "CG is warm-started at a multiple of its right-hand side (x₀ = b for w = 1), "
             "not at x₀ = 0", axis="start", options={},
             free=(Free("start", "w", (1.0, 0.5), typical=1.0),)),
+    Mistake("cg_tolerance", "CG stopped early once ‖r‖ < ε (ε ≈ {e:.0e})", "CG also stops on a "
+            "residual tolerance, so it runs fewer than the m iterations asked for",
+            axis="stop", options={},
+            free=(Free("tol", "e", (), typical=1e-5, grid=TOLERANCES),)),
+    Mistake("cg_tolerance_previous", "CG stopped once ‖r‖ < ε, returning the iterate before "
+            "(ε ≈ {e:.0e})", "CG stops on a residual tolerance and returns the iterate from "
+            "before the update that met it (the update is computed, then dropped)",
+            axis="stop", options={"tol_returns_previous": True},
+            free=(Free("tol", "e", (), typical=1e-10, grid=TOLERANCES),)),
     Mistake("plain_inner", "the solve at φ from plain gradient descent", "the inner loop has "
             "no proximal term λ(φ − θ)", axis="inner", options={"inner": "plain"}),
     Mistake("pullback", "the solve at φ after an extra pull-back step φ ← φ − αλ(φ − θ)",

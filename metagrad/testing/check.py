@@ -316,10 +316,17 @@ def evaluate(run: Run, given: Problem, exact: Problem, method: str,
         return row
     if bool((got == 0).all()) and bool((ref != 0).any()):
         row.closest, row.closest_title, row.match = "zeros", "all zeros", True
-        row.closest_error = 0.0
+        row.closest_error, row.why = 0.0, "no gradient reached any parameter"
         row.diagnosis = (f"{where}: your result is all zeros: no gradient reached any "
                          "parameter (a detached graph, or gradients read before they were "
                          "written)" + (f" ({prefix})" if prefix else ""))
+        # ... unless a catalogued mistake gives exactly zero here: then say which
+        diag = diagnosis.diagnose(got, ctx, tol_reference, where)
+        if diag.match and not diag.rounding and diag.key and not diag.key.startswith("zero"):
+            row.closest, row.closest_title, row.also = diag.key, diag.title, diag.also
+            row.why, row.ranking, row.fitted = diag.why, diag.ranking, diag.fitted
+            row.diagnosis = (f"{where}: your result is all zeros, which is what {diag.title} "
+                             f"gives here — {diag.why}" + (f" ({prefix})" if prefix else ""))
         return row
     if values_right:
         # right value, but not the gradient the finite differences measure
@@ -333,6 +340,7 @@ def evaluate(run: Run, given: Problem, exact: Problem, method: str,
                               tol32=None if float32 else tol32)
     row.closest, row.closest_error, row.match = diag.key, diag.error, diag.match
     row.closest_title, row.also, row.ranking = diag.title or None, diag.also, diag.ranking
+    row.why = diag.why
     row.fitted = diag.fitted
     row.diagnosis = diag.message + (f" ({prefix})" if prefix else "")
     return row
@@ -395,8 +403,9 @@ def check_meta_gradient(target: Target, method: str, *, float32: bool = False,
     base_error = None
     if factory:
         base, base_error = _build(fn, settings)
-    results = []
-    for case in battery.cases(method, settings, vary_steps=factory):
+    results: list[CaseResult] = []
+    planned = battery.cases(method, settings, vary_steps=False)
+    for case in _with_step_cases(planned, results, settings, factory):
         s = case.config
         given, exact = battery.problems(case.label, case.tasks, method, s, float32, criterion)
         where = f"{method} on {case.name}"
@@ -415,6 +424,17 @@ def check_meta_gradient(target: Target, method: str, *, float32: bool = False,
                                 float32=float32, optional=extra, timeout=timeout))
     return AuditResult(method, settings, describe(target), float32, results,
                        _notes(method, settings, results, factory), criterion)
+
+
+def _with_step_cases(planned: list[battery.BatteryCase], results: list[CaseResult],
+                     settings: dict[str, Any], factory: bool):
+    """The planned cases, then, for a factory, other step counts on the first problem the
+    target ran (``scalar+matrix`` unless the code could not express it)."""
+    yield from planned
+    if factory:
+        ran = [c.case.split(",")[0] for c in results if c.status != "not run"]
+        label = ran[0] if ran else "scalar+matrix"
+        yield from battery.step_cases(settings, label)
 
 
 def _build(factory: Target, settings: dict[str, Any]) -> tuple[Any, str | None]:

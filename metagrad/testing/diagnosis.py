@@ -6,9 +6,9 @@ the catalogued deviations (:mod:`.catalogue`), alone and combined, each computed
 free parameters (a damping, a warm start) fitted to the result (:mod:`.fit`). The search is
 first every combination of up to three rows of the method's family (cheap: they share the
 inner points and Hessians) and every row alone, then a beam search: the closest few
-extended by one more generic row (the query batch, an off-by-one count, the sum over
-tasks, …), up to four rows in all. The closest candidate is named, with its relative error, and is a
-*match* when that error is within the tolerance:
+extended by one more row (the query batch, an off-by-one count, the sum over tasks, a
+fourth row of the family, …), up to four rows in all. The closest candidate is named, with
+its relative error, and is a *match* when that error is within the tolerance:
 
     imaml on scalar+matrix, T=3, K=3: your result equals iMAML with 3 deviations, to 4e-16:
     the solve at φ from plain gradient descent — the inner loop has no proximal term λ(φ − θ);
@@ -25,6 +25,7 @@ inner step fewer at K = 0) is left out there: it cannot be told apart from a cor
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -50,7 +51,13 @@ DEPTH = 4
 """The most rows combined in all."""
 ROUNDING_MARGIN = 100.0
 """A float32-rounding verdict needs the result this many times closer to the candidate than
-to any other (and within the float32 tolerance)."""
+to any other."""
+ROUNDING_SHARE = 0.1
+"""… and within this share of the case's float32 tolerance (an upper bound for float32
+arithmetic throughout; a float32 constant, the common case, is off by about 3e-8): a larger
+small error may as well be a stopping tolerance or a constant slightly off."""
+ROUNDING_FLOOR = 4 * torch.finfo(torch.float32).eps / 2
+"""… but never below four float32 unit roundoffs (a constant or two rounded to float32)."""
 
 
 @dataclass
@@ -228,24 +235,42 @@ class Context:
         frees = [f for r in rows for f in r.free]
         values: dict[str, float] = {}
         if frees and fitted and result is not None:
-            lower = [(-self.settings["lam"] if f.lower == "-lam" else f.lower) for f in frees]
-            scale = float(torch.linalg.vector_norm(result)) or 1.0
-
-            def residual(p: list[float]) -> Tensor:
-                v = self.value(rows, dict(zip([f.option for f in frees], p)))
-                if v is None:
-                    return torch.full_like(result, math.inf)
-                return (result - v) / scale
-
-            starts = list(zip(*[f.starts for f in frees]))
-            p, _ = fit(residual, starts, lower)  # type: ignore[arg-type]
-            values = dict(zip([f.option for f in frees], p))
+            values = self._fit(rows, frees, result)
         value = self.value(rows, values)
         if value is None or not bool(torch.isfinite(value).all()):
             return None
         gap = (rel_error(value, self.reference) if result is None
                else distance(result, value))
         return Candidate(tuple(rows), value, gap, values)
+
+
+    def _fit(self, rows: Sequence[Mistake], frees: list, result: Tensor) -> dict[str, float]:
+        """The free parameters' values that bring the rows closest to ``result``: every
+        point of the grid of those that have one, a Levenberg–Marquardt fit of the others."""
+        grid = [f for f in frees if f.grid]
+        smooth = [f for f in frees if not f.grid]
+        lower = [(-self.settings["lam"] if f.lower == "-lam" else f.lower) for f in smooth]
+        scale = float(torch.linalg.vector_norm(result)) or 1.0
+        best: tuple[float, dict[str, float]] = (math.inf, {})
+        for point in itertools.product(*[f.grid for f in grid]):
+            fixed = {f.option: v for f, v in zip(grid, point)}
+            if smooth:
+                def residual(p: list[float], fixed: dict[str, float] = fixed) -> Tensor:
+                    v = self.value(rows, {**fixed, **dict(zip([f.option for f in smooth], p))})
+                    if v is None:
+                        return torch.full_like(result, math.inf)
+                    return (result - v) / scale
+
+                starts = list(zip(*[f.starts for f in smooth]))
+                p, gap = fit(residual, starts, lower)
+                values = {**fixed, **dict(zip([f.option for f in smooth], p))}
+            else:
+                values = fixed
+                v = self.value(rows, values)
+                gap = math.inf if v is None else float(torch.linalg.vector_norm(result - v)) / scale
+            if gap < best[0]:
+                best = (gap, values)
+        return best[1]
 
 
 def _per_tensor(row: Mistake, tensor: str) -> Mistake:
@@ -304,7 +329,9 @@ def search(ctx: Context, result: Tensor, tol: float, tol32: float | None = None
     tried: dict[frozenset[str], Candidate] = {}
 
     def tol32_or(tol: float) -> float:
-        return max(tol, tol32 or 0.0)
+        if tol32 is None:
+            return tol
+        return max(tol, min(tol32, max(ROUNDING_SHARE * tol32, ROUNDING_FLOOR)))
 
     def consider(combo: tuple[Mistake, ...], fitted: bool = False) -> Candidate | None:
         cand = ctx.candidate(combo, result, fitted)
@@ -342,10 +369,10 @@ def search(ctx: Context, result: Tensor, tol: float, tol32: float | None = None
         layer = grown
     for row in rows:
         extend((), row)
-    # 2. the closest few (and the correct value), extended by the generic rows, in rounds
+    # 2. the closest few (and the correct value), extended by one more row, in rounds
     frontier = [()] + [c.rows for c in sorted(tried.values(), key=lambda c: c.distance)
                        if all(r.combines for r in c.rows)][:BEAM]
-    generic = [r for r in rows if r.generic and r.combines]
+    generic = [r for r in rows if r.combines]
     for _ in range(DEPTH - 1):
         if min((c.distance for c in tried.values()), default=math.inf) <= tol:
             break
@@ -382,7 +409,9 @@ def diagnose(result: Tensor, ctx: Context, tol: float, where: str, tensor_report
     ranking = [(c.key, c.distance) for c in found[:5]] + [("correct", correct)]
     ranking.sort(key=lambda pair: pair[1])
     diag = Diagnosis(ranking=ranking)
-    if tol32 is not None and correct <= tol32 and all(
+    rounding_level = None if tol32 is None else min(
+        tol32, max(ROUNDING_SHARE * tol32, ROUNDING_FLOOR))
+    if rounding_level is not None and correct <= rounding_level and all(
             correct * ROUNDING_MARGIN <= c.distance for c in found):
         nearest = next((c for c in found if len(c.rows) == 1), found[0] if found else None)
         diag.key, diag.title, diag.error, diag.match, diag.rounding = (
@@ -403,11 +432,12 @@ def diagnose(result: Tensor, ctx: Context, tol: float, where: str, tensor_report
     best = found[0]
     match = best.distance <= tol
     rounding = False
-    if not match and tol32 is not None and best.distance <= tol32:
-        others = [c.distance for c in found[1:] if rel_error(c.value, best.value) > tol32]
+    if not match and rounding_level is not None and best.distance <= rounding_level:
+        others = [c.distance for c in found[1:]
+                  if rel_error(c.value, best.value) > rounding_level]
         others.append(correct)
         match = rounding = best.distance * ROUNDING_MARGIN <= min(others)
-    level = tol32 if rounding and tol32 is not None else tol
+    level = rounding_level if rounding and rounding_level is not None else tol
     if match:
         # Among the candidates that match, the simplest explanation: fewest rows, then rows of
         # the method's family before generic ones (their distances differ by rounding only).
@@ -437,8 +467,13 @@ def diagnose(result: Tensor, ctx: Context, tol: float, where: str, tensor_report
     diag.key, diag.error, diag.fitted = single.key, single.distance, single.fitted
     diag.title = single.title()
     diag.why = "; ".join(_fill(r.why, r, single.fitted) for r in single.rows)
-    diag.message = (f"{where}: your result matches no known mistake; the closest single one "
-                    f"is {diag.title} (relative error {single.distance:.1e}: {diag.why})"
+    near = ""
+    if ranking[0][0] == "correct":
+        near = (f"; the correct value is closer than any catalogued mistake (relative error "
+                f"{correct:.1e}): a small change such as a stopping tolerance, a constant "
+                "slightly off or float32 arithmetic")
+    diag.message = (f"{where}: your result matches no known mistake{near}; the closest single "
+                    f"one is {diag.title} (relative error {single.distance:.1e}: {diag.why})"
                     + (f"; {tensor_report}" if tensor_report else ""))
     return diag
 

@@ -42,6 +42,8 @@ class CaseResult:
     closest_title: str | None = None
     """What the closest mistake's value is, in words (e.g. ``"FOMAML's ∇L_val(φ)"``)."""
     closest_error: float | None = None
+    why: str = ""
+    """What the code did to compute the closest candidate, in words."""
     match: bool = False
     """The result equals the closest mistake to rounding."""
     also: list[str] = field(default_factory=list)
@@ -127,9 +129,12 @@ class AuditResult:
         keys = {c.closest for c in failures if c.match}
         if len(keys) == 1 and all(c.match for c in failures):
             first = failures[0]
-            why = first.diagnosis.split(" — ", 1)[-1].split("; it also equals")[0]
-            lines.append(f"In every failing case your result equals {first.closest_title}: "
-                         f"{why}.")
+            if first.closest == "float32_rounding":
+                lines.append("In every failing case your result agrees with the correct value "
+                             "to float32 rounding: rerun with --float32 (float32=True).")
+            else:
+                lines.append(f"In every failing case your result equals {first.closest_title}: "
+                             f"{first.why}.")
         for c in failures:
             lines.append(f"- {c.diagnosis}")
             if c.ranking:
