@@ -84,9 +84,10 @@ def _dot(a, b):
     return sum((x * y).sum() for x, y in zip(a, b))
 
 
-def _cg(matvec, b, iters, stale=False, x0=None):
-    """CG from x₀ (default 0), stopping only on an exactly zero residual; ``stale``:
-    pₖ₊₁ = rₖ + βpₖ."""
+def _cg(matvec, b, iters, stale=False, x0=None, tol=None, tol_previous=False):
+    """CG from x₀ (default 0), stopping on an exactly zero residual or, with ``tol``, once
+    ‖r‖ < tol (returning the update that met it, or, ``tol_previous``, the iterate before);
+    ``stale``: pₖ₊₁ = rₖ + βpₖ."""
     x = [torch.zeros_like(t) for t in b] if x0 is None else [t.clone() for t in x0]
     r = [bi - ai for bi, ai in zip(b, matvec(x))] if x0 is not None else [t.clone() for t in b]
     p = [t.clone() for t in r]
@@ -96,8 +97,11 @@ def _cg(matvec, b, iters, stale=False, x0=None):
             break
         ap = matvec(p)
         a = rr / _dot(p, ap)
-        x = [xi + a * pi for xi, pi in zip(x, p)]
+        x_new = [xi + a * pi for xi, pi in zip(x, p)]
         r_new = [ri - a * api for ri, api in zip(r, ap)]
+        if tol is not None and float(_dot(r_new, r_new)) ** 0.5 < tol:
+            return x if tol_previous else x_new
+        x = x_new
         beta = _dot(r_new, r_new) / rr
         p = [(ri if stale else rn) + beta * pi for ri, rn, pi in zip(r, r_new, p)]
         r = r_new
@@ -164,7 +168,8 @@ def reptile_target(*, steps, inner_lr, sign=1.0, read_early=False, query_inner=F
 def implicit_target(*, steps, inner_lr, lam, cg_iters=None, terms=None, step=1.0,
                     cg_offset=0, stale=False, without_lam=False, non_alternating=False,
                     drop_scalars=False, damping=0.0, lam_damping=0.0, warm_start=False,
-                    plain_inner=False, pullback=False, reduce="mean"):
+                    plain_inner=False, pullback=False, reduce="mean", tol=None,
+                    tol_previous=False):
     """IMAML (own CG) or Neumann (``terms``) on (I + H(φ)/λ)x = ∇L_val(φ), φ after K
     proximal steps from θ; the keywords are the deviations public code has."""
 
@@ -187,7 +192,8 @@ def implicit_target(*, steps, inner_lr, lam, cg_iters=None, terms=None, step=1.0
                     return [(1 + damping) * vi + h / (lam + lam_damping)
                             for h, vi in zip(hvp(v), v)]
             if terms is None:
-                x = _cg(matvec, b, cg_iters + cg_offset, stale, x0=b if warm_start else None)
+                x = _cg(matvec, b, cg_iters + cg_offset, stale, x0=b if warm_start else None,
+                        tol=tol, tol_previous=tol_previous)
             else:  # x_J = η Σ (I − ηA)ʲ b
                 sign = -1.0 if non_alternating else 1.0
                 term, x = b, list(b)

@@ -170,6 +170,12 @@ ZOO = {
     "plain inner loop (Neumann)": (
         "neumann", lambda **s: implicit_target(**s, plain_inner=True), {"plain_inner"},
         "no proximal term"),
+    "CG stopped on a residual tolerance": (
+        "imaml", lambda **s: implicit_target(**s, tol=1e-2), {"cg_tolerance"},
+        "CG stopped early once ‖r‖ < ε"),
+    "CG stopped on a tolerance, returning the iterate before": (
+        "imaml", lambda **s: implicit_target(**s, tol=1e-2, tol_previous=True),
+        {"cg_tolerance_previous"}, "returning the iterate before"),
 }
 
 

@@ -37,6 +37,7 @@ class Run:
     settings: dict[str, Any]
     what: str
     """Repository file and function, for the report."""
+    float32: bool = False
 
 
 def parse(description: str, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -62,7 +63,8 @@ def run_all(runs: Sequence[Run], checks: Sequence[Callable[[], str]], out: Path 
     for run in runs:
         quiet = io.StringIO()
         with contextlib.redirect_stdout(quiet):  # the repositories print progress
-            result = check_meta_gradient(run.target, run.method, **run.settings)
+            result = check_meta_gradient(run.target, run.method, float32=run.float32,
+                                         **run.settings)
         result.target = f"{run.label} ({run.what})"
         print(result.report(), "\n")
         if out is not None:

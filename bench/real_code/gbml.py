@@ -180,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = [
         _common.Run("gbml-maml", "maml", module_target(adapter("MAML")), SETTINGS["maml"],
                     "gbml/maml.py MAML.outer_loop"),
+        _common.Run("gbml-maml-float32", "maml", module_target(adapter("MAML")),
+                    SETTINGS["maml"], "gbml/maml.py MAML.outer_loop, float32 mode", True),
         _common.Run("gbml-imaml", "imaml", module_target(adapter(
             "iMAML", lamb="lam", n_cg="cg_iters")), SETTINGS["imaml"],
             "gbml/imaml.py iMAML.outer_loop"),
