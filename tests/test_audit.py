@@ -380,6 +380,29 @@ def test_cli_target_that_exits_is_a_failure(tmp_path):
         assert phrase in run.stdout and "FAILED" in run.stdout
 
 
+def test_cli_target_module_that_exits_on_import_is_a_usage_error(tmp_path, monkeypatch,
+                                                                 capsys):
+    (tmp_path / "exits_on_import.py").write_text("import sys\nsys.exit(0)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert cli(["audit", "exits_on_import:target", "--method", "maml", "--out",
+                str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot import 'exits_on_import' (SystemExit" in err
+
+
+def test_a_factory_that_exits_is_a_failure_not_the_end():
+    def factory(*, steps, inner_lr):
+        if steps == 0:
+            sys.exit(3)
+        return fomaml_target(steps=steps, inner_lr=inner_lr)
+
+    result = check_meta_gradient(factory, "fomaml", **SETTINGS["fomaml"])
+    k0 = next(c for c in result.cases if c.settings["steps"] == 0)
+    assert k0.status == "not run" and "called sys.exit(3)" in k0.diagnosis
+    assert result.passed
+
+
 def test_cli_out_with_a_file_in_the_way_is_refused_before_the_work(tmp_path, monkeypatch,
                                                                     capsys):
     _cli_module(tmp_path, "def never(loss, params, tasks):\n"

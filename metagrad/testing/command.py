@@ -16,7 +16,8 @@ method's defaults (``mg.METHODS[M].default_settings()``). With ``--module CRITER
 (``cross_entropy`` or ``mse``) TARGET is code written against an ``nn.Module``,
 ``fn(model, tasks)`` (see :func:`metagrad.testing.module_target`). The target runs isolated:
 an exception, ``sys.exit``, ``os._exit`` or a run past ``--timeout`` seconds is a failed
-case, never the command's own exit. ``--out`` is checked before any work. Prints the table
+case, never the command's own exit (``--timeout`` defaults to 600 s per call). ``--out`` is
+checked before any work. Prints the table
 and the diagnosis, writes ``audit.md``, ``audit.csv`` and ``audit.json`` into ``--out``;
 exit status 0 when every case passes, 1 when one fails, 2 for bad usage.
 """
@@ -70,8 +71,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "loss is CRITERION(model(x), y): cross_entropy or mse")
     p.add_argument("--float32", action="store_true",
                    help="give the target float32 problems; tolerances from float32's epsilon")
-    p.add_argument("--timeout", type=float, default=None, metavar="S",
-                   help="seconds one call of TARGET may take (a longer one is a failed case)")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                   help="seconds one call of TARGET may take; a longer one is a failed case "
+                        "(default 600: the battery's problems are tiny, so that is a hang)")
     p.add_argument("--out", default="audit", help="folder for audit.md, audit.csv and "
                                                    "audit.json (default: audit/)")
     p.set_defaults(func=run)
