@@ -482,8 +482,8 @@ class Method:
 
     def audit_curvature(self) -> float:
         """The spectral radius the audit's problems give the train-loss Hessian at θ: α·‖H‖ =
-        1/2, so that each factor I − αH moves a gradient by up to half."""
-        return 0.5 / self.inner_lr
+        1/2, so that each factor I − αH moves a gradient by up to half (α the largest rate)."""
+        return 0.5 / _rates.largest(self.inner_lr)
 
 
 def _plain(value: Any) -> Any:

@@ -131,4 +131,4 @@ class ImplicitMethod(Method):
         """The solver's choice (:meth:`ConjugateGradient.audit_curvature`), kept where the
         proximal loop converges, α(λ + ‖H‖) ≤ 1, and at least λ/4."""
         s = self.solver.audit_curvature(self.lam)
-        return max(min(s, 1 / self.inner_lr - self.lam), 0.25 * self.lam)
+        return max(min(s, 1 / _rates.largest(self.inner_lr) - self.lam), 0.25 * self.lam)

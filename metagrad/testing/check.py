@@ -47,7 +47,21 @@ def validate_settings(method: str, settings: Mapping[str, Any]) -> dict[str, Any
     An unknown method raises ``ValueError`` naming the registered ones; unknown setting
     names raise ``TypeError`` naming them and what the method reads
     (``mg.METHODS[method].setting_names()``); bad values raise the method's own
-    ``ValueError`` (e.g. ``lam must be a finite positive number, got -1.0``)."""
+    ``ValueError`` (e.g. ``lam must be a finite positive number, got -1.0``).
+
+    Parameters
+    ----------
+    method : str
+        A registered method name (``mg.METHOD_NAMES``).
+    settings : Mapping[str, Any]
+        Setting name -> value, in the one vocabulary (``steps``, ``inner_lr``, ``lam``,
+        ``cg_iters``, ``terms``, ``step``); those not given take the method's defaults.
+
+    Returns
+    -------
+    dict[str, Any]
+        Every setting the method reads, in its order.
+    """
     cls = method_class(method)
     names = cls.setting_names()
     unknown = sorted(set(settings) - set(names))
@@ -61,7 +75,18 @@ def validate_settings(method: str, settings: Mapping[str, Any]) -> dict[str, Any
 
 
 def is_factory(obj: Any) -> bool:
-    """True for ``factory(**settings)``: no positional parameter, some keyword ones."""
+    """Whether ``obj`` is a factory ``factory(**settings) -> target`` rather than a target.
+
+    Parameters
+    ----------
+    obj : Any
+        What was given to the audit.
+
+    Returns
+    -------
+    bool
+        True when its signature has no positional parameter and some keyword ones.
+    """
     try:
         sig = inspect.signature(obj)
     except (TypeError, ValueError):
@@ -485,7 +510,24 @@ def _notes(method: str, settings: dict[str, Any], cases: list[CaseResult],
 def assert_meta_gradient_close(target: Target, method: str, *, float32: bool = False,
                                **settings: Any) -> AuditResult:
     """:func:`check_meta_gradient`, raising ``AssertionError`` with the table and the
-    diagnosis when any case fails; returns the result when all pass."""
+    diagnosis when any case fails; for use in a test.
+
+    Parameters
+    ----------
+    target : Callable
+        As for :func:`check_meta_gradient`.
+    method : str
+        As for :func:`check_meta_gradient`.
+    float32 : bool
+        As for :func:`check_meta_gradient`.
+    **settings
+        As for :func:`check_meta_gradient`.
+
+    Returns
+    -------
+    AuditResult
+        The result, when every case passed.
+    """
     result = check_meta_gradient(target, method, float32=float32, **settings)
     if not result.passed:
         raise AssertionError("meta-gradient check failed\n" + result.report())
@@ -514,6 +556,33 @@ def gradcheck(method: Method, loss: Callable[..., Tensor], params: Mapping[str, 
     measure float32 rounding, not the method). Returns the :class:`AuditResult`; on
     failure raises ``AssertionError`` with its table and diagnosis
     (``raise_exception=False`` returns it instead).
+
+    Parameters
+    ----------
+    method : Method
+        A configured metagrad method, e.g. ``mg.MAML(steps=2, inner_lr=0.1)``.
+    loss : Callable[..., Tensor]
+        ``loss(params, batch)``, as the method takes it; deterministic, computing in the
+        parameters' dtype.
+    params : Mapping[str, Tensor]
+        θ, by name (copied to float64; not modified).
+    tasks : Task
+        The meta-batch (its floating tensors are copied to float64).
+    max_dim : int
+        Largest number of parameters d accepted (the oracle's Hessians are d × d).
+    rtol : float
+        Largest relative error against the dense reference.
+    fd_rtol : float
+        Largest relative error against central finite differences.
+    fd : bool
+        Run the finite-difference check where gᵢ is a gradient.
+    raise_exception : bool
+        Raise ``AssertionError`` on failure (default) or return the result.
+
+    Returns
+    -------
+    AuditResult
+        The cases run, with errors, tolerances and diagnosis.
     """
     if not isinstance(method, Method):
         raise TypeError(f"method must be a metagrad method such as mg.MAML(steps=2, "

@@ -68,7 +68,15 @@ def criterion_name(criterion: Any) -> str:
 @dataclass(frozen=True)
 class ModuleTarget:
     """Code written against an ``nn.Module`` (module docstring); made by
-    :func:`module_target`."""
+    :func:`module_target`.
+
+    Attributes
+    ----------
+    fn : Callable
+        ``fn(model, tasks) -> dict[str, Tensor] | None``, or a factory of it.
+    criterion : str
+        ``"cross_entropy"`` or ``"mse"``: the loss the code applies to the model's output.
+    """
 
     fn: Callable[..., Any]
     criterion: str
@@ -125,7 +133,15 @@ def grads_of(model: nn.Module, names: list[str]) -> dict[str, Tensor | None]:
 
 class ScaledTanh(nn.Module):
     """``scale · tanh(layer(x))``: a weight matrix, a bias vector and a 0-dim scalar
-    parameter (``layer.weight``, ``layer.bias``, ``scale``)."""
+    parameter (``layer.weight``, ``layer.bias``, ``scale``).
+
+    Parameters
+    ----------
+    in_features : int
+        Inputs of the linear layer.
+    out_features : int
+        Its outputs (the model's output width).
+    """
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__()
@@ -161,6 +177,13 @@ class LossModule(nn.Module):
     them); ``keys`` maps them back, :meth:`as_dict` gives the parameters under the original
     keys. Reading the parameters by attribute in ``forward`` is what lets the libraries swap
     in adapted weights.
+
+    Parameters
+    ----------
+    loss : Callable[[Mapping[str, Tensor], Any], Tensor]
+        ``loss(params, batch)``, a functional loss.
+    params : Mapping[str, Tensor]
+        The parameters, copied into the module.
     """
 
     def __init__(self, loss: Callable[[Mapping[str, Tensor], Any], Tensor],

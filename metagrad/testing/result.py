@@ -20,50 +20,86 @@ STATUSES = ("pass", "FAIL", "not run")
 class CaseResult:
     """One battery case: the target's errors against the dense float64 reference and
     (where the method's quantity is a gradient) central finite differences, the
-    tolerances, the verdict and, when it failed, the diagnosis."""
+    tolerances, the verdict and, when it failed, the diagnosis.
+
+    Attributes
+    ----------
+    case : str
+        The case's name, e.g. ``"scalar+matrix, T=3, K=2"``.
+    problem : str
+        The problem it ran on, in words.
+    tasks : int
+        T, the number of tasks.
+    dim : int
+        d, the number of parameters.
+    settings : dict[str, Any]
+        The method's settings in this case.
+    status : str
+        ``"pass"``, ``"FAIL"``, or ``"not run"`` (a factory that refused settings the user
+        did not ask for, or code that said it cannot express the case by raising
+        ``NotImplementedError``).
+    err_reference, err_fd : float or None
+        Relative error ‖g − g_ref‖/‖g_ref‖ against the dense reference and against
+        central finite differences (None where not computed).
+    tol_reference, tol_fd : float or None
+        The tolerances those errors were held to.
+    diagnosis : str
+        Full sentence for a failure (or why the case did not run); empty for a pass.
+    closest : str or None
+        Key of the closest known mistake or combination (e.g. ``"first_order"``,
+        ``"damped+plain_inner"``, ``"float32_rounding"``), for a failure.
+    closest_title : str or None
+        What the closest candidate's value is, in words (e.g. ``"FOMAML's ∇L_val(φ)"``).
+    closest_error : float or None
+        Relative distance of the result from that candidate's value.
+    why : str
+        What the code did to compute the closest candidate, in words.
+    match : bool
+        The result equals the closest candidate to the tolerance (or, in float64 mode, up
+        to float32 rounding).
+    also : list[str]
+        Other candidates the result equals as well (they coincide on this case).
+    separations : dict[str, float]
+        How far each known mistake is from the correct value on this case.
+    ranking : list[tuple[str, float]]
+        For a failure: the closest candidates and the correct value (``"correct"``), with
+        their relative distances from the result, closest first.
+    fitted : dict[str, float]
+        The fitted free parameters of the closest candidate (e.g. a damping).
+    notes : list[str]
+        Remarks that are no failure (a result that carries an autograd graph).
+    """
 
     case: str
-    """e.g. ``"scalar+matrix, T=3, K=2"``."""
     problem: str
     tasks: int
     dim: int
     settings: dict[str, Any]
     status: str
-    """``"pass"``, ``"FAIL"``, or ``"not run"`` (a factory that refused settings the user did
-    not ask for, or code that said it cannot express the case: ``NotImplementedError``)."""
     err_reference: float | None = None
     err_fd: float | None = None
     tol_reference: float | None = None
     tol_fd: float | None = None
     diagnosis: str = ""
-    """Full sentence for a failure (or why the case did not run); empty for a pass."""
     closest: str | None = None
-    """Key of the closest known mistake (e.g. ``"first_order"``), for a failure."""
     closest_title: str | None = None
-    """What the closest mistake's value is, in words (e.g. ``"FOMAML's ∇L_val(φ)"``)."""
     closest_error: float | None = None
     why: str = ""
-    """What the code did to compute the closest candidate, in words."""
     match: bool = False
-    """The result equals the closest mistake to rounding."""
     also: list[str] = field(default_factory=list)
-    """Other mistakes the result equals as well (they coincide on this case)."""
     separations: dict[str, float] = field(default_factory=dict)
-    """How far each known mistake is from the correct value on this case."""
     ranking: list[tuple[str, float]] = field(default_factory=list)
-    """For a failure: the closest candidates and the correct value (``"correct"``), with
-    their relative distances from the result, closest first."""
     fitted: dict[str, float] = field(default_factory=dict)
-    """The fitted free parameters of the closest candidate (e.g. a damping)."""
     notes: list[str] = field(default_factory=list)
-    """Remarks that are no failure (a result that carries an autograd graph)."""
 
     @property
     def passed(self) -> bool:
+        """True for a case that ran and passed."""
         return self.status == "pass"
 
     @property
     def short_diagnosis(self) -> str:
+        """The diagnosis in a few words, for the table's last column."""
         if self.status == "pass":
             return ""
         if self.status == "not run":
@@ -86,18 +122,34 @@ def _cell(text: Any) -> str:
 
 @dataclass
 class AuditResult:
-    """What :func:`metagrad.testing.check_meta_gradient` and :func:`gradcheck` return."""
+    """What :func:`metagrad.testing.check_meta_gradient` and :func:`gradcheck` return.
+
+    Attributes
+    ----------
+    method : str
+        The method the target was checked as.
+    settings : dict[str, Any]
+        The method's settings.
+    target : str
+        What was audited (the callable's name, or ``peer:torchopt``).
+    float32 : bool
+        Whether the float32 mode ran.
+    cases : list[CaseResult]
+        One row per battery case.
+    notes : list[str]
+        Remarks on the battery (bug classes it could not separate at these settings) and on
+        the results (a result carrying an autograd graph).
+    module : str or None
+        The criterion of a module target (``"cross_entropy"``, ``"mse"``), None otherwise.
+    """
 
     method: str
     settings: dict[str, Any]
     target: str
-    """What was audited (the callable's name, or ``peer:torchopt``)."""
     float32: bool
     cases: list[CaseResult]
     notes: list[str] = field(default_factory=list)
-    """Remarks on the battery (bug classes it could not separate at these settings)."""
     module: str | None = None
-    """The criterion of a module target (``"cross_entropy"``, ``"mse"``), None otherwise."""
 
     @property
     def passed(self) -> bool:
@@ -107,10 +159,12 @@ class AuditResult:
 
     @property
     def failures(self) -> list[CaseResult]:
+        """The cases that ran and failed."""
         return [c for c in self.cases if c.status == "FAIL"]
 
     @property
     def worst_error(self) -> float | None:
+        """The largest relative error of any case, against either reference (None if none)."""
         errors = [e for c in self.cases for e in (c.err_reference, c.err_fd) if e is not None]
         return max(errors) if errors else None
 
@@ -143,6 +197,7 @@ class AuditResult:
         return "\n".join(lines + refused)
 
     def header(self) -> str:
+        """One line: the target, the method, its settings, the precision and the form."""
         settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                              for k, v in self.settings.items())
         mode = "float32" if self.float32 else "float64"
@@ -189,6 +244,18 @@ class AuditResult:
         return out
 
     def to_csv(self, path: str | Path) -> Path:
+        """Write :meth:`rows` as CSV, one row per case.
+
+        Parameters
+        ----------
+        path : str or Path
+            The file to write (replaced if it exists).
+
+        Returns
+        -------
+        Path
+            ``path``.
+        """
         path = Path(path)
         rows = self.rows()
         names: list[str] = []
@@ -201,6 +268,18 @@ class AuditResult:
         return path
 
     def to_json(self, path: str | Path) -> Path:
+        """Write the whole result as JSON (settings, verdict, diagnosis, notes, cases).
+
+        Parameters
+        ----------
+        path : str or Path
+            The file to write (replaced if it exists).
+
+        Returns
+        -------
+        Path
+            ``path``.
+        """
         path = Path(path)
         data = {"target": self.target, "method": self.method, "settings": self.settings,
                 "float32": self.float32, "module": self.module, "passed": self.passed,
@@ -210,6 +289,18 @@ class AuditResult:
         return path
 
     def to_markdown(self, path: str | Path) -> Path:
+        """Write the header, the table, the diagnosis and the notes as markdown.
+
+        Parameters
+        ----------
+        path : str or Path
+            The file to write (replaced if it exists).
+
+        Returns
+        -------
+        Path
+            ``path``.
+        """
         path = Path(path)
         path.write_text(f"# Audit: {self.header()}\n\n{self.table()}\n\n{self.diagnosis}\n"
                         + "".join(f"\nNote: {n}\n" for n in self.notes))
