@@ -404,7 +404,7 @@ class NeumannSeries:
         return lam * min(2.0, 0.5 * (2 / self.step - 1))
 
     def rounding_amplification(self, eigenvalues: Tensor) -> float:
-        """η Σ_{j≤J} ρʲ, ρ = max |1 − ημ| over the eigenvalues μ of A: the norm of the
+        """η (1 + ρ + ρ² + … + ρᴶ), ρ = max |1 − ημ| over the eigenvalues μ of A: the norm of the
         truncated series operator, which multiplies a relative rounding error in b."""
         rho = float((1 - self.step * eigenvalues).abs().max())
         return self.step * sum(rho ** j for j in range(self.terms + 1))
