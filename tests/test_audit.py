@@ -482,22 +482,38 @@ def test_no_method_name_branches_in_the_audit():
             assert not pattern.search(line), f"{path.name}:{i}: {line.strip()}"
 
 
-def test_a_method_registered_later_is_audited(monkeypatch):
-    """A seventh method defined here and registered, with no change in metagrad.testing:
-    FOMAML under another name, whose oracle is FOMAML's; the audit passes correct code,
-    names its mistakes from the class's list, and the CLI accepts it."""
-    import metagrad_reference as oracle
-
-    class Lookahead(mg.FOMAML):
-        name = "lookahead"
-        title = "first-order lookahead"
-
-    monkeypatch.setitem(mg.METHODS, "lookahead", Lookahead)
-    monkeypatch.setitem(oracle.METHODS, "lookahead", oracle.METHODS["fomaml"])
-    s = SETTINGS["fomaml"]
-    assert check_meta_gradient(fomaml_target, "lookahead", **s).passed
-    bad = check_meta_gradient(maml_target, "lookahead", **s)
-    _failures_named(bad, {"second_order"})
+def test_a_method_registered_later_is_audited(tmp_path, monkeypatch, capsys):
+    """A method defined here and registered with mg.register_method, with no change in
+    metagrad.testing: FOMAML under another name (its oracle quantity FOMAML's); the audit
+    passes correct code, names its mistakes from the list its class inherits, and the CLI
+    accepts the name when TARGET's module registers it."""
+    (tmp_path / "lookahead.py").write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from dataclasses import dataclass\n"
+        "from typing import ClassVar\n"
+        "import metagrad as mg\n"
+        "from audit_zoo import fomaml_target\n\n"
+        "@mg.register_method\n"
+        "@dataclass(frozen=True)\n"
+        "class Lookahead(mg.FOMAML):\n"
+        "    name: ClassVar[str] = 'lookahead'\n"
+        "    oracle_name: ClassVar[str | None] = 'fomaml'\n\n"
+        "def target(*, steps, inner_lr):\n"
+        "    return fomaml_target(steps=steps, inner_lr=inner_lr)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    try:
+        assert cli(["audit", "lookahead:target", "--method", "lookahead", "--steps", "2",
+                    "--inner-lr", "0.1", "--out", str(tmp_path / "out")]) == 0
+        assert "as lookahead" in capsys.readouterr().out
+        s = SETTINGS["fomaml"]
+        assert check_meta_gradient(fomaml_target, "lookahead", **s).passed
+        bad = check_meta_gradient(maml_target, "lookahead", **s)
+        _failures_named(bad, {"second_order"})
+    finally:
+        mg.METHODS.pop("lookahead", None)
+        sys.modules.pop("lookahead", None)
 
 
 # ---- the documentation's examples -------------------------------------------------------------
