@@ -58,8 +58,44 @@ def on_path(repo: Path, expected: str) -> Path:
     return repo
 
 
-def run_all(runs: Sequence[Run], checks: Sequence[Callable[[], str]], out: Path | None) -> int:
-    """Audit every run, print the reports, run the independent checks; exit status 0."""
+REPOSITORIES = {
+    "imaml_dev": "https://github.com/aravindr93/imaml_dev@6a2a6697d8b7be72e098d524852eacb448935fbf",
+    "gbml": "https://github.com/sungyubkim/GBML@1577e172dc5852267ad0b94cdb9c175a5ca7018e",
+    "maml_pytorch": "https://github.com/dragen1860/MAML-Pytorch@"
+                    "98a00d41724c133bd29619a2fb2cc46dd128a368",
+    "higher_example": "https://github.com/facebookresearch/higher@"
+                      "15a247ac06cac0d22601322677daff0dcfff062e",
+    "few_shot": "https://github.com/oscarknagg/few-shot@672de83a853cc2d5e9fe304dc100b4a735c10c15",
+    "hypertorch": "https://github.com/prolearner/hypertorch@"
+                  "6241dfafcf37ddaf14e152ba5e5a3aa7165396d3",
+}
+"""Adapter module → the repository and commit it was written against."""
+
+
+def _provenance(folder: Path, module: str, repo: Path, out: Path) -> None:
+    """``folder/provenance.json``: metagrad's commit, the command (the checkout named by its
+    folder), the packages (higher's too), the machine, the date, the repository audited."""
+    from importlib import metadata
+
+    from metagrad import _provenance
+
+    try:
+        third_party = {"higher": metadata.version("higher")}
+    except metadata.PackageNotFoundError:
+        third_party = {}
+    _provenance.write(
+        folder, command=f"python -m metagrad_bench.real_code.{module} --repo {repo.name} "
+                        f"--out {out}", mode="eager (float64; float32 where the run says so)",
+        kind="bench", what=f"the real-code audit of {REPOSITORIES[module]}",
+        extra={"repository": REPOSITORIES[module], "third_party": third_party,
+               "trace": None, "reproducibility": "no trace: an audit, rerun by its command"})
+
+
+def run_all(runs: Sequence[Run], checks: Sequence[Callable[[], str]], out: Path | None,
+            module: str | None = None, repo: Path | None = None) -> int:
+    """Audit every run, print the reports, run the independent checks; exit status 0. With
+    ``out``: each run's ``audit.md``, ``audit.json`` and ``provenance.json`` in
+    ``out/<run>``."""
     for run in runs:
         quiet = io.StringIO()
         with contextlib.redirect_stdout(quiet):  # the repositories print progress
@@ -72,6 +108,8 @@ def run_all(runs: Sequence[Run], checks: Sequence[Callable[[], str]], out: Path 
             folder.mkdir(parents=True, exist_ok=True)
             result.to_markdown(folder / "audit.md")
             result.to_json(folder / "audit.json")
+            if module is not None and repo is not None:
+                _provenance(folder, module, repo, out)
     for check in checks:
         print("independent check:", check())
     return 0

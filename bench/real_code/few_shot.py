@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _common.Run("few_shot-fomaml", "fomaml", module_target(adapter(1), "cross_entropy"),
                     SETTINGS, "few_shot/maml.py meta_gradient_step, order=1"),
     ]
-    return _common.run_all(runs, [independent_check], args.out)
+    return _common.run_all(runs, [independent_check], args.out, "few_shot", args.repo)
 
 
 if __name__ == "__main__":

@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             adapter("Reptile", history=True)), SETTINGS["reptile"],
             "gbml/reptile.py Reptile.outer_loop, higher tracking its history"),
     ]
-    return _common.run_all(runs, independent_checks(), args.out)
+    return _common.run_all(runs, independent_checks(), args.out, "gbml", args.repo)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _load(repo)
     runs = [_common.Run("higher_example-maml", "maml", module_target(target, "cross_entropy"),
                         SETTINGS, "examples/maml-omniglot.py train")]
-    return _common.run_all(runs, [independent_check], args.out)
+    return _common.run_all(runs, [independent_check], args.out, "higher_example", args.repo)
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _load(repo)
     runs = [_common.Run("hypertorch-imaml", "imaml", module_target(adapter, "cross_entropy"),
                         SETTINGS, "examples/iMAML.py Task + inner_loop, hypergrad.CG")]
-    return _common.run_all(runs, [independent_check], args.out)
+    return _common.run_all(runs, [independent_check], args.out, "hypertorch", args.repo)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = [_common.Run("imaml_dev-imaml", "imaml", module_target(adapter, "cross_entropy"),
                         DEFAULTS, "examples/omniglot_implicit_maml.py training loop with "
                         "implicit_maml.learner_model.Learner and implicit_maml.utils.cg_solve")]
-    return _common.run_all(runs, [independent_check], args.out)
+    return _common.run_all(runs, [independent_check], args.out, "imaml_dev", args.repo)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _common.on_path(args.repo, "meta.py")
     runs = [_common.Run("maml_pytorch-maml", "maml", module_target(adapter, "cross_entropy"),
                         SETTINGS, "meta.py Meta.forward")]
-    return _common.run_all(runs, [independent_check], args.out)
+    return _common.run_all(runs, [independent_check], args.out, "maml_pytorch", args.repo)
 
 
 if __name__ == "__main__":
