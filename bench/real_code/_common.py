@@ -83,9 +83,13 @@ def _provenance(folder: Path, module: str, repo: Path, out: Path) -> None:
         third_party = {"higher": metadata.version("higher")}
     except metadata.PackageNotFoundError:
         third_party = {}
+    try:  # the results folder as seen from the repository's root
+        shown = out.resolve().relative_to(_provenance.SOURCE)
+    except ValueError:
+        shown = Path(out.name)
     _provenance.write(
         folder, command=f"python -m metagrad_bench.real_code.{module} --repo {repo.name} "
-                        f"--out {out}", mode="eager (float64; float32 where the run says so)",
+                        f"--out {shown}", mode="eager (float64; float32 where the run says so)",
         kind="bench", what=f"the real-code audit of {REPOSITORIES[module]}",
         extra={"repository": REPOSITORIES[module], "third_party": third_party,
                "trace": None, "reproducibility": "no trace: an audit, rerun by its command"})
