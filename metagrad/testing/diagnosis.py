@@ -353,6 +353,9 @@ def search(ctx: Context, result: Tensor, tol: float, tol32: float | None = None
         value, before = ctx.value(combo), ctx.value(base) if base else None
         if value is not None and before is not None and rel_error(value, before) <= tol:
             return None  # the row changes nothing here (e.g. CG iterations, no solve)
+        if value is not None and any(len(c.rows) < len(combo) and rel_error(value, c.value)
+                                     <= tol for c in tried.values()):
+            return None  # a simpler candidate already has this value
         return consider(combo)
 
     # 1. every combination of up to FAMILY_DEPTH rows of the method's family (cheap: the
