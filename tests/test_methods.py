@@ -147,7 +147,7 @@ def test_help_shows_equation_paper_and_every_field():
         doc = cls.__doc__ or ""
         for field in dataclasses.fields(cls):
             assert re.search(rf"^\s*{field.name} : ", doc, re.M), (cls.name, field.name)
-    assert re.search(r"^\s*cg_iters : int", text, re.M)
+    assert "cg_iters : int" in text
     for cls in mg.METHODS.values():
         doc = cls.__doc__ or ""
         assert "gᵢ" in doc and cls.paper.split(",")[0].split(" ")[0] in doc, cls.name
