@@ -105,7 +105,9 @@ def differences(out: Path, record: dict[str, Any], alpha: float = ALPHA) -> pd.D
                 rows.append({"shots": int(shots), "a": a, "b": b, "question": question, **pair})
     frame = pd.DataFrame(rows)
     if frame.empty:
-        return frame
+        return pd.DataFrame(columns=["shots", "a", "b", "question", "mean_diff", "ci_low",
+                                     "ci_high", "p_value", "seeds", "task_part", "p_holm",
+                                     "resolved"])
     frame["p_holm"] = holm(frame["p_value"].tolist())
     frame["resolved"] = frame["p_holm"] < alpha
     return frame
@@ -150,7 +152,8 @@ def published(rates: pd.DataFrame, diffs: pd.DataFrame, record: dict[str, Any]
                          "published": _pub(mean, half), "ours": _pm(m, h),
                          "published_in_our_interval": where,
                          "ordering": _verdict(pair, lower) if name == names[1] else ""})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["shots", "variant", "published", "ours",
+                                       "published_in_our_interval", "ordering"])
 
 
 def _trend(rates: pd.DataFrame, name: str) -> str:
