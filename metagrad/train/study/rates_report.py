@@ -306,7 +306,9 @@ def figure(rates: pd.DataFrame, record: dict[str, Any], path: Path) -> Path:
                         label=f"{name}, Li et al. 2017")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    plotting.value_ticks(ax, record["spec"]["shots"], "x")
+    published = record["spec"]["published"]["mse"].values()
+    plotting.value_ticks(ax, {*record["spec"]["shots"], *(int(k) for v in published for k in v)},
+                         "x")
     plotting.plain_log_labels(ax, "y")
     ax.set_xlabel("K (support points)")
     ax.set_ylabel("test MSE, own adaptation")
