@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import claims
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,7 +21,6 @@ import torch
 from test_training import SMALL, Adam, heldout, init_params, mse, task_stream
 from test_training_study import TINY, _by_hand
 
-import claims
 import metagrad as mg
 from metagrad import cli
 from metagrad.train import FILES, TrainConfig, read_log, train, train_baseline
