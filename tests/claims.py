@@ -28,9 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs"
 PAGES = (ROOT / "README.md", *sorted(DOCS.glob("*.md")), *sorted(DOCS.glob("howto/*.md")),
-         RESULTS / "study" / "README.md", RESULTS / "finn2017" / "README.md")
-"""The pages whose numbers are checked: the README, the documentation, and the study and
-Finn et al. pages that summarise committed tables."""
+         RESULTS / "study" / "README.md", RESULTS / "finn2017" / "README.md",
+         *[p for p in (RESULTS / "study_rates" / "README.md",) if p.is_file()])
+"""The pages whose numbers are checked: the README, the documentation, and the study, Finn
+et al. and learned-rates pages that summarise committed tables (the last once committed:
+``metagrad train --preset rates`` writes it)."""
 
 NUMBER = re.compile(
     r"(?<![\w.])(?P<num>\d+(?:\.\d+)?(?:e[-+]?\d+)?)(?P<unit>\s?[×x](?![\w]))?(?![\w.]*\d)")

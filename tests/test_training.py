@@ -224,9 +224,17 @@ def test_output_files_and_summary_match_independent_evaluation(tmp_path):
 # exact resume and determinism
 
 
-@pytest.mark.parametrize("method", METHOD_NAMES)
-def test_resume_after_kill_is_bit_identical(method, tmp_path):
-    cfg = small(method, meta_steps=5)
+# Every method, and the inner-loop forms with learned rates (meta-parameters the snapshot
+# must hold as well: Meta-SGD's per-entry rates, per-step rates with the multi-step loss,
+# FOMAML's first-order rate-gradient).
+RESUMED = [(m, ()) for m in METHOD_NAMES] + [
+    ("maml", ("per_entry",)), ("maml", ("per_step", "multistep")), ("fomaml", ("per_entry",))]
+
+
+@pytest.mark.parametrize("method, inner", RESUMED,
+                         ids=[f"{m}{'+' if f else ''}{'+'.join(f)}" for m, f in RESUMED])
+def test_resume_after_kill_is_bit_identical(method, inner, tmp_path):
+    cfg = small(method, meta_steps=5, inner=inner, steps=2 if inner else 1)
     base = train_baseline(cfg)  # shared, so both runs compare only the meta-training
     whole = train(cfg, tmp_path / "whole", progress=False, baseline=base)
 
@@ -239,6 +247,9 @@ def test_resume_after_kill_is_bit_identical(method, tmp_path):
 
     for k in whole.params:
         assert torch.equal(whole.params[k], resumed.params[k]), k
+    assert set(whole.rates) == (set(whole.params) if inner else set())
+    for k in whole.rates:
+        assert torch.equal(whole.rates[k], resumed.rates[k]), k
     columns = [c for c in whole.log.columns if not c.endswith("_time_s")]
     pd.testing.assert_frame_equal(whole.log[columns], resumed.log[columns], check_exact=True)
     pd.testing.assert_frame_equal(read_log(tmp_path / "split" / FILES["log"])[columns],
@@ -249,6 +260,8 @@ def test_resume_after_kill_is_bit_identical(method, tmp_path):
     again = train(cfg, tmp_path / "again", progress=False, baseline=base)
     for k in whole.params:
         assert torch.equal(whole.params[k], again.params[k]), k
+    for k in whole.rates:
+        assert torch.equal(whole.rates[k], again.rates[k]), k
 
 
 def test_resume_can_extend_a_finished_run(tmp_path):

@@ -228,6 +228,35 @@ def test_kill_9_and_resume_on_two_processes_is_bit_identical(torchrun, single, t
     assert worst <= RTOL
 
 
+def test_learned_rates_under_torchrun_follow_the_single_process_run(tmp_path):
+    # Meta-SGD's per-entry rates are meta-parameters: every rank steps them from the same
+    # all-reduced rate-gradient, and each snapshot is written only after the ranks' θ, rates
+    # and optimizer state were checked bit-identical. The single-process run of the same
+    # settings is the independent number (the same tolerance as θ above, same reasons).
+    steps = 30
+    flags = ["--method", "metasgd", "--meta-steps", str(steps), "--meta-batch", "4",
+             "--heldout-tasks", "4", "--snapshot-every", "10", "--quiet"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", str(WORLD), "-m", "metagrad", "train", *flags,
+               "--out", str(tmp_path / "out")]
+    proc = subprocess.run(command, cwd=tmp_path, env=environment(), capture_output=True,
+                          text=True, timeout=GUARD_S)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    single = train(TrainConfig(method="maml", inner=("per_entry",), meta_steps=steps,
+                               meta_batch=4, heldout_tasks=4, snapshot_every=10),
+                   tmp_path / "single", progress=False)
+    saved = snap.load_snapshot(tmp_path / "out" / FILES["snapshot"])
+    assert saved["meta_step"] == steps and saved["processes"] == WORLD
+    for name, rate in single.rates.items():
+        assert rel(saved["rates"][name], rate) <= RTOL, name
+        # 30 Adam steps of ~1e-3 each moved the rates far beyond that tolerance from 0.01
+        assert rel(rate, torch.full_like(rate, 0.01)) > 100 * RTOL, name
+    for name, value in single.params.items():
+        assert rel(saved["model"][name], value) <= RTOL, name
+    log = read_log(tmp_path / "out" / FILES["log"])
+    assert (log["rate_max"] - single.log["rate_max"]).abs().max() <= RTOL * 0.01
+
+
 def test_locked_folder_stops_every_rank_with_the_message(tmp_path):
     folder = tmp_path / "busy"
     folder.mkdir()

@@ -331,6 +331,9 @@ def test_seed_and_seeds_together_are_a_usage_error(capsys):
 # rather than its numbers are checked by the tests above.
 EFFECTS = {
     "--method": (["fomaml"], lambda p: [c.method for c in p["configs"]] == ["fomaml"]),
+    "--inner": (["per_step", "multistep"],
+                lambda p: p["configs"][0].inner == ("per_step", "multistep")),
+    "--shots": (["5"], lambda p: p["configs"][0].shots == 5),
     "--seed": (["7"], lambda p: p["configs"][0].seed == 7),
     "--seeds": (["3", "4"], lambda p: p["seeds"] == [3, 4] and p["kind"] == "study"),
     "--tune": (["--method", "imaml"], lambda p: p["tune"]),

@@ -3,10 +3,13 @@
 The training API (what this package exports):
 
 * :class:`TrainConfig` (:mod:`.config`): every setting and its default, the method facts
-  read off the method classes;
+  read off the method classes, and the inner-loop forms applied to the method
+  (``inner``: learned per-entry or per-step rates, ANIL, momentum, Adam, the multi-step
+  loss; learned rates are meta-parameters trained with θ);
 * :func:`train` (:mod:`.loop`): the loop with logs, snapshots, probes and exact resume;
   :func:`train_baseline` (:mod:`.baseline`): the joint-training baseline;
-  :func:`adaptation_curve` (:mod:`.evaluation`): held-out MSE after k adaptation steps.
+  :func:`adaptation_curve` (:mod:`.evaluation`): held-out MSE after k adaptation steps
+  (plain GD for every method; each run is also evaluated with its own adaptation).
 
 Around it: :mod:`.snapshot` (crash-safe, digest-checked snapshots), :mod:`.outdir` (the
 output folder: checked, locked, marked; strict JSON), :mod:`.ranks` (torchrun),

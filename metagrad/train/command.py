@@ -6,6 +6,9 @@
     metagrad train --method all --seeds 0 1 2 3 4 --tune --regime both --matched-cost
     metagrad train --preset study --out study/          # the same, with probes, compiled
     metagrad train --preset finn2017 --out finn2017/    # Finn et al. 2017's protocol
+    metagrad train --method metasgd --meta-steps 500    # Meta-SGD: learned per-entry rates
+    metagrad train --method maml --inner per_step multistep --steps 5   # MAML++'s rates
+    metagrad train --preset rates --out rates/          # learned rates beside MAML, K = 5, 10, 20
 
 Three layouts of ``--out``:
 
@@ -16,7 +19,16 @@ Three layouts of ``--out``:
   figures ``learning_curves.png``, ``heldout_mse.png``, ``predictions.png`` on top;
 * a study (``--seeds``, ``--tune``, ``--regime``, ``--matched-cost`` or
   ``--preset study``): see :mod:`metagrad.train.study`; tables with intervals across
-  seeds, which differences they resolve, tuning, and accuracy along training.
+  seeds, which differences they resolve, tuning, and accuracy along training;
+* ``--preset rates``: one study per support size K in ``shots<K>/`` and the report on top
+  (:mod:`metagrad.train.study.rates`).
+
+**Inner-loop forms.** ``--inner FORM ...`` applies named forms of ``metagrad.INNER_FORMS``
+to the chosen method (refused with one line where the method cannot run one), and
+``--method metasgd`` / ``--method anil`` spell MAML with ``per_entry`` / ``anil``
+(``metagrad.train.config.SPELLINGS``). ``summary.json`` and the config keep the method and
+its forms (``method``, ``inner``); folders and tables name the run by its variant name
+(``metasgd``, ``anil``, ``maml+per_step+multistep``).
 
 The folder is locked while a run writes into it, and one layout is never written over
 another without ``--overwrite`` (:mod:`metagrad.train.outdir`). Every flag either acts on
@@ -31,6 +43,7 @@ share each meta-batch and rank 0 alone writes (:mod:`metagrad.train.ranks`)::
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -42,11 +55,12 @@ from typing import Any
 import pandas as pd
 
 from .._app import UsageError, check_device, markdown_table
+from .._forms import INNER_FORMS
 from ..methods import METHOD_NAMES, is_implicit, method_class
 from . import outdir, plots
 from . import ranks as _ranks
 from .baseline import train_baseline
-from .config import METHOD_SETTINGS, TrainConfig, train_defaults
+from .config import METHOD_SETTINGS, SPELLINGS, TrainConfig, ordered_forms, train_defaults
 from .loop import FILES, TrainingDiverged, TrainResult, check_world, train
 from .status import status
 
@@ -56,16 +70,18 @@ FIGURES = {
     "predictions": "predictions.png",
 }
 STUDY_FIGURES = plots.STUDY_FIGURES
-TABLES = ("comparison.csv", "differences.csv", "probes.csv", "runs.csv", "tuning.csv",
-          "per_task_means.csv", "study.json", "study.md", "finn2017.md", "finn2017.csv",
-          "finn2017.png", "trace.json", "provenance.json")
-PRESETS = ("finn2017", "study")
+TABLES = ("comparison.csv", "differences.csv", "own_differences.csv", "probes.csv", "runs.csv",
+          "tuning.csv", "per_task_means.csv", "study.json", "study.md", "finn2017.md",
+          "finn2017.csv", "finn2017.png", "trace.json", "provenance.json", "rates.json",
+          "rates.md", "rates.csv", "rates_differences.csv", "rates_published.csv",
+          "rates.png")
+PRESETS = ("finn2017", "study", "rates")
 REGIME_CHOICES = {"k1": ("k1",), "solved": ("solved",), "both": ("k1", "solved")}
 
 # Flags whose value is a TrainConfig field of the same name (None: not given).
 CONFIG_FLAGS = ("meta_steps", "steps", "inner_lr", "eval_lr", *METHOD_SETTINGS, "meta_batch",
                 "meta_lr", "device", "snapshot_every", "heldout_tasks", "threads", "compile",
-                "check_every", "probe_at")
+                "check_every", "probe_at", "shots")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -80,9 +96,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "initialisation and test tasks; docs/finn2017.md); study: --method all "
                         "--seeds 0 1 2 3 4 --tune --regime both --matched-cost with probes at "
                         "meta-steps 0, 1/4, 1/2 and the end, checks every 10 steps, IMAML "
-                        "and Neumann compiled. Flags given override the preset's values")
-    p.add_argument("--method", default=None, choices=[*METHOD_NAMES, "all"],
-                   help=f"method to train, or all of them (default: {d.method})")
+                        "and Neumann compiled; rates: Meta-SGD and per-step learned rates "
+                        "beside MAML at K = 5, 10, 20 support points, 5 seeds, the starting "
+                        "rates tuned (metagrad.train.study.rates). Flags given override the "
+                        "preset's values")
+    p.add_argument("--method", default=None, choices=[*METHOD_NAMES, *SPELLINGS, "all"],
+                   help=f"method to train, or all of them (default: {d.method}); "
+                        + ", ".join(f"{k} = {m} with --inner {' '.join(f)}"
+                                    for k, (m, f) in SPELLINGS.items()))
+    p.add_argument("--inner", nargs="+", default=None, metavar="FORM", choices=list(INNER_FORMS),
+                   help="inner-loop forms applied to the method: "
+                        + "; ".join(f"{n}: {f.title}" for n, f in INNER_FORMS.items())
+                        + ". Learned rates start at --inner-lr and are stepped with θ")
+    p.add_argument("--shots", type=int, nargs="+", default=None, metavar="K",
+                   help=f"support points per task (default {d.shots}); several only with "
+                        "--preset rates (one study per K)")
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=None,
                        help="initialisation and task stream (default 0)")
@@ -160,6 +188,10 @@ def _preset(name: str | None, meta_steps: int | None) -> dict[str, Any]:
     if name == "finn2017":
         from .study.finn2017 import PRESET
         return dict(PRESET)
+    if name == "rates":
+        from .study import rates
+        return {"seeds": list(rates.SEEDS), "tune": True, "shots": list(rates.SHOTS),
+                "check_every": 10}
     if name == "study":
         steps = meta_steps or TrainConfig().meta_steps
         return {"method": "all", "seeds": [0, 1, 2, 3, 4], "tune": True, "regime": "both",
@@ -170,7 +202,7 @@ def _preset(name: str | None, meta_steps: int | None) -> dict[str, Any]:
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in (*CONFIG_FLAGS, "method", "seeds", "seed",
-                                                    "tune", "regime", "matched_cost")
+                                                    "tune", "regime", "matched_cost", "inner")
             if getattr(args, name, None) is not None}
 
 
@@ -194,11 +226,33 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
                          f"{preset['method']} or no --method)")
     if "seed" in given and "seeds" in preset:
         preset.pop("seeds")
+    if args.preset == "rates":
+        fixed = [f"--{k.replace('_', '-')}" for k in ("method", "inner", "steps", "regime",
+                                                      "matched_cost", "probe_at")
+                 if k in given]
+        if fixed:
+            raise UsageError(f"--preset rates defines its variants and evaluation; "
+                             f"{fixed[0]} does not apply to it")
     opts = {**preset, **given}
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in --out and --overwrite starts it "
                          "again; give one of them")
+    shots_opt = opts.pop("shots", TrainConfig().shots)  # a preset may give one number
+    shots = [int(k) for k in (shots_opt if isinstance(shots_opt, list) else [shots_opt])]
+    if len(shots) != 1 and args.preset != "rates":
+        raise UsageError(f"--shots takes one support size (several only with --preset "
+                         f"rates), got {' '.join(map(str, shots))}")
+    if len(set(shots)) != len(shots):
+        raise UsageError(f"--shots lists a support size twice: {shots}")
+    opts["shots"] = shots[0]
     method = opts.pop("method", TrainConfig().method)
+    spelled: tuple[str, ...] = ()
+    if method in SPELLINGS:
+        method, spelled = SPELLINGS[method]
+    try:
+        inner = ordered_forms([*spelled, *opts.pop("inner", [])])
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     methods = list(METHOD_NAMES) if method == "all" else [method]
     seeds = opts.pop("seeds", None)
     if seeds is not None and len(set(seeds)) != len(seeds):
@@ -235,7 +289,7 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
             if name in given:
                 raise UsageError(f"--{name.replace('_', '-')} does nothing in the solved "
                                  "regime (derived from lam there)")
-    if tune:
+    if tune and args.preset != "rates":  # the rates preset's variants carry their grids
         from .study import variants
         chosen = variants(methods, regimes, True)
         tunable = {k for v in chosen for k in v.grid}
@@ -251,7 +305,8 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
                              + ", ".join(v.name for v in chosen if set(v.grid) & set(clash))
                              + f"; do not also give --{clash[0].replace('_', '-')}")
     study = seeds is not None or tune or regimes != ("k1",) or matched
-    kind = "study" if study else ("all" if method == "all" else "single")
+    kind = "rates" if args.preset == "rates" else \
+        "study" if study else ("all" if method == "all" else "single")
     cfg_fields = {f.name for f in fields(TrainConfig)}
     common = {k: v for k, v in opts.items() if k in cfg_fields and k not in METHOD_SETTINGS}
     if "probe_at" in common:
@@ -262,11 +317,13 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     base = TrainConfig(method=methods[0], seed=seed, **common)
     try:
         base.resolved()
+        for name in methods:  # every chosen method must run the forms
+            replace(base, method=name, inner=inner).resolved()
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
     return {"kind": kind, "methods": methods, "seeds": seeds or [seed], "base": base,
             "given": method_given, "tune": tune, "regimes": regimes, "matched": matched,
-            "preset": args.preset}
+            "preset": args.preset, "inner": inner, "shots": shots}
 
 
 def _configs(plan: dict[str, Any]) -> list[TrainConfig]:
@@ -275,7 +332,7 @@ def _configs(plan: dict[str, Any]) -> list[TrainConfig]:
     for name in plan["methods"]:
         reads = (*method_class(name).setting_names(), "meta_lr")
         own = {k: v for k, v in plan["given"].items() if k in reads}
-        cfg = replace(plan["base"], method=name, **own)
+        cfg = replace(plan["base"], method=name, inner=plan.get("inner", ()), **own)
         try:
             configs.append(cfg.resolved())
         except (ValueError, TypeError) as err:
@@ -290,18 +347,20 @@ def _configs(plan: dict[str, Any]) -> list[TrainConfig]:
 def train_many(configs: Sequence[TrainConfig], out: Path, *, resume: bool = False,
                overwrite: bool = False, progress: bool = True,
                subfolders: bool = True) -> tuple[dict[str, TrainResult], dict[str, str]]:
-    """Train each config (one subfolder per method), sharing one joint-training baseline:
-    every config differs only in the method, so the baseline is the same for all.
+    """Train each config (one subfolder per method, named by its variant name), sharing one
+    joint-training baseline: every config differs only in the method, so the baseline is
+    the same for all.
 
-    Returns the finished runs and, for several methods, the ones that diverged (method ->
-    message); a diverging single run raises :class:`TrainingDiverged`. Under torchrun every
-    rank calls this alike (rank 0 looks at the folder, and tells the others)."""
+    Returns the finished runs and, for several methods, the ones that diverged (variant
+    name -> message); a diverging single run raises :class:`TrainingDiverged`. Under
+    torchrun every rank calls this alike (rank 0 looks at the folder, and tells the
+    others)."""
     ranks = _ranks.current()
     baseline = None
     results: dict[str, TrainResult] = {}
     failed: dict[str, str] = {}
     for cfg in configs:
-        folder = out / cfg.method if subfolders else out
+        folder = out / cfg.variant if subfolders else out
         has_snapshot = ranks.from_writer((folder / FILES["snapshot"]).exists)
         if resume and not has_snapshot and not subfolders:
             raise UsageError(f"--resume: no snapshot at {folder / FILES['snapshot']}; "
@@ -309,7 +368,7 @@ def train_many(configs: Sequence[TrainConfig], out: Path, *, resume: bool = Fals
         if baseline is None:
             baseline = train_baseline(cfg, progress=progress)
         try:
-            results[cfg.method] = train(cfg, folder, resume=resume and has_snapshot,
+            results[cfg.variant] = train(cfg, folder, resume=resume and has_snapshot,
                                         overwrite=overwrite, progress=progress,
                                         baseline=baseline)
         except TrainingDiverged as err:
@@ -317,18 +376,21 @@ def train_many(configs: Sequence[TrainConfig], out: Path, *, resume: bool = Fals
                 raise
             if ranks.writer:
                 print(f"metagrad train: {err}", file=sys.stderr)
-            failed[cfg.method] = f"diverged at meta-step {err.meta_step}"
+            failed[cfg.variant] = f"diverged at meta-step {err.meta_step}"
     return results, failed
 
 
 def comparison_frame(results: dict[str, TrainResult],
                      failed: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per method (held-out MSE before / after k steps, time) plus the baseline;
-    diverged methods get a row with only their status."""
+    diverged methods get a row with only their status. Rows in the registry's order of the
+    methods, by variant name (a method with inner-loop forms after the methods)."""
     rows: list[dict[str, Any]] = []
     baseline = None
     failed = failed or {}
-    for name in [n for n in METHOD_NAMES if n in results or n in failed]:
+    names = [*results, *(n for n in failed if n not in results)]
+    order = {m: i for i, m in enumerate(METHOD_NAMES)}
+    for name in sorted(names, key=lambda n: order.get(n, len(order))):
         if name in failed:
             rows.append({"method": name, "status": failed[name]})
             continue
@@ -417,7 +479,7 @@ def _study(plan: dict[str, Any], out: Path, args: argparse.Namespace) -> int:
     spec = study.Study(base=plan["base"], methods=tuple(plan["methods"]),
                        seeds=tuple(plan["seeds"]), regimes=tuple(
                            plan["regimes"]) + (("matched",) if plan["matched"] else ()),
-                       tune=plan["tune"], given=plan["given"])
+                       tune=plan["tune"], given=plan["given"], inner=plan["inner"])
     record = study.run(spec, out, resume=args.resume, progress=not args.quiet)
     aggregate.write_tables(out, record)
     if plan["preset"] == "finn2017":
@@ -429,6 +491,25 @@ def _study(plan: dict[str, Any], out: Path, args: argparse.Namespace) -> int:
                      [out / "baselines" / f.name for f in folders])
     print((out / "study.md").read_text())
     return 1 if record["diverged"] else 0
+
+
+def _rates(plan: dict[str, Any], out: Path, args: argparse.Namespace) -> int:
+    """``--preset rates``: one study per support size, then the report on top."""
+    from .study import aggregate, rates, rates_report
+
+    if (out / rates.FILE).is_file() and not (args.resume or args.overwrite):
+        raise UsageError(f"--out {str(out)!r} already holds a rates study; pass --resume to "
+                         "continue it, --overwrite to start again, or choose another --out")
+    spec = rates.RatesStudy(base=plan["base"], shots=tuple(plan["shots"]),
+                            seeds=tuple(plan["seeds"]), tune=plan["tune"])
+    record = rates.run(spec, out, resume=args.resume, progress=not args.quiet)
+    for shots, sub in record["studies"].items():
+        aggregate.write_tables(out / rates.folder(int(shots)), sub)
+    from .. import _provenance
+    rates_report.write_report(out, record, _provenance.command_line(
+        "metagrad", getattr(args, "argv", None)))
+    print((out / "rates.md").read_text())
+    return 1 if any(sub["diverged"] for sub in record["studies"].values()) else 0
 
 
 def write_study_tables(out: Path, record: dict[str, Any]) -> dict[str, Path]:
@@ -455,7 +536,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with _ranks.launched(plan["base"].device) as ranks, ExitStack() as stack:
         what = {"single": f"this {plan['methods'][0]} run", "all": "this --method all run",
-                "study": "this study"}[plan["kind"]]
+                "study": "this study", "rates": "this rates study"}[plan["kind"]]
 
         def claim() -> Path:
             # Rank 0's alone under torchrun; its refusal ends every rank with its message.
@@ -468,7 +549,8 @@ def run(args: argparse.Namespace) -> int:
 
         out = ranks.from_writer(claim)
         try:
-            code = (_study if plan["kind"] == "study" else _one_seed)(plan, out, args)
+            code = {"study": _study, "rates": _rates}.get(plan["kind"], _one_seed)(
+                plan, out, args)
             if ranks.writer:
                 code = max(code, write_provenance(plan, out, world,
                                                   getattr(args, "argv", None)))
@@ -501,10 +583,14 @@ def write_provenance(plan: dict[str, Any], out: Path, world: int,
     from .. import _provenance
     from .study import trace
 
-    record = outdir.read_json(out / "study.json") if plan["kind"] == "study" else None
-    configs = {c.method: c for c in _configs(plan)} if plan["kind"] != "study" else {}
-    runs = [r for r in trace.traced_runs(out, plan["kind"], configs, record)
-            if plan["kind"] == "study" or (r[1] / FILES["summary"]).is_file()]
+    if plan["kind"] == "rates":
+        from .study import rates
+        runs = rates.traced_runs(out, rates.read(out))
+    else:
+        record = outdir.read_json(out / "study.json") if plan["kind"] == "study" else None
+        configs = {c.variant: c for c in _configs(plan)} if plan["kind"] != "study" else {}
+        runs = [r for r in trace.traced_runs(out, plan["kind"], configs, record)
+                if plan["kind"] == "study" or (r[1] / FILES["summary"]).is_file()]
     modes: dict[str, list[str]] = {}
     for label, _, cfg in runs:
         modes.setdefault("compiled" if cfg.compile else "eager", []).append(label)
@@ -534,10 +620,10 @@ def write_provenance(plan: dict[str, Any], out: Path, world: int,
 def check_distributed(plan: dict[str, Any], world: int) -> None:
     """What a run under torchrun (``world`` processes) cannot do, refused by every process
     alike before the process group starts."""
-    if plan["kind"] == "study":
-        raise UsageError("a study (--seeds, --tune, --regime, --matched-cost, --preset study) "
-                         "is many short runs one after another and is not spread over "
-                         "processes: run it without torchrun, or one torchrun per --seed")
+    if plan["kind"] in ("study", "rates"):
+        raise UsageError("a study (--seeds, --tune, --regime, --matched-cost, --preset study "
+                         "or rates) is many short runs one after another and is not spread "
+                         "over processes: run it without torchrun, or one torchrun per --seed")
     for cfg in _configs(plan):
         try:
             check_world(cfg, world)
@@ -554,7 +640,9 @@ def clear(out: Path) -> None:
         path = out / name
         if path.is_file():
             path.unlink()
-    for sub in (*METHOD_NAMES, "runs", "baselines", "tuning"):
+    variants = [p.name for p in out.iterdir() if p.is_dir() and (
+        "+" in p.name or p.name in SPELLINGS or re.fullmatch(r"shots\d+", p.name))]
+    for sub in (*METHOD_NAMES, "runs", "baselines", "tuning", *variants):
         folder = out / sub
         if not folder.is_dir():
             continue

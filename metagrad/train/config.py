@@ -9,18 +9,30 @@ settings take the class default unless the class's ``train_settings`` chose anot
 for this problem (the measurements that chose them: ``bench/results/train_defaults``);
 the outer update is the class's ``outer_optimizer`` at ``outer_lr`` (Adam 1e-3, or for
 Reptile plain SGD θ ← θ − ε g with ε = 1), unless ``meta_lr`` is given.
+
+**Inner-loop forms** (``inner``, the ``--inner`` flag): the named variants of
+``metagrad.INNER_FORMS`` applied to the method, e.g. ``("per_entry",)``: one learned step
+size per parameter entry, starting at ``inner_lr`` (Meta-SGD, Li et al. 2017). Learned
+rates are meta-parameters: the training loop steps them with θ in the outer optimizer
+(:mod:`metagrad.train.loop`). Two methods have their own spellings (:data:`SPELLINGS`):
+``metasgd`` is MAML with ``per_entry``, ``anil`` MAML with ``anil``. A run keeps its method
+and its forms (``config``, ``summary.json``); folders and tables name it by its variant
+name (:func:`variant_name`: ``metasgd``, ``anil``, or ``maml+per_step+multistep``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
+from .._forms import INNER_FORMS, inner_form
+from .._module import params_of
 from .._validate import non_negative_int, positive_float, positive_int
 from ..distributions import Sinusoid
-from ..methods import METHOD_NAMES, METHODS, SETTINGS, Method, method_class
+from ..methods import MAML, METHOD_NAMES, METHODS, SETTINGS, Method, method_class
 from ..models import mlp
 
 ADAM_META_LR = 1e-3
@@ -30,6 +42,37 @@ METHOD_SETTINGS = tuple(s for s in SETTINGS if s not in ("steps", "inner_lr"))
 HELDOUT_SOURCES = ("torch", "numpy-legacy")
 INITS = ("torch", "finn2017")
 BASELINE_DATA = ("pooled", "support")
+SPELLINGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "metasgd": (MAML.name, ("per_entry",)),
+    "anil": (MAML.name, ("anil",)),
+}
+"""Names ``metagrad train --method`` accepts besides the registered methods: name →
+(method, inner-loop forms). Meta-SGD (Li, Zhou, Chen & Li 2017) is MAML with one learned
+step size per parameter entry; ANIL (Raghu et al. 2020) is MAML adapting the last layer
+only."""
+
+
+def variant_name(method: str, inner: Sequence[str] = ()) -> str:
+    """The readable name of ``method`` with the inner-loop forms ``inner``: the method's
+    own name without forms, a spelling of :data:`SPELLINGS` where one fits, else the method
+    and its forms joined by ``+`` (``maml+per_step+multistep``)."""
+    inner = tuple(inner)
+    for spelling, (m, forms) in SPELLINGS.items():
+        if m == method and forms == inner:
+            return spelling
+    return "+".join([method, *inner])
+
+
+def ordered_forms(inner: Sequence[str]) -> tuple[str, ...]:
+    """The forms in the order of ``metagrad.INNER_FORMS`` (one spelling per combination),
+    each named once; an unknown name is a ``ValueError`` listing the known ones."""
+    names = list(inner)
+    for name in names:
+        inner_form(name)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"inner names the form {twice[0]!r} twice")
+    return tuple(n for n in INNER_FORMS if n in names)
 
 
 @dataclass(frozen=True)
@@ -44,6 +87,9 @@ class TrainConfig:
     cg_iters: int | None = None
     terms: int | None = None
     step: float | None = None
+    inner: tuple[str, ...] = ()
+    """Inner-loop forms of ``metagrad.INNER_FORMS`` applied to the method (see the module
+    docstring); empty: the method as it is."""
     meta_batch: int = 25
     meta_lr: float | None = None
     seed: int = 0
@@ -125,6 +171,7 @@ class TrainConfig:
         meta_lr = cls.outer_lr if self.meta_lr is None else self.meta_lr
         eval_lr = self.inner_lr if self.eval_lr is None else self.eval_lr
         cfg = replace(self, meta_lr=meta_lr, hidden=tuple(self.hidden),
+                      inner=ordered_forms(self.inner),
                       eval_steps=tuple(sorted(set(self.eval_steps))), eval_lr=eval_lr,
                       eval_shots=tuple(sorted({*self.eval_shots, self.shots})),
                       baseline_eval_lrs=tuple(self.baseline_eval_lrs or (eval_lr,)),
@@ -174,12 +221,38 @@ class TrainConfig:
             raise ValueError("eval_steps must list at least one number of adaptation steps")
         for k in self.eval_steps:
             positive_int("eval_steps entry", k)
+        self._check_inner()
         make_method(self)  # the method checks its own settings (lam, cg_iters, terms)
+
+    def _check_inner(self) -> None:
+        """Each form must be one the method can run, and learned rates need a method with a
+        meta-gradient for them."""
+        cls = method_class(self.method)
+        for name in self.inner:
+            form = inner_form(name)
+            why = form.applies_to(cls)
+            if why is not None:
+                raise ValueError(f"--inner {name} cannot run with {self.method}: {why}")
+            if form.rates and not form.partial and cls.hyper_gradient is None:
+                learners = [m for m in METHOD_NAMES if method_class(m).hyper_gradient]
+                raise ValueError(
+                    f"--inner {name} learns step sizes, which {self.method} has no "
+                    f"meta-gradient for: {cls.hyper_gradient_note} Use it with "
+                    f"{', '.join(learners)}")
+        if self.inner and self.probe_at:
+            raise ValueError("--probe-at compares with exact MAML at one float inner_lr; it "
+                             f"does not cover the inner-loop forms ({', '.join(self.inner)})")
 
     @property
     def baseline_adam_steps(self) -> int:
         """Adam steps of the joint-training baseline (``baseline_steps`` or ``meta_steps``)."""
         return self.meta_steps if self.baseline_steps is None else self.baseline_steps
+
+    @property
+    def variant(self) -> str:
+        """The run's readable name (:func:`variant_name`): the method, or its spelling with
+        the forms."""
+        return variant_name(self.method, self.inner)
 
     @property
     def optimizer(self) -> str:
@@ -191,11 +264,14 @@ class TrainConfig:
         d = self.as_dict()
         for name in (*self.RESUMABLE_CHANGES, "optimizer"):
             d.pop(name)
+        if not d["inner"]:  # runs without forms keep the identity they always had
+            d.pop("inner")
         return d
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for name in ("hidden", "eval_steps", "eval_shots", "baseline_eval_lrs", "probe_at"):
+        for name in ("hidden", "inner", "eval_steps", "eval_shots", "baseline_eval_lrs",
+                     "probe_at"):
             d[name] = list(getattr(self, name))
         d["optimizer"] = self.optimizer
         return d
@@ -226,10 +302,44 @@ def __getattr__(name: str) -> Any:
     return next(cls.outer_lr for cls in METHODS.values() if cls.outer_optimizer == "sgd")
 
 
-def make_method(cfg: TrainConfig) -> Method:
-    """The metagrad method object for ``cfg`` (settings filled by :meth:`TrainConfig.resolved`)."""
+def make_method(cfg: TrainConfig, params: Mapping[str, torch.Tensor] | None = None) -> Method:
+    """The metagrad method object for ``cfg`` (settings filled by :meth:`TrainConfig.resolved`),
+    with its inner-loop forms applied. Learned rates are built for ``params`` (the network
+    the run trains; a fresh one of ``cfg``'s shape when None): read them back with
+    :func:`learned_rates`."""
     cls = method_class(cfg.method)
-    return cls(**{name: getattr(cfg, name) for name in cls.setting_names()})
+    kwargs: dict[str, Any] = {name: getattr(cfg, name) for name in cls.setting_names()}
+    if cfg.inner:
+        kwargs.update(form_kwargs(cfg, params_of(make_model(cfg)) if params is None
+                                  else params))
+    return cls(**kwargs)
+
+
+def form_kwargs(cfg: TrainConfig, params: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The method's keyword arguments that ``cfg.inner`` sets: rates (learned, starting at
+    ``inner_lr``, when the method has a meta-gradient for them), the update rule, the loss
+    weights. Two forms that set the same argument are refused."""
+    learn = method_class(cfg.method).hyper_gradient is not None
+    out: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    for name in cfg.inner:
+        for key, value in inner_form(name).kwargs(params, cfg.steps, cfg.inner_lr,
+                                                   learn=learn).items():
+            if key in owner:
+                raise ValueError(f"--inner {owner[key]} and {name} both set {key}; give one "
+                                 "of them")
+            owner[key], out[key] = name, value
+    return out
+
+
+def learned_rates(method: Method) -> dict[str, torch.Tensor]:
+    """The method's learned step sizes: the rate tensors of its ``inner_lr`` that require a
+    gradient, by parameter name (the very tensors the method holds; empty when it has
+    none). The training loop steps them with θ."""
+    rates = method.inner_loop.hyper().get("inner_lr")
+    if isinstance(rates, Mapping):
+        return {k: v for k, v in rates.items() if v.requires_grad}
+    return {}
 
 
 def make_model(cfg: TrainConfig) -> torch.nn.Sequential:
@@ -279,5 +389,6 @@ def validation_tasks(cfg: TrainConfig, shots: int | None = None):
 
 
 __all__ = ["ADAM_META_LR", "BASELINE_DATA", "HELDOUT_SOURCES", "INITS", "METHOD_NAMES",
-           "TrainConfig", "heldout_tasks", "make_method", "make_model", "task_family",
-           "train_defaults", "validation_tasks"]
+           "SPELLINGS", "TrainConfig", "form_kwargs", "heldout_tasks", "learned_rates",
+           "make_method", "make_model", "ordered_forms", "task_family", "train_defaults",
+           "validation_tasks", "variant_name"]

@@ -1,5 +1,6 @@
 """Held-out evaluation of a meta-trained model: MSE before and after k plain GD steps,
-per task, with Finn et al.'s interval over tasks."""
+per task, with Finn et al.'s interval over tasks; and after the method's own adaptation
+(its inner loop: K steps of its update rule with its step sizes, learned or not)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pandas as pd
 import torch
 from torch.func import functional_call, vmap
 
+from .. import _rates
 from .._inner import adapt
 from .._task import Task
 from ..distributions import Sinusoid
+from ..methods import Method
 from .stats import task_interval
 
 
@@ -40,6 +43,26 @@ def adaptation_losses(loss, params: Mapping[str, torch.Tensor], tasks: Task, inn
     return vmap(one)(tasks.train, tasks.val).detach()
 
 
+def own_adaptation_losses(loss, params: Mapping[str, torch.Tensor], tasks: Task,
+                          method: Method) -> torch.Tensor:
+    """Per-task held-out MSE after k = 0 … K steps of the method's own inner loop, shape
+    (T, K + 1): φ⁽⁰⁾ = θ, φ⁽ᵏ⁺¹⁾ = φ⁽ᵏ⁾ − αₖ ⊙ uₖ with the method's update rule (its
+    direction uₖ: plain GD, momentum, Adam; the proximal pull of the implicit methods), its
+    step sizes αₖ (a number, or its learned rates as they are now) and the parameters it
+    adapts, on the task's support points; then L_val(φ⁽ᵏ⁾) on its query points. Meta-SGD
+    (Li et al. 2017) is defined by this adaptation: its rates are part of what it learns.
+    """
+    theta = {k: v.detach() for k, v in params.items()}
+    loop = method.inner_loop
+    hyper = method.hyper(next(iter(theta.values())))  # detached copies of learned rates
+
+    def one(train, val):
+        run = loop.run(loss, theta, train, keep_every=1, hyper=hyper or None)
+        return torch.stack([loss(phi, val) for phi in (run.trajectory or []) + [run.phi]])
+
+    return vmap(one)(tasks.train, tasks.val).detach()
+
+
 def support_losses(loss, params: Mapping[str, torch.Tensor], tasks: Task) -> torch.Tensor:
     """Per-task L_tr(θ) on the support points (the pre-update number of Finn et al.'s code)."""
     theta = {k: v.detach() for k, v in params.items()}
@@ -54,7 +77,7 @@ def adaptation_curve(loss, params: Mapping[str, torch.Tensor], tasks: Task, inne
 
 
 def evaluation_dict(per_task: torch.Tensor, support: torch.Tensor, *, tasks: int, query: int,
-                    seed: int, source: str, shots: int, eval_lr: float,
+                    seed: int, source: str, shots: int, eval_lr: Any,
                     eval_steps: Sequence[int]) -> dict[str, Any]:
     """Means over tasks per number of steps with Finn et al.'s interval (1.96·std/√n,
     ddof = 0), as stored in ``summary.json``."""
@@ -108,7 +131,7 @@ def divergent_tasks(per_task: torch.Tensor) -> torch.Tensor:
 
 
 def per_task_frame(per_task: torch.Tensor, support: torch.Tensor, shots: int,
-                   tasks: Task, eval_lr: float) -> pd.DataFrame:
+                   tasks: Task, eval_lr: Any) -> pd.DataFrame:
     """Wide table: one row per task (shots, task, amplitude, phase, eval_lr, support MSE at
     θ, held-out MSE after 0 … K steps)."""
     frame = pd.DataFrame(per_task.double().numpy(),
@@ -180,5 +203,39 @@ def evaluate(loss, params: Mapping[str, torch.Tensor], cfg, split: str = "test",
         results[str(shots)] = evaluation_dict(
             per, sup, tasks=tasks.num_tasks, query=query, seed=seed, source=source, shots=shots,
             eval_lr=lr, eval_steps=cfg.eval_steps)
+        frames.append(per_task_frame(per, sup, shots, tasks, lr))
+    return results, pd.concat(frames, ignore_index=True)
+
+
+def evaluate_own(loss, params: Mapping[str, torch.Tensor], cfg, method: Method,
+                 split: str = "test") -> tuple[dict[str, dict[str, Any]], pd.DataFrame]:
+    """:func:`evaluate` with the method's own adaptation (:func:`own_adaptation_losses`)
+    instead of plain GD at ``eval_lr``: k = 0 … K = ``method.steps``. The evaluation dict's
+    ``inner_lr`` describes the step sizes used (a number, or the forms of the rates) and
+    ``rule`` the update rule."""
+    from . import config as _config  # looked up at call time (see evaluate)
+
+    if split not in ("test", "validation"):
+        raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
+    steps = method.steps
+    lr = _rates.describe(method.inner_loop.inner_lr)
+    results: dict[str, dict[str, Any]] = {}
+    frames = []
+    for shots in (cfg.eval_shots if split == "test" else (cfg.shots,)):
+        if split == "test":
+            tasks = _config.heldout_tasks(cfg, shots)
+            seed, source = cfg.heldout_seed, cfg.heldout_source
+        else:
+            tasks = _config.validation_tasks(cfg, shots)
+            seed, source = cfg.validation_seed, "torch"
+        per = own_adaptation_losses(loss, params, tasks, method)
+        sup = support_losses(loss, params, tasks)
+        results[str(shots)] = {
+            **evaluation_dict(per, sup, tasks=tasks.num_tasks, query=int(tasks.val[0].shape[1]),
+                              seed=seed, source=source, shots=shots, eval_lr=lr,
+                              eval_steps=range(1, steps + 1)),
+            "steps": steps, "rule": method.config()["inner"],
+            "adaptation": "the method's own inner loop (its steps, update rule and step "
+                          "sizes)"}
         frames.append(per_task_frame(per, sup, shots, tasks, lr))
     return results, pd.concat(frames, ignore_index=True)

@@ -11,10 +11,21 @@ findings) plus the method's own ``log_columns`` (e.g. IMAML's smallest CG curvat
 ``train_log.csv``. At the meta-steps of ``probe_at`` the meta-gradient is compared with
 the exact ones (``probe.csv``, see :mod:`metagrad.train.probe`). At the end the model is
 evaluated on the fixed held-out test tasks (their own seed), before adaptation and after
-k plain GD steps with ``eval_lr``, and so is the joint-training baseline; results go to
-``summary.json`` (strict JSON) and the per-task numbers to ``heldout_per_task.csv``.
-A tuning run (``evaluate="validation"``) is evaluated on the validation tasks instead and
-never draws the test tasks.
+k plain GD steps with ``eval_lr`` (the same adaptation for every method), and so is the
+joint-training baseline; then again with the method's own adaptation (its inner loop: its
+K steps, its update rule, its learned rates; ``heldout_own``); results go to
+``summary.json`` (strict JSON) and the per-task numbers to ``heldout_per_task.csv`` and
+``heldout_own_per_task.csv``. A tuning run (``evaluate="validation"``) is evaluated on the
+validation tasks instead and never draws the test tasks.
+
+**Learned step sizes** (an inner-loop form with learned rates, ``TrainConfig.inner``) are
+meta-parameters like θ: they are a second parameter group of the same outer optimizer,
+every meta-step writes the method's ``out.hyper_grad["inner_lr"]`` into their ``.grad``
+(as ``metagrad.set_grads`` writes ``out.grad`` into θ's), snapshots hold them, and the
+ranks of a torchrun check them identical with θ. The log adds their mean, smallest and
+largest entry after each meta-step (``rate_mean``, ``rate_min``, ``rate_max``) and the
+summary their final values per inner step and per tensor (``rates``). Nothing keeps them
+positive (Li et al. 2017 do not either): a negative rate shows in ``rate_min``.
 
 Runs resume exactly: a snapshot (``metagrad.train.snapshot``) holds model and optimizer
 state, the task generator's and torch's RNG states, the meta-step and the log, so a
@@ -48,6 +59,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .. import _rates
 from .._files import atomic_write_bytes
 from .._module import module_loss, params_of, set_grads
 from ..compiled import compile as compile_method
@@ -58,8 +70,8 @@ from . import config as _config
 from . import outdir
 from . import snapshot as snap
 from .baseline import BaselineResult, torch_threads, train_baseline
-from .config import TrainConfig, make_method, make_model, task_family
-from .evaluation import evaluate, prediction_frame
+from .config import TrainConfig, learned_rates, make_method, make_model, task_family
+from .evaluation import evaluate, evaluate_own, prediction_frame
 from .probe import COLUMNS as PROBE_COLUMNS
 from .probe import GradientProbe
 from .ranks import Ranks
@@ -68,6 +80,8 @@ from .ranks import current as current_ranks
 SNAPSHOT_FORMAT = 2
 LOG_COLUMNS = ["meta_step", "pre_update_loss", "post_update_loss", "step_time_s",
                "wall_time_s", "warnings", "findings"]
+RATE_COLUMNS = ["rate_mean", "rate_min", "rate_max"]
+"""Log columns of a run with learned step sizes: their mean, smallest and largest entry."""
 REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "min": torch.amin, "max": torch.amax, "mean": torch.mean}
 
@@ -77,6 +91,7 @@ FILES = {
     "snapshot": "snapshot.pt",
     "predictions": "predictions.csv",
     "per_task": "heldout_per_task.csv",
+    "own_per_task": "heldout_own_per_task.csv",
     "probe": "probe.csv",
 }
 EVALUATE = ("test", "validation")
@@ -105,6 +120,8 @@ class TrainResult:
     predictions: pd.DataFrame | None = None
     baseline: BaselineResult | None = field(default=None, repr=False)
     probes: pd.DataFrame | None = None
+    rates: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The learned step sizes at the end (copies; empty when the run learns none)."""
 
 
 def _shapes(params: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
@@ -195,8 +212,38 @@ def _write_log(path: Path, columns: list[str], log: Mapping[str, list]) -> None:
 
 
 def log_columns(cfg: TrainConfig) -> list[str]:
-    """The log's columns: the common ones, then the method's own diagnostics."""
-    return LOG_COLUMNS + list(make_method(cfg).log_columns)
+    """The log's columns: the common ones, then the method's own diagnostics, then the
+    learned step sizes' (where the run learns them)."""
+    method = make_method(cfg)
+    return LOG_COLUMNS + list(method.log_columns) + (RATE_COLUMNS if learned_rates(method)
+                                                     else [])
+
+
+def rate_row(rates: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """The log's rate columns: mean, smallest and largest entry over every learned rate."""
+    flat = torch.cat([v.detach().reshape(-1).double() for v in rates.values()])
+    return {"rate_mean": float(flat.mean()), "rate_min": float(flat.min()),
+            "rate_max": float(flat.max())}
+
+
+def rate_summary(method: Method, rates: Mapping[str, torch.Tensor],
+                 params: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The learned step sizes at the end of a run, for ``summary.json``: the rates applied
+    at each inner step k (all entries of every tensor: mean, min, max) and per tensor."""
+
+    def stats(values: list[torch.Tensor]) -> dict[str, float]:
+        flat = torch.cat([v.detach().reshape(-1).double() for v in values])
+        return {"mean": float(flat.mean()), "min": float(flat.min()),
+                "max": float(flat.max())}
+
+    steps = []
+    for k in range(method.steps):
+        at_k = _rates.at_step(rates, k, dict(params))
+        assert isinstance(at_k, dict)
+        steps.append({"step": k, **stats(list(at_k.values()))})
+    return {"form": _rates.describe(method.inner_loop.inner_lr),
+            "by_step": steps,
+            "by_tensor": {k: {"shape": list(v.shape), **stats([v])} for k, v in rates.items()}}
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
@@ -214,7 +261,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
     (snapshots written so far stay; for tests and for splitting long runs).
     ``evaluate``: ``"test"`` (the held-out test tasks and the baseline) or
     ``"validation"`` (the validation tasks only: for choosing hyperparameters).
-    ``label``: the name of the run in tables (default: the method's name).
+    ``label``: the name of the run in tables (default: its variant name, the method's
+    name when it runs without inner-loop forms).
 
     With an initialised ``torch.distributed`` process group of several processes (the
     ``metagrad train`` command under torchrun sets it up, see
@@ -236,7 +284,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
 
         out = ranks.from_writer(claim)
         return _train(cfg, out, resume, overwrite, progress, baseline, stop_after, evaluate,
-                      label or cfg.method, ranks)
+                      label or cfg.variant, ranks)
 
 
 def check_world(cfg: TrainConfig, world: int) -> None:
@@ -270,12 +318,16 @@ def _meta_gradient(cfg: TrainConfig, method: Method):
     """
     if not cfg.compile:
         return method
-    config = ("method", repr(replace(method, diagnose="off")), tuple(cfg.hidden), cfg.device)
+    # A method holding learned rates holds the run's own rate tensors (its repr shows only
+    # their shapes): a compiled form is shared only with methods holding the same tensors.
+    held = tuple(id(v) for v in learned_rates(method).values())
+    config = ("method", repr(replace(method, diagnose="off")), tuple(cfg.hidden), cfg.device,
+              held)
     key = (*config, method.diagnose)
     if key not in _COMPILED:
-        for old in [k for k in _COMPILED if k[0] == "method" and k[:4] != config]:
+        for old in [k for k in _COMPILED if k[0] == "method" and k[:-1] != config]:
             del _COMPILED[old]
-        if not any(k[:4] == config for k in _COMPILED):
+        if not any(k[0] == "method" and k[:-1] == config for k in _COMPILED):
             torch._dynamo.reset()
         _COMPILED[key] = compile_method(method)
     return _COMPILED[key]
@@ -292,7 +344,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
     # The method's numerical checks run on every check_every-th meta-step (the checked
     # call also computes the final inner loss L_tr(φ), so K = 1 is checked too); their
     # findings are counted in the log and shown once per kind below, not once per step.
-    method = replace(make_method(cfg), diagnose="record")
+    method = replace(make_method(cfg, params_of(model)), diagnose="record")
+    # Learned step sizes: held by the method, stepped by the optimizer below (in place).
+    rates = learned_rates(method)
     checked = _meta_gradient(cfg, method)
     fast = _meta_gradient(cfg, replace(method, diagnose="off")) if cfg.check_every > 1 \
         else checked
@@ -309,16 +363,21 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
     if ranks.distributed:
         runs = {check: distributed(call) for check, call in runs.items()}
     assert cfg.meta_lr is not None  # filled by TrainConfig.resolved()
+    # θ, and the learned rates as a second group of the same optimizer (Li et al. 2017
+    # update the initialisation and the rates together).
+    groups: Any = model.parameters() if not rates else \
+        [{"params": list(model.parameters())}, {"params": list(rates.values())}]
     if cfg.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.meta_lr)
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=cfg.meta_lr)
     else:
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.meta_lr)
+        opt = torch.optim.Adam(groups, lr=cfg.meta_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     family = task_family(cfg)
     columns = log_columns(cfg)
     reductions = {c: REDUCTIONS[r] for c, r in method.log_columns.items()}
     expected = {"format": SNAPSHOT_FORMAT, "method": cfg.method, "config": cfg.identity(),
-                "shapes": _shapes(params_of(model))}
+                "shapes": _shapes({**params_of(model),
+                                   **{f"inner_lr:{k}": v for k, v in rates.items()}})}
     probe = GradientProbe(cfg, method, loss) if cfg.probe_at else None
 
     log: dict[str, list] = {c: [] for c in columns}
@@ -351,6 +410,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
     payload = ranks.from_writer(starting_point)
     if payload is not None:
         model.load_state_dict(payload["model"])
+        with torch.no_grad():  # in place: the method and the optimizer hold these tensors
+            for name, rate in rates.items():
+                rate.copy_(payload["rates"][name])
         opt.load_state_dict(payload["optimizer"])
         _set_rng_states(gen, payload["rng"], ranks, cfg.device)
         start, elapsed_before = int(payload["meta_step"]), float(payload["elapsed_s"])
@@ -365,6 +427,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
     def save(meta_step: int, elapsed: float) -> None:
         nonlocal saved_at
         state = {"model": model.state_dict(), "optimizer": opt.state_dict()}
+        if rates:
+            state["rates"] = {k: v.detach().clone() for k, v in rates.items()}
         # Every rank took the same steps from the same state: their states must be
         # bit-identical. Checked before the snapshot, so a bad one never replaces a good one.
         ranks.check_identical(state, meta_step)
@@ -411,10 +475,14 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
             # One finding per kind (under torchrun each rank reports its own tasks).
             found = list({f.kind: f for f in out_mg.findings}.values())
             pre, post = float(out_mg.pre_update_loss), float(out_mg.post_update_loss)
-            grad_finite = all(bool(torch.isfinite(g).all()) for g in out_mg.grad.values())
+            rate_grad = out_mg.hyper_grad.get("inner_lr", {}) if rates else {}
+            grad_finite = all(bool(torch.isfinite(g).all()) for g in
+                              [*out_mg.grad.values(), *(rate_grad[k] for k in rates)])
             finite = math.isfinite(pre) and math.isfinite(post) and grad_finite
             if finite:
                 set_grads(model, out_mg.grad)
+                if rates:
+                    set_grads(rates, rate_grad)
                 opt.step()
             synchronize(cfg.device)
             now = time.perf_counter()
@@ -424,6 +492,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
                 "warnings": len(found), "findings": "+".join(sorted({f.kind for f in found}))}
             for col, reduce in reductions.items():
                 row[col] = float(reduce(diag[col]))
+            if rates:
+                row.update(rate_row(rates))
             for c in columns:
                 log[c].append(row[c])
             log_file.write(row)
@@ -458,7 +528,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
     params = {k: v.detach().clone() for k, v in params_of(model).items()}
     frame = pd.DataFrame(log, columns=columns)
     result = TrainResult(cfg, out, frame, params, finished,
-                         probes=pd.DataFrame(probes, columns=PROBE_COLUMNS) if probe else None)
+                         probes=pd.DataFrame(probes, columns=PROBE_COLUMNS) if probe else None,
+                         rates={k: v.detach().clone() for k, v in rates.items()})
     if not finished:
         return result
 
@@ -469,6 +540,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
             kinds[kind] = kinds.get(kind, 0) + 1
     summary: dict[str, Any] = {
         "method": cfg.method,
+        "inner": list(cfg.inner),
         "variant": label,
         "meta_steps": cfg.meta_steps,
         "config": cfg.as_dict(),
@@ -491,11 +563,15 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
         "torch": torch.__version__,
         "processes": ranks.world,
     }
+    if rates:
+        summary["rates"] = rate_summary(method, rates, params)
     # Evaluation and baseline: computed by every rank alike (the same numbers), written by
     # rank 0; see metagrad.train.ranks.
     if evaluate_on == "validation":
         results, _ = evaluate(loss, params, cfg, "validation")
         summary["validation"] = results[str(cfg.shots)]
+        own, _ = evaluate_own(loss, params, cfg, method, "validation")
+        summary["validation_own"] = own[str(cfg.shots)]
         ranks.from_writer(lambda: outdir.write_json(paths["summary"], summary))
         result.summary = summary
         return result
@@ -505,6 +581,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
     results, per_task = evaluate(loss, params, cfg, "test")
     summary["heldout"] = results[str(cfg.shots)]
     summary["heldout_shots"] = results
+    own, own_per_task = evaluate_own(loss, params, cfg, method, "test")
+    summary["heldout_own"] = own[str(cfg.shots)]
+    summary["heldout_own_shots"] = own
     summary["baseline"] = baseline.evaluation
     assert cfg.eval_lr is not None  # filled by TrainConfig.resolved()
     preds = prediction_frame(model, loss, params, _config.heldout_tasks(cfg), cfg.eval_lr)
@@ -512,6 +591,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress:
     def write() -> None:
         outdir.write_json(paths["summary"], summary)
         per_task.to_csv(paths["per_task"], index=False)
+        own_per_task.to_csv(paths["own_per_task"], index=False)
         preds.to_csv(paths["predictions"], index=False)
 
     ranks.from_writer(write)

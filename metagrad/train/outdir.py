@@ -44,6 +44,8 @@ KINDS = {
     "single": "a single-method run (train_log.csv, snapshot.pt, summary.json at the top)",
     "all": "a --method all comparison (comparison.csv, figures, one subfolder per method)",
     "study": "a multi-seed study (study.json, comparison tables, figures, runs/, baselines/)",
+    "rates": "a learned-rates study (rates.json, rates.md, one study per support size in "
+             "shots<K>/)",
 }
 
 _HELD: dict[Path, tuple[int, int]] = {}

@@ -7,6 +7,7 @@ same on fresh results and on folders read back from disk.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -143,9 +144,14 @@ REGIME_STYLE = {"k1": "-", "solved": "--", "matched": ":"}
 
 
 def _variant_style(name: str) -> tuple[Any, str]:
-    method, _, regime = name.partition("-")
+    """A variant's colour (its method's; a method with inner-loop forms, ``metasgd`` or
+    ``maml+per_step``, one of its own) and line style (its regime's)."""
+    base, _, regime = name.partition("-")
     colors = {**plotting.palette(), BASELINE: BASELINE_COLOR}
-    return colors.get(method, BASELINE_COLOR), REGIME_STYLE.get(regime or "k1", "-")
+    if base not in colors:  # stable across figures and runs: chosen by the name itself
+        extra = plotting.sns.color_palette("dark", 8)
+        colors[base] = extra[zlib.crc32(base.encode()) % len(extra)]
+    return colors[base], REGIME_STYLE.get(regime or "k1", "-")
 
 
 def _band(rows: list[list[float]], log: bool = False

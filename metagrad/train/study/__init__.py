@@ -7,6 +7,9 @@ train --preset study`` and ``--preset finn2017`` run on top of the training API 
 * :mod:`.aggregate`: its tables, with the intervals of :mod:`metagrad.train.stats`;
 * :mod:`.finn2017`, :mod:`.finn2017_report`: Finn et al.'s protocol and its comparison with
   the published numbers;
+* :mod:`.rates`, :mod:`.rates_report`: learned inner step sizes (Meta-SGD, per-step
+  rates) beside MAML at several support sizes, compared with the published numbers
+  (``--preset rates``);
 * :mod:`.trace`: the reproducibility traces of committed results;
 * :mod:`.steptime`: eager against compiled meta-steps, side by side.
 """

@@ -10,6 +10,8 @@ folder, and summarise across seeds and test tasks with the intervals of
 * ``differences.csv``: every pair of rows, paired by seed, per k: mean difference, its
   95 % interval (seeds and tasks), p-value, Holm-adjusted p-value over the pairs of that
   k, and whether it is resolved (Holm-adjusted p < 0.05);
+* ``own_differences.csv``: the same for the test MSE after each variant's own adaptation
+  (its K steps, update rule and step sizes: the evaluation that defines Meta-SGD);
 * ``per_task_means.csv``: the per-task test MSE averaged over seeds, per variant and k
   (the test-set part of the intervals; written where the per-task tables are on disk);
 * ``probes.csv``: the accuracy probes of every run;
@@ -40,6 +42,8 @@ BASELINE = "baseline"
 KS = ("1", "10")
 """Numbers of adaptation steps whose test MSE the tables compare."""
 TASK_MEANS = "per_task_means.csv"
+OWN = "own"
+"""The key of the own-adaptation test MSE in the per-task means and the differences."""
 ALPHA = 0.05
 """Family-wise error rate of each k's table of differences (Holm)."""
 
@@ -73,8 +77,10 @@ def load_runs(out: Path, record: dict[str, Any]) -> pd.DataFrame:
                    "finding_kinds": "+".join(sorted(s["finding_steps"])),
                    "not_finite": "" if status(s).startswith("ok") else status(s),
                    "proximal_rate_steps": s["finding_steps"].get("proximal_rate", 0),
-                   "own_post_update": s["final_post_update_loss"]}
+                   "own_post_update": s["final_post_update_loss"],
+                   "inner": "+".join(s.get("inner", []))}
             row.update(_mse_columns(held))
+            row.update(_own_columns(s.get("heldout_own")))
             row.update(_robust(held, path.parent / FILES["per_task"], s["config"]["shots"],
                                _earlier(previous, name, seed, row)))
             rows.append(row)
@@ -106,10 +112,25 @@ def _mse_columns(evaluation: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _own_columns(evaluation: dict[str, Any] | None) -> dict[str, float]:
+    """``own_mse`` (the test MSE after the variant's own adaptation), its steps, Finn et
+    al.'s interval over tasks and the std over tasks behind it (NaN for summaries written
+    before the own adaptation was evaluated)."""
+    if evaluation is None:
+        return {"own_steps": math.nan, "own_mse": math.nan, "own_task_ci": math.nan,
+                "own_task_sd": math.nan}
+    v, ci = evaluation["mse_by_steps"][-1], evaluation["ci95_by_steps"][-1]
+    return {"own_steps": len(evaluation["mse_by_steps"]) - 1,
+            "own_mse": math.nan if v is None else v,
+            "own_task_ci": math.nan if ci is None else ci,
+            "own_task_sd": task_sd_from_interval(ci, int(evaluation["tasks"]))}
+
+
 def load_task_means(out: Path, record: dict[str, Any]) -> pd.DataFrame | None:
     """The per-task test MSE averaged over seeds: one row per test task, a column
-    ``<variant>@<k>`` per variant (and the baseline) and k in 0 and :data:`KS`. Read from
-    the runs' per-task tables where they are on disk (and then written to
+    ``<variant>@<k>`` per variant (and the baseline) and k in 0 and :data:`KS`, and
+    ``<variant>@own`` after the variant's own adaptation where its own per-task tables are
+    there. Read from the runs' per-task tables where they are on disk (and then written to
     :data:`TASK_MEANS`), else from :data:`TASK_MEANS`; None when neither is there."""
     columns: dict[str, list[float]] = {}
     ks = ("0", *KS)
@@ -130,6 +151,10 @@ def load_task_means(out: Path, record: dict[str, Any]) -> pd.DataFrame | None:
                     for t, f in zip(tables, finished, strict=True)]
         for k in ks:
             columns[f"{name}@{k}"] = (sum(p[k] for p in per_seed) / len(per_seed)).tolist()
+        own = [f / FILES["own_per_task"] for f in finished]
+        if name != BASELINE and all(t.is_file() for t in own):
+            per_seed_own = [_own_per_task(t, shots) for t in own]
+            columns[f"{name}@{OWN}"] = (sum(per_seed_own) / len(per_seed_own)).tolist()
     if complete and columns:
         frame = pd.DataFrame(columns)
         frame.to_csv(out / TASK_MEANS, index_label="task")
@@ -151,16 +176,29 @@ def _per_task_mse(table: Path, summary: Path, shots: int, ks: tuple[str, ...]):
     return out
 
 
+def _own_per_task(table: Path, shots: int):
+    """One run's per-task MSE after its own adaptation (the last step), in task order."""
+    f = pd.read_csv(table)
+    f = f[f["shots"] == shots].sort_values("task")
+    last = max((c for c in f.columns if c.startswith("mse_")), key=lambda c: int(c[4:]))
+    return f[last].reset_index(drop=True)
+
+
+def _sd_column(k: str) -> str:
+    return "own_task_sd" if k == OWN else f"task_sd_{k}"
+
+
 def _task_part(task_means: pd.DataFrame | None, names: tuple[str, ...], k: str,
                r: dict[str, pd.DataFrame]) -> tuple[float, bool]:
     """The std over tasks of the seed-averaged per-task MSE of ``names[0]`` (or of the
-    difference ``names[0] − names[1]``), and whether it is only the bound from the runs'
-    own stds over tasks (no per-task numbers at hand)."""
+    difference ``names[0] − names[1]``) after k steps (or the own adaptation, k =
+    :data:`OWN`), and whether it is only the bound from the runs' own stds over tasks (no
+    per-task numbers at hand)."""
     cols = [f"{n}@{k}" for n in names]
     if task_means is not None and all(c in task_means for c in cols):
         x = task_means[cols[0]] - (task_means[cols[1]] if len(cols) > 1 else 0.0)
         return float(x.std(ddof=1)), False
-    return float(sum(float(r[n][f"task_sd_{k}"].mean()) for n in names)), True
+    return float(sum(float(r[n][_sd_column(k)].mean()) for n in names)), True
 
 
 def _after_first_step(summary: dict[str, Any], folder: Path) -> float:
@@ -255,6 +293,7 @@ def comparison(runs: pd.DataFrame, regimes: dict[str, str],
                 row[f"median_{k}"] = float(r[f"median_{k}"].mean()) if have else math.nan
                 row[f"diverged_{k}"] = int(r[f"diverged_{k}"].sum()) if have else -1
         row["task_part"] = "bound" if bounded else "per-task"
+        row.update(_own_interval(r, name, task_means, by_name))
         if "own_post_update" in r and r["own_post_update"].notna().all():
             iv = seed_interval(r["own_post_update"].tolist())
             row["own_post_update"], row["own_post_update_ci"] = iv.mean, iv.half_width
@@ -276,21 +315,41 @@ def comparison(runs: pd.DataFrame, regimes: dict[str, str],
     return pd.DataFrame(rows)
 
 
+def _own_interval(r: pd.DataFrame, name: str, task_means: pd.DataFrame | None,
+                  by_name: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    """The test MSE after the variant's own adaptation: mean over seeds with the interval
+    for seeds and test tasks (``own_mse_ci``) and for seeds alone (``own_mse_seed_ci``),
+    and its number of steps (NaN where the runs predate it, and for the baseline)."""
+    if "own_mse" not in r or not r["own_mse"].notna().all():
+        return {"own_steps": math.nan, "own_mse": math.nan, "own_mse_ci": math.nan,
+                "own_mse_seed_ci": math.nan, "own_task_part": ""}
+    values = r["own_mse"].tolist()
+    sd, bound = _task_part(task_means, (name,), OWN, by_name)
+    iv = combined_interval(values, sd, int(r["n_tasks"].iloc[0]), bound=bound)
+    return {"own_steps": int(r["own_steps"].iloc[0]), "own_mse": iv.mean,
+            "own_mse_ci": iv.half_width, "own_mse_seed_ci": seed_interval(values).half_width,
+            "own_task_part": "bound" if bound else "per-task"}
+
+
 def differences(runs: pd.DataFrame, task_means: pd.DataFrame | None = None,
-                alpha: float = ALPHA) -> pd.DataFrame:
+                alpha: float = ALPHA, own: bool = False) -> pd.DataFrame:
     """Every pair (a, b) of variants and every k of :data:`KS`: the per-seed differences
     a − b of the test MSE over the seeds both finished, with the 95 % interval for seeds
     and test tasks (the seed part alone where ``task_means`` lacks a variant: then
     ``task_part`` says "not included"), the p-value, and Holm's adjustment over the pairs
-    of that k; *resolved* means the adjusted p-value is below ``alpha``."""
+    of that k; *resolved* means the adjusted p-value is below ``alpha``. With ``own``: the
+    same for the test MSE after each variant's own adaptation (``k`` is then
+    :data:`OWN`; the baseline, which has none, is left out)."""
     rows = []
+    if own:
+        runs = runs[runs["own_mse"].notna()] if "own_mse" in runs else runs.iloc[:0]
     names = list(dict.fromkeys(runs["variant"]))
     by_name = {name: runs[runs["variant"] == name] for name in names}
+    measures = [(OWN, "own_mse")] if own else [(k, f"mse_{k}") for k in KS]
     for a, b in combinations(names, 2):
         ra, rb = by_name[a].set_index("seed"), by_name[b].set_index("seed")
         seeds = sorted(set(ra.index) & set(rb.index))
-        for k in KS:
-            col = f"mse_{k}"
+        for k, col in measures:
             xa, xb = ra.loc[seeds, col].tolist(), rb.loc[seeds, col].tolist()
             if not seeds or not all(map(math.isfinite, xa + xb)):
                 continue
@@ -302,7 +361,7 @@ def differences(runs: pd.DataFrame, task_means: pd.DataFrame | None = None,
             # hard for every variant and is far too wide to say anything.
             iv = seed_part if bound else combined_interval(
                 [x - y for x, y in zip(xa, xb, strict=True)], sd, int(ra["n_tasks"].iloc[0]))
-            rows.append({"a": a, "b": b, "k": int(k), "seeds": len(seeds),
+            rows.append({"a": a, "b": b, "k": k if own else int(k), "seeds": len(seeds),
                          "mean_diff": iv.mean, "ci_low": iv.low, "ci_high": iv.high,
                          "seed_ci_low": seed_part.low, "seed_ci_high": seed_part.high,
                          "task_part": "not included" if bound else "per-task",
@@ -315,8 +374,8 @@ def differences(runs: pd.DataFrame, task_means: pd.DataFrame | None = None,
     # question of the study).
     first = names[0]
     frame["p_holm"] = frame["p_holm_vs_first"] = math.nan
-    for k in KS:
-        at = frame["k"] == int(k)
+    for k, _ in measures:
+        at = frame["k"] == (k if own else int(k))
         frame.loc[at, "p_holm"] = holm(frame.loc[at, "p_value"].tolist())
         primary = at & ((frame["a"] == first) | (frame["b"] == first))
         frame.loc[primary, "p_holm_vs_first"] = holm(frame.loc[primary, "p_value"].tolist())
@@ -362,8 +421,29 @@ def _pm(mean: float, half: float) -> str:
     return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
 
 
+def _own_differences(d: pd.DataFrame | None, comp: pd.DataFrame) -> list[str]:
+    """study.md's section on the own adaptation: every variant against the first one."""
+    if d is None or d.empty:
+        return []
+    first = comp["variant"].iloc[0]
+    versus = [r for r in (_pair(d, v, first, "vs_first") for v in comp["variant"]
+                          if v != first) if r]
+    if not versus:
+        return []
+    primary = d[d["p_holm_vs_first"].notna()]
+    return ["## Own adaptation: every variant against " + first, "",
+            "The test MSE after each variant's own adaptation (its K steps, update rule and "
+            "step sizes), paired by seed as above, Holm over these "
+            f"{len(primary)} comparisons; all pairs: `own_differences.csv`.", "",
+            pd.DataFrame(versus).to_markdown(index=False, disable_numparse=True), "",
+            f"{int(primary['resolved_vs_first'].sum())} of {len(primary)} resolved after "
+            f"Holm's correction ({int((primary['p_value'] < ALPHA).sum())} with p < 0.05 "
+            "uncorrected).", ""]
+
+
 def markdown(comp: pd.DataFrame, diffs: pd.DataFrame, tuning: pd.DataFrame,
-             probes: pd.DataFrame, record: dict[str, Any], seeds: list[int]) -> str:
+             probes: pd.DataFrame, record: dict[str, Any], seeds: list[int],
+             own_diffs: pd.DataFrame | None = None) -> str:
     """``study.md``: the comparison, matched cost, what the intervals resolve, tuning and
     probes."""
     n = len(seeds)
@@ -406,17 +486,25 @@ def markdown(comp: pd.DataFrame, diffs: pd.DataFrame, tuning: pd.DataFrame,
         **{f"median, diverged ({k} step{'s' if k != '1' else ''})": [
             "" if d < 0 else f"{m:.3f}, {d}" for m, d in
             zip(comp[f"median_{k}"], comp[f"diverged_{k}"], strict=True)] for k in KS},
-        "own adaptation": [_pm(m, h) for m, h in zip(comp["own_post_update"],
-                                                     comp["own_post_update_ci"], strict=True)],
+        "own adaptation (training tasks)": [
+            _pm(m, h) for m, h in zip(comp["own_post_update"], comp["own_post_update_ci"],
+                                      strict=True)],
+        **({"test MSE, own adaptation (K)": [
+            "" if m != m else f"{_pm(m, h)} (K = {int(k)})" for m, h, k in
+            zip(comp["own_mse"], comp["own_mse_ci"], comp["own_steps"], strict=True)]}
+           if "own_mse" in comp and comp["own_mse"].notna().any() else {}),
         "train s": comp["train_time_s"].map(lambda v: f"{v:.0f}"),
         "seeds": comp["seeds"], "status": comp["status"]})
     lines += ["## Test MSE (mean over seeds ± 95 % interval, seeds and test tasks)", "",
               "GE/step: predicted gradient-equivalents per task per meta-step "
               "(`method.gradient_equivalents()`); step ms: measured median wall time of a "
               "meta-step (eager or compiled as run, see the matched-cost table); own "
-              "adaptation: post-update loss on the training tasks after the variant's own "
-              "inner loop (mean of the last 100 meta-steps; for the solved regime many small "
-              "proximal steps, not the plain GD of the test columns); train s: training time "
+              "adaptation (training tasks): post-update loss on the training tasks after the "
+              "variant's own inner loop (mean of the last 100 meta-steps; for the solved "
+              "regime many small proximal steps, not the plain GD of the test columns); test "
+              "MSE, own adaptation: the test tasks adapted by the variant's own inner loop "
+              "(its K steps, update rule and step sizes, learned ones included) instead of "
+              "plain GD at eval_lr, with the same interval; train s: training time "
               "per run without its first meta-step (which includes compiling); median, "
               "diverged: the median over test tasks (mean over seeds) and the number of test "
               "tasks, summed over seeds, whose MSE after k steps is above 10x their MSE "
@@ -472,13 +560,18 @@ def markdown(comp: pd.DataFrame, diffs: pd.DataFrame, tuning: pd.DataFrame,
             lines += [f"{len(res)} of {len(d)} pairs resolved at k = {k} after Holm's "
                       f"correction over all pairs ({int((d['p_value'] < ALPHA).sum())} with "
                       "p < 0.05 uncorrected; all pairs: `differences.csv`).", ""]
+    lines += _own_differences(own_diffs, comp)
     if not tuning.empty:
+        by_own = "score" in tuning and (tuning["score"] == "own").any()
         lines += ["## Tuning (validation tasks, seed "
                   f"{base['validation_seed']}; training seed {spec['tuning_seed']})", "",
-                  "Chosen by the validation MSE after one adaptation step; grids in "
-                  "`study.json`.", "",
+                  "Chosen by the validation MSE after one adaptation step"
+                  + (" (score gd), or after the variant's own adaptation (score own: "
+                     "validation_own_mse)" if by_own else "") + "; grids in `study.json`.", "",
                   tuning[[c for c in ("variant", "point", "validation_mse_1",
-                                      "validation_mse_10", "status", "chosen")
+                                      "validation_mse_10",
+                                      *(("validation_own_mse", "score") if by_own else ()),
+                                      "status", "chosen")
                           if c in tuning]].to_markdown(index=False, floatfmt=".4g"), ""]
     if not probes.empty:
         cols = ["err_maml", "cos_maml", "err_implicit", "cos_implicit", "implicit_defined",
@@ -550,25 +643,28 @@ def write_tables(out: Path, record: dict[str, Any]) -> dict[str, Path]:
     """Tables (``comparison.csv``, ``differences.csv``, ``runs.csv``, ``probes.csv``,
     ``per_task_means.csv``, ``study.md``) and figures of the study in ``out``, from the
     runs on disk; returns the figures."""
-    from .design import variants
+    from .design import spec_variants
 
     seeds = record["spec"]["seeds"]
     runs = load_runs(out, record)
-    regimes = {v.name: v.regime for v in variants(
-        record["spec"]["methods"], record["spec"]["regimes"], record["spec"]["tune"])}
+    regimes = {v.name: v.regime for v in spec_variants(record["spec"])}
     regimes[BASELINE] = "joint training"
     task_means = load_task_means(out, record)
     comp = comparison(runs, regimes, record.get("diverged"), task_means)
     diffs = differences(runs, task_means)
+    own_diffs = differences(runs, task_means, own=True)
     probes = load_probes(out, record)
     tuning = load_tuning(out)
     logs = load_logs(out, record)
     runs.to_csv(out / "runs.csv", index=False)
     comp.to_csv(out / "comparison.csv", index=False)
     diffs.to_csv(out / "differences.csv", index=False)
+    if not own_diffs.empty:
+        own_diffs.to_csv(out / "own_differences.csv", index=False)
     if not probes.empty:
         probes.to_csv(out / "probes.csv", index=False)
-    (out / "study.md").write_text(markdown(comp, diffs, tuning, probes, record, seeds))
+    (out / "study.md").write_text(markdown(comp, diffs, tuning, probes, record, seeds,
+                                           own_diffs))
     figures = {"comparison": plots.plot_study_comparison(
         comp, out / plots.STUDY_FIGURES["comparison"], KS),
         "heldout": plots.plot_study_heldout(runs, out / plots.STUDY_FIGURES["heldout"])}
@@ -582,6 +678,6 @@ def write_tables(out: Path, record: dict[str, Any]) -> dict[str, Path]:
     return figures
 
 
-__all__ = ["ALPHA", "BASELINE", "KS", "TASK_MEANS", "comparison", "differences",
+__all__ = ["ALPHA", "BASELINE", "KS", "OWN", "TASK_MEANS", "comparison", "differences",
            "load_logs", "load_probes", "load_runs", "load_task_means", "load_tuning",
            "markdown", "write_tables"]

@@ -24,13 +24,20 @@ matched-cost view, and the meta-gradient's accuracy along training.
   its own inner steps or solver iterations (:func:`matched_settings`), the other
   settings as chosen for ``k1``.
 
+**Inner-loop forms** (``Study.inner``, e.g. learned per-entry step sizes): applied to
+every variant, named as :func:`metagrad.train.config.variant_name` says (``metasgd``,
+``maml+per_step``). A study may also list its variants explicitly (``Study.variant_list``,
+as the learned-rates study of :mod:`metagrad.train.study.rates` does).
+
 **Evaluation** is the same for every variant: plain GD with ``eval_lr`` = 0.01 from the
-learned initialisation on the held-out test tasks, MSE after 1, 5 and 10 steps.
+learned initialisation on the held-out test tasks, MSE after 1, 5 and 10 steps; and each
+variant's own adaptation (its K steps, update rule and step sizes) beside it.
 
 **Tuning** (:func:`tune`): each variant's own settings (:func:`tuning_grid`) are chosen by
-the validation MSE after one adaptation step, from runs with their own training seed
-(:data:`TUNING_SEED`) evaluated on the validation tasks (their own seed). The test
-tasks are never drawn while tuning.
+the validation MSE after one adaptation step (``Variant.score = "gd"``), or after the
+variant's own adaptation (``"own"``: for learned step sizes, which only its own adaptation
+uses), from runs with their own training seed (:data:`TUNING_SEED`) evaluated on the
+validation tasks (their own seed). The test tasks are never drawn while tuning.
 
 **Output layout** (``out``): ``study.json`` (the specification and what was chosen),
 ``runs/<variant>/seed<s>/`` and ``baselines/seed<s>/`` (one finished run each, resumable),
@@ -53,7 +60,7 @@ import pandas as pd
 from ...methods import METHOD_NAMES, ImplicitMethod, is_implicit, method_class
 from .. import outdir
 from ..baseline import BaselineResult, train_baseline
-from ..config import TrainConfig, train_defaults
+from ..config import TrainConfig, train_defaults, variant_name
 from ..loop import FILES, TrainingDiverged, train
 from ..status import status as _status
 
@@ -122,15 +129,39 @@ def matched_settings(method: str, settings: dict[str, Any],
     raise ValueError(f"no setting of {method} costs exactly {budget:g} gradient-equivalents")
 
 
+SCORES = ("gd", "own")
+"""What tuning minimises on the validation tasks: the MSE after one plain GD step at
+``eval_lr`` (``"gd"``), or after the variant's own adaptation (``"own"``)."""
+
+
 @dataclass(frozen=True)
 class Variant:
-    """One method in one regime: ``fixed`` settings, and a ``grid`` to choose from."""
+    """One method in one regime: ``fixed`` settings, a ``grid`` to choose from, the
+    inner-loop forms ``inner``, and the validation ``score`` tuning minimises."""
 
     name: str
     method: str
     regime: str
     fixed: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, tuple] = field(default_factory=dict)
+    inner: tuple[str, ...] = ()
+    score: str = "gd"
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON values (``study.json``); :meth:`from_dict` reads them back."""
+        return {"name": self.name, "method": self.method, "regime": self.regime,
+                "fixed": dict(self.fixed), "grid": {k: list(v) for k, v in self.grid.items()},
+                "inner": list(self.inner), "score": self.score}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Variant:
+        return cls(d["name"], d["method"], d["regime"], dict(d.get("fixed", {})),
+                   {k: tuple(v) for k, v in d.get("grid", {}).items()},
+                   tuple(d.get("inner", ())), d.get("score", "gd"))
 
     def points(self) -> list[dict[str, Any]]:
         """Every combination of the grid's values (one empty point without a grid)."""
@@ -147,17 +178,20 @@ class Variant:
 
 
 def variants(methods: Sequence[str], regimes: Sequence[str], tune: bool,
-             given: dict[str, Any] | None = None) -> list[Variant]:
+             given: dict[str, Any] | None = None, inner: Sequence[str] = ()) -> list[Variant]:
     """The study's variants, in table order: ``k1`` for every method, then ``solved`` for
-    the implicit ones, then ``matched`` for every method. Without ``tune`` the grids are
-    dropped and the hand-set defaults (or ``given`` settings) are used."""
+    the implicit ones, then ``matched`` for every method, each with the inner-loop forms
+    ``inner``. Without ``tune`` the grids are dropped and the hand-set defaults (or
+    ``given`` settings) are used."""
     given = given or {}
+    inner = tuple(inner)
     out: list[Variant] = []
     for regime in [r for r in REGIMES if r in regimes]:
         for m in methods:
             if regime == "solved" and not is_implicit(m):
                 continue
-            name = m if regime == "k1" else f"{m}-{regime}"
+            base = variant_name(m, inner)
+            name = base if regime == "k1" else f"{base}-{regime}"
             fixed = {k: v for k, v in given.items() if k in (*method_class(m).setting_names(),
                                                              "meta_lr")}
             # A setting given explicitly stays as given: it is not tuned.
@@ -165,7 +199,8 @@ def variants(methods: Sequence[str], regimes: Sequence[str], tune: bool,
                     if k not in fixed} if tune else {}
             if regime == "solved" and "lam" not in grid and "lam" not in fixed:
                 fixed["lam"] = train_defaults(m)["lam"]
-            out.append(Variant(name, m, regime, fixed, grid))
+            out.append(Variant(name, m, regime, fixed, grid, inner,
+                               "own" if grid and inner else "gd"))
     return out
 
 
@@ -187,8 +222,8 @@ def config_for(base: TrainConfig, variant: Variant, settings: dict[str, Any],
     size stays ``base``'s (the same adaptation for every variant)."""
     fields = {k: v for k, v in settings.items()
               if k in (*method_class(variant.method).setting_names(), "meta_lr")}
-    return replace(base, method=variant.method, seed=seed, eval_lr=base.eval_lr or
-                   base.inner_lr, compile=base.compile and (
+    return replace(base, method=variant.method, inner=variant.inner, seed=seed,
+                   eval_lr=base.eval_lr or base.inner_lr, compile=base.compile and (
                        variant.method in COMPILED_METHODS
                        or base.meta_steps >= COMPILE_ALL_FROM),
                    **fields).resolved()
@@ -208,21 +243,42 @@ class Study:
     baseline_eval_lrs: tuple[float, ...] = ()
     """The baseline's fine-tuning step sizes; empty: ``base.baseline_eval_lrs`` if set
     (e.g. by the finn2017 preset), else :data:`BASELINE_EVAL_LRS`."""
+    inner: tuple[str, ...] = ()
+    """Inner-loop forms applied to every generated variant."""
+    variant_list: tuple[Variant, ...] = ()
+    """The variants, given explicitly (then ``methods``, ``regimes`` and ``inner`` only
+    describe them); empty: generated by :func:`variants`."""
 
     def eval_lrs(self) -> tuple[float, ...]:
         return tuple(self.baseline_eval_lrs or self.base.baseline_eval_lrs or BASELINE_EVAL_LRS)
 
     def variants(self) -> list[Variant]:
-        return variants(self.methods, self.regimes, self.tune, self.given)
+        if self.variant_list:
+            return [replace(v, grid={}) if not self.tune else v for v in self.variant_list]
+        return variants(self.methods, self.regimes, self.tune, self.given, self.inner)
 
     def spec(self) -> dict[str, Any]:
-        return {"base": self.base.as_dict(), "methods": list(self.methods),
-                "seeds": list(self.seeds), "regimes": list(self.regimes), "tune": self.tune,
-                "given": self.given, "tuning_seed": self.tuning_seed,
-                "baseline_eval_lrs": list(self.eval_lrs()),
-                "grids": {v.name: {k: list(vals) for k, vals in v.grid.items()}
-                          for v in self.variants()},
-                "curvature": list(CURVATURE), "tol": TOL, "matched_cost": MATCHED_COST}
+        out = {"base": self.base.as_dict(), "methods": list(self.methods),
+               "seeds": list(self.seeds), "regimes": list(self.regimes), "tune": self.tune,
+               "given": self.given, "tuning_seed": self.tuning_seed,
+               "baseline_eval_lrs": list(self.eval_lrs()),
+               "grids": {v.name: {k: list(vals) for k, vals in v.grid.items()}
+                         for v in self.variants()},
+               "curvature": list(CURVATURE), "tol": TOL, "matched_cost": MATCHED_COST}
+        if self.inner:
+            out["inner"] = list(self.inner)
+        if self.variant_list:
+            out["variants"] = [v.as_dict() for v in self.variant_list]
+        return out
+
+
+def spec_variants(spec: dict[str, Any]) -> list[Variant]:
+    """The variants of a study from its ``study.json`` specification."""
+    if spec.get("variants"):
+        listed = [Variant.from_dict(d) for d in spec["variants"]]
+        return [v if spec["tune"] else replace(v, grid={}) for v in listed]
+    return variants(spec["methods"], spec["regimes"], spec["tune"], spec.get("given"),
+                    spec.get("inner", ()))
 
 
 def _finished(folder: Path, cfg: TrainConfig) -> dict[str, Any] | None:
@@ -257,15 +313,20 @@ def tune(study: Study, out: Path, *, resume: bool, progress: bool) -> dict[str, 
                                     ).summary
                 assert summary is not None
                 val = summary["validation"]["post_update_mse"]
+                # (a summary written before the own adaptation was evaluated has none)
+                own = summary.get("validation_own", {}).get("mse_by_steps", [math.nan])
                 row.update(validation_mse_1=val["1"], validation_mse_10=val[str(max(
-                    cfg.eval_steps))], status=_status(summary),
+                    cfg.eval_steps))], validation_own_mse=own[-1],
+                    status=_status(summary),
                     proximal_rate_steps=summary["finding_steps"].get("proximal_rate", 0))
             except TrainingDiverged as err:
                 print(f"metagrad train: tuning {v.name} {point_id(point)}: {err}",
                       file=sys.stderr)
                 row.update(validation_mse_1=math.inf, validation_mse_10=math.inf,
+                           validation_own_mse=math.inf,
                            status=f"diverged at meta-step {err.meta_step}")
-            score = row["validation_mse_1"]
+            row["score"] = v.score
+            score = row["validation_own_mse" if v.score == "own" else "validation_mse_1"]
             scores[point_id(point)] = score if score is not None and math.isfinite(score) \
                 else math.inf
             rows.append(row)
@@ -289,7 +350,8 @@ def run(study: Study, out: Path, *, resume: bool = False, progress: bool = True
                               "diverged": {}}
     chosen = tune(study, out, resume=resume, progress=progress) if study.tune else {}
     for v in study.variants():
-        point = chosen.get(v.name if v.regime != "matched" else v.method, {})
+        # the matched view reuses its k1 variant's choice
+        point = chosen.get(v.name.removesuffix("-matched"), {})
         settings = v.settings(point)
         if v.regime == "matched":
             full = config_for(study.base, replace(v, regime="k1"), settings, 0)
@@ -326,7 +388,7 @@ def _baseline(base: TrainConfig, seed: int, folder: Path, resume: bool,
     """The seed's joint-training baseline, trained once and kept in ``folder``."""
     # The baseline reads no method setting; its settings are resolved with the registry's
     # first method, so that its identity is the same whichever methods a study runs.
-    cfg = replace(base, method=METHOD_NAMES[0], seed=seed).resolved()
+    cfg = replace(base, method=METHOD_NAMES[0], inner=(), seed=seed).resolved()
     path = folder / "summary.json"
     identity = outdir.as_json_value({"baseline": cfg.identity()})
     if resume and path.is_file():
@@ -345,6 +407,6 @@ def _baseline(base: TrainConfig, seed: int, folder: Path, resume: bool,
 
 
 __all__ = ["BASELINE_EVAL_LRS", "COMPILED_METHODS", "COMPILE_ALL_FROM", "CURVATURE",
-           "MATCHED_COST", "REGIMES", "TOL", "TUNING_SEED", "Study", "Variant", "config_for",
-           "matched_settings", "point_id", "run", "solved_settings", "tune", "tuning_grid",
-           "variants"]
+           "MATCHED_COST", "REGIMES", "SCORES", "TOL", "TUNING_SEED", "Study", "Variant",
+           "config_for", "matched_settings", "point_id", "run", "solved_settings",
+           "spec_variants", "tune", "tuning_grid", "variants"]

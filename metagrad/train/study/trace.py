@@ -202,7 +202,7 @@ def traced_runs(out: Path, kind: str, configs: dict[str, TrainConfig],
     (``all``), or the first seed of every variant of a study (``record_``: ``study.json``)."""
     if kind == "single":
         (cfg,) = configs.values()
-        return [(cfg.method, out, cfg)]
+        return [(cfg.variant, out, cfg)]
     if kind == "all":
         return [(name, out / name, cfg) for name, cfg in configs.items()]
     assert record_ is not None
