@@ -229,3 +229,203 @@ CORRECT = {
     "maml": maml_target, "fomaml": fomaml_target, "reptile": reptile_target,
     "imaml": implicit_target, "neumann": implicit_target, "penalty": penalty_target,
 }
+
+
+# ---- inner-loop variants: learned rates, momentum, Adam, the multi-step loss ------------------
+
+def _rate_at(rates, name, param, k, late):
+    """The step size of parameter ``name`` at step k: a number, one 0-dim tensor for all, or
+    the dict entry (its k-th slice for a per-step rate; ``rates[k - 1]`` when ``late``)."""
+    if not isinstance(rates, dict):
+        return rates
+    rate = rates[name]
+    if rate.dim() == param.dim() + 1:  # per step
+        return rate[k - 1] if late else rate[k]
+    return rate
+
+
+def _direction(kind, rule, state, name, g, t, *, no_bias, bias_float32, eps_outside, ema):
+    """u for one tensor and the rule's new state (written as torch.optim writes them)."""
+    if kind == "gd":
+        return g
+    if kind in ("momentum", "nesterov"):
+        beta = float(rule.beta)
+        b = beta * state.get(name, torch.zeros_like(g)) + ((1 - beta) * g if ema else g)
+        state[name] = b
+        return b if kind == "momentum" else g + beta * b
+    m = rule.beta1 * state.get(("m", name), torch.zeros_like(g)) + (1 - rule.beta1) * g
+    v = rule.beta2 * state.get(("v", name), torch.zeros_like(g)) + (1 - rule.beta2) * g * g
+    state[("m", name)], state[("v", name)] = m, v
+    if no_bias:
+        return m / (v.sqrt() + rule.eps)
+    if bias_float32:  # torch.pow(python float, int64 tensor) computes in float32
+        count = torch.tensor(t)
+        c1 = (1 - pow(rule.beta1, count)).to(g.dtype)
+        c2 = (1 - pow(rule.beta2, count)).to(g.dtype)
+    else:
+        c1, c2 = 1 - rule.beta1 ** t, 1 - rule.beta2 ** t
+    if eps_outside:  # Kingma & Ba 2015, §2: the step size folds in the corrections
+        return (c2 ** 0.5 / c1) * m / (v.sqrt() + rule.eps)
+    return (m / c1) / ((v / c2).sqrt() + rule.eps)
+
+
+def learned_target(*, steps, inner_lr, inner=None, step_weights=None, first_order=False,
+                   rate_first_order=False, rates_late=False, steps_summed=False,
+                   rates_detached=False, rate_sign=False, entries_mean=False, carry=None,
+                   kind=None, no_bias=False, bias_float32=False, eps_outside=False, ema=False,
+                   query_inner=False, reduce="mean", perturb_rates=0.0, penalty_lam=None):
+    """MAML (FOMAML with ``first_order``; the penalty method with ``penalty_lam``) through an
+    inner loop with learned rates ``inner_lr`` (a number, a 0-dim tensor, or a dict of
+    per-tensor / per-entry / per-step tensors; absent names not adapted) and the update rule
+    ``inner`` (``mg.Momentum`` / ``mg.Adam``, read by attribute), returning ``(grad,
+    {"inner_lr": rate-gradient})`` like ``out.hyper_grad``. The keywords are the deviations:
+    see ``metagrad_reference.inner_variants`` for the equations of each."""
+    rule_kind = "gd" if inner is None else (
+        "adam" if hasattr(inner, "beta1") else "nesterov" if inner.nesterov else "momentum")
+    kind = kind or rule_kind
+    options = dict(no_bias=no_bias, bias_float32=bias_float32, eps_outside=eps_outside, ema=ema)
+    learned = isinstance(inner_lr, (dict, torch.Tensor))
+
+    def target(loss, params, tasks):
+        rates = ({k: v.detach().clone().requires_grad_(True) for k, v in inner_lr.items()}
+                 if isinstance(inner_lr, dict) else
+                 inner_lr.detach().clone().requires_grad_(True) if learned else inner_lr)
+        rate_list = (list(rates.values()) if isinstance(rates, dict)
+                     else [rates] if learned else [])
+        used = ({k: v.detach() for k, v in rates.items()} if isinstance(rates, dict)
+                else rates.detach()) if rates_detached else rates
+        theta = _leaf(params)
+        adapted = [k for k in theta if not isinstance(used, dict) or k in used]
+        state: dict = {}
+        total_g = [torch.zeros_like(v) for v in theta.values()]
+        total_r = [torch.zeros_like(r) for r in rate_list]
+        objective = 0.0
+        count = 0
+
+        def one(train, val, state):
+            nonlocal count
+            if carry is None:
+                state.clear()
+            elif carry == "detached":
+                for key in list(state):
+                    state[key] = state[key].detach()
+            phi = dict(theta)
+            directions = []
+            losses = []
+            for k in range(steps):
+                value = loss(phi, val if query_inner else train)
+                g = torch.autograd.grad(value, [phi[n] for n in adapted],
+                                        create_graph=not first_order)
+                count += 1
+                step = {}
+                for n, gn in zip(adapted, g):
+                    u = _direction(kind, inner, state, n, gn, count if carry else k + 1,
+                                   **options)
+                    step[n] = u
+                    phi[n] = phi[n] - _rate_at(used, n, theta[n], k, rates_late) * u
+                directions.append(step)
+                losses.append(dict(phi))
+            if not carry:
+                count = 0
+            if penalty_lam is not None:
+                return phi, directions, None
+            if step_weights is not None:
+                return phi, directions, sum(w * loss(p, val) for w, p in zip(step_weights,
+                                                                             losses))
+            return phi, directions, loss(phi, val)
+
+        for i in range(tasks.num_tasks):
+            train, val = tasks.task(i)
+            phi, directions, value = one(train, val, state)
+            if penalty_lam is not None:  # gᵢ = ∇L_val(φ) + 2λH∇L_tr(φ) at φ, first order
+                point = {k: v.detach().requires_grad_(True) for k, v in phi.items()}
+                g_tr = torch.autograd.grad(loss(point, train), list(point.values()),
+                                           create_graph=True)
+                h = torch.autograd.grad(g_tr, list(point.values()),
+                                        grad_outputs=[t.detach() for t in g_tr])
+                g_val = torch.autograd.grad(loss(point, val), list(point.values()))
+                gi = [a + 2 * penalty_lam * b for a, b in zip(g_val, h)]
+                out = torch.autograd.grad([phi[k] for k in theta] if rate_list else [],
+                                          rate_list, grad_outputs=gi, allow_unused=True) \
+                    if rate_list else []
+                total_g = [a + b for a, b in zip(total_g, gi)]
+                total_r = [a + (torch.zeros_like(r) if b is None else b)
+                           for a, b, r in zip(total_r, out, rate_list)]
+                continue
+            if carry == "differentiated":
+                objective = objective + value
+                continue
+            g_phi = (torch.autograd.grad(value, [phi[n] for n in adapted], retain_graph=True)
+                     if rate_first_order and rate_list else None)
+            wrt = list(theta.values()) + rate_list
+            grads = torch.autograd.grad(value, wrt, allow_unused=True)
+            grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt)]
+            gi, ri = grads[:len(theta)], grads[len(theta):]
+            if g_phi is not None:  # −Σₖ uₖ ⊙ ∇L_val(φ), reduced to each rate
+                ri = _first_order_rates(rates, theta, adapted, directions, g_phi)
+            total_g = [a + b.detach() for a, b in zip(total_g, gi)]
+            total_r = [a + b.detach() for a, b in zip(total_r, ri)]
+        if carry == "differentiated":
+            wrt = list(theta.values()) + rate_list
+            grads = torch.autograd.grad(objective, wrt, allow_unused=True)
+            grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt)]
+            total_g, total_r = grads[:len(theta)], grads[len(theta):]
+            scale = 1.0
+        else:
+            scale = 1.0 if reduce == "sum" else 1.0 / tasks.num_tasks
+        grad = {k: t.detach() * scale for k, t in zip(theta, total_g)}
+        if carry == "differentiated" and reduce != "sum":
+            grad = {k: t / tasks.num_tasks for k, t in grad.items()}
+            total_r = [t / tasks.num_tasks for t in total_r]
+            scale = 1.0
+        rate_grad = [t.detach() * scale for t in total_r]
+        rate_grad = [_post(r, rate, theta, name, steps_summed, entries_mean)
+                     for r, rate, name in zip(rate_grad, rate_list, _rate_keys(rates, theta))]
+        rate_grad = [(-r if rate_sign else r) * (1 + perturb_rates) for r in rate_grad]
+        if not learned:
+            return grad
+        hyper = (dict(zip(rates, rate_grad)) if isinstance(rates, dict) else rate_grad[0])
+        return grad, {"inner_lr": hyper}
+
+    return target
+
+
+def _rate_keys(rates, theta):
+    return list(rates) if isinstance(rates, dict) else [None]
+
+
+def _post(r, rate, theta, name, steps_summed, entries_mean):
+    """The rate-gradient's bugs applied after the fact (pooled steps, a mean over entries)."""
+    per_step = name is not None and rate.dim() == theta[name].dim() + 1
+    if steps_summed and per_step:
+        r = r.sum(0, keepdim=True).expand_as(r).clone()
+    if entries_mean:
+        covered = (sum(v.numel() for v in theta.values()) if name is None
+                   else theta[name].numel())
+        per = rate[0].numel() if per_step else rate.numel()
+        r = r * per / covered
+    return r
+
+
+def _first_order_rates(rates, theta, adapted, directions, g_phi):
+    """∂F/∂rates with every inner gradient constant: −Σₖ uₖ ⊙ ∇L_val(φ), summed over the
+    entries (and steps) each rate covers."""
+    g = dict(zip(adapted, g_phi))
+    if not directions:  # K = 0: nothing depends on the rates
+        return [torch.zeros_like(r) for r in (rates.values() if isinstance(rates, dict)
+                                              else [rates])]
+    if not isinstance(rates, dict):
+        return [-sum(sum((step[n] * g[n]).sum() for n in adapted)
+                     for step in directions).detach()]
+    out = []
+    for name, rate in rates.items():
+        per = [-(step[name] * g[name]).detach() for step in directions]
+        if rate.dim() == theta[name].dim() + 1:  # per step
+            stacked = torch.stack(per)
+            out.append(stacked if rate.shape == stacked.shape
+                       else stacked.reshape(len(per), -1).sum(1).reshape(rate.shape))
+        elif rate.dim() == 0:
+            out.append(sum(p.sum() for p in per))
+        else:
+            out.append(sum(per))
+    return out

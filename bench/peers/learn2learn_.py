@@ -14,6 +14,9 @@ Audit targets (``AUDIT_TARGETS``, settings in metagrad's vocabulary):
 =========  ==========================================================================
 maml       ``l2l.algorithms.MAML(module, lr=inner_lr, first_order=False)``; per task
            ``clone()``, ``steps`` × ``adapt(L_tr)``; gradient of L_val(φ) w.r.t. θ.
+           With rate tensors (``--inner per_entry`` or ``per_tensor``):
+           ``l2l.algorithms.MetaSGD(module, lrs=rates, first_order=False)``, the same loop,
+           and the gradient w.r.t. θ and the rates (Meta-SGD, Li et al. 2017).
 fomaml     the same with ``first_order=True``.
 =========  ==========================================================================
 
@@ -24,6 +27,15 @@ applies as ``p + p.update`` (learn2learn/utils/__init__.py:290-294). With
 ``first_order=True`` the gradient has no graph, so ∂φ/∂θ = I and the θ-gradient of
 L_val(φ) is ∇L_val(φ) (metagrad's FOMAML); otherwise it is the exact second-order MAML
 gradient. learn2learn has no implicit gradients.
+
+``MetaSGD.adapt`` takes ``grad(loss, params, create_graph=not first_order)``
+(learn2learn/algorithms/meta_sgd.py:136-140) and ``meta_sgd_update`` sets ``p._lr = lr`` and
+replaces each parameter by ``p − p._lr · g`` (meta_sgd.py:42, 48), the rates broadcast over
+the parameter (a tensor of its shape: Meta-SGD's per-entry rates; a 0-dim tensor: one per
+tensor); ``clone()`` clones the rates with the module (meta_sgd.py:124), so the rates stay in
+the graph: their gradient is the exact ∂L_val/∂α (with ``first_order=True``, the first-order
+one, every inner gradient a constant: metagrad's FOMAML with rates). MetaSGD adapts every
+parameter with rates fixed across the steps; it has no per-step rates, momentum or Adam.
 """
 
 from __future__ import annotations
@@ -139,21 +151,31 @@ def _audit_maml(first_order: bool):
     method = "fomaml" if first_order else "maml"
 
     def factory(**settings) -> _audit.Target:
-        s = _audit.check_settings(f"learn2learn {method}", settings, ("steps", "inner_lr"))
+        what = f"learn2learn {method}"
+        s, inner = _audit.inner_settings(what, settings, ("steps", "inner_lr"),
+                                         rates=("entry", "tensor"))
+        if inner.kind != "gd":
+            raise NotImplementedError(f"{what}: plain gradient descent only (MAML, MetaSGD)")
 
         def target(loss, params, tasks):
             l2l = _import()
             model = _audit.ParamModule(loss, params)
-            maml = l2l.algorithms.MAML(model, lr=s["inner_lr"], first_order=first_order)
+            rates = []
+            if inner.rates is None:
+                wrapper = l2l.algorithms.MAML(model, lr=inner.lr, first_order=first_order)
+            else:  # Meta-SGD: the rates are MetaSGD's lrs, one tensor per parameter
+                _audit.check_rates_cover(what, inner, params)
+                rates = inner.rate_list(model.keys)
+                wrapper = l2l.algorithms.MetaSGD(model, first_order=first_order, lrs=rates)
 
             def one(i):
                 train, val = tasks.task(i)
-                learner = maml.clone()
+                learner = wrapper.clone()
                 for _ in range(s["steps"]):
                     learner.adapt(learner(train))
-                return _audit.one_scalar_grad(learner(val), list(model.parameters()))
+                return _audit.one_scalar_grad(learner(val), list(model.parameters()) + rates)
 
-            return _audit.mean_over_tasks(one, tasks, model.keys)
+            return _audit.mean_with_rates(one, tasks, model.keys, inner)
 
         return target
 
@@ -161,3 +183,5 @@ def _audit_maml(first_order: bool):
 
 
 AUDIT_TARGETS = {"maml": _audit_maml(False), "fomaml": _audit_maml(True)}
+AUDIT_INNER = {"maml": ("per_entry", "per_tensor"), "fomaml": ("per_entry", "per_tensor")}
+"""The inner-loop forms each method runs (``metagrad audit --inner``): MetaSGD's rates."""

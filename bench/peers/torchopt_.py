@@ -13,8 +13,13 @@ Audit targets (``AUDIT_TARGETS``, settings in metagrad's vocabulary)
 maml       ``torchopt.MetaSGD(module, lr=inner_lr)``; per task ``steps`` ×
            ``opt.step(L_tr)``, gradient of L_val(φ) w.r.t. θ, then
            ``recover_state_dict`` of module and optimizer (its MAML example's pattern).
+           With ``--inner momentum`` / ``nesterov``: ``torchopt.MetaSGD(module, lr,
+           momentum=β, nesterov=...)``; ``--inner adam``: ``torchopt.MetaAdam(module, lr,
+           betas=(β₁, β₂), eps=ε)``; ``--inner one_rate``: ``lr`` a 0-dim tensor that
+           requires grad, whose gradient is returned too.
 fomaml     the same, then ``torchopt.stop_gradient(module)`` and the gradient of
-           L_val(φ) w.r.t. the detached φ.
+           L_val(φ) w.r.t. the detached φ (with momentum or Adam too; not with a learned
+           ``lr``, whose graph ``stop_gradient`` cuts).
 imaml      ``custom_root(grad(F), argnums=1, solve=solve_cg(maxiter=cg_iters, rtol=0,
            atol=0))`` on F(φ, θ) = L_tr(φ) + λ/2‖φ − θ‖²; the inner solver is ``steps``
            × ``torchopt.sgd(lr=inner_lr)`` from φ = θ (its iMAML example's pattern).
@@ -26,6 +31,20 @@ cg_iters, rtol=0, atol=0)``, the solver of torchopt's own iMAML example and
 ``custom_root``'s default.
 
 Facts relied on (torchopt 0.7.3 source):
+
+* ``MetaSGD`` and ``MetaAdam`` are ``MetaOptimizer``s over ``alias.sgd`` / ``alias.adam``:
+  ``chain(…, trace(momentum, nesterov) | scale_by_adam(b1, b2, eps), scale_by_neg_lr(lr))``
+  (torchopt/alias/sgd.py, adam.py). ``trace`` is torch.optim.SGD's buffer b ← βb + g
+  (nesterov: u = g + βb; torchopt/transform/trace.py:169-202); the state lives in the
+  optimizer and is put back per task by ``recover_state_dict`` (the MAML example's pattern),
+  so it starts at zero in every task. ``scale_by_neg_lr`` multiplies by ``-lr``
+  (torchopt/alias/utils.py:222), a tensor included, so a 0-dim ``lr`` that requires grad is
+  a learned step size. ``scale_by_adam`` divides the moments by ``1 - pow(decay, count)``
+  with ``count`` an int64 tensor (torchopt/transform/scale_by_adam.py:63-73, 198): torch
+  computes ``pow(python float, int64 tensor)`` in the default dtype, float32, so the bias
+  corrections are float32 numbers even for float64 parameters; and
+  ``m.div(v.add(eps_root).sqrt_().add(eps))`` (line 210) adds ε to √v̂, as Alg. 1 of
+  Kingma & Ba.
 
 * ``MetaOptimizer.step`` takes ``autograd.grad(loss, params, create_graph=True)`` and
   applies the update out of place (torchopt/optim/meta/base.py:77-90); ``MetaSGD`` with
@@ -154,18 +173,31 @@ CASES = {
 }
 
 
+def _meta_optimizer(torchopt, model, inner: _audit.Inner, lr):
+    """torchopt's differentiable optimizer for metagrad's update rule."""
+    if inner.kind == "adam":
+        return torchopt.MetaAdam(model, lr=lr, betas=inner.betas, eps=inner.eps)
+    if inner.kind in ("momentum", "nesterov"):
+        return torchopt.MetaSGD(model, lr=lr, momentum=inner.beta,
+                                nesterov=inner.kind == "nesterov")
+    return torchopt.MetaSGD(model, lr=lr)
+
+
 def _audit_maml(first_order: bool):
     method = "fomaml" if first_order else "maml"
 
     def factory(**settings) -> _audit.Target:
-        s = _audit.check_settings(f"torchopt {method}", settings, ("steps", "inner_lr"))
+        what = f"torchopt {method}"
+        s, inner = _audit.inner_settings(what, settings, ("steps", "inner_lr"),
+                                         rates=() if first_order else ("one",))
 
         def target(loss, params, tasks):
             import torchopt
 
             model = _audit.ParamModule(loss, params)
             theta = list(model.parameters())
-            opt = torchopt.MetaSGD(model, lr=s["inner_lr"])
+            rates = inner.rate_list(model.keys) if inner.rates is not None else []
+            opt = _meta_optimizer(torchopt, model, inner, rates[0] if rates else inner.lr)
             net_state = torchopt.extract_state_dict(model)
             opt_state = torchopt.extract_state_dict(opt)
 
@@ -177,12 +209,12 @@ def _audit_maml(first_order: bool):
                     if first_order:
                         torchopt.stop_gradient(model)
                         return _audit.one_scalar_grad(model(val), list(model.parameters()))
-                    return _audit.one_scalar_grad(model(val), theta)
+                    return _audit.one_scalar_grad(model(val), theta + rates)
                 finally:
                     torchopt.recover_state_dict(model, net_state)
                     torchopt.recover_state_dict(opt, opt_state)
 
-            return _audit.mean_over_tasks(one, tasks, model.keys)
+            return _audit.mean_with_rates(one, tasks, model.keys, inner)
 
         return target
 
@@ -261,3 +293,7 @@ def _audit_neumann(**settings) -> _audit.Target:
 AUDIT_TARGETS = {"maml": _audit_maml(False), "fomaml": _audit_maml(True),
                  "imaml": _audit_imaml("solve_cg"), "neumann": _audit_neumann}
 AUDIT_VARIANTS = {"imaml normal_cg": _audit_imaml("solve_normal_cg")}
+AUDIT_INNER = {"maml": ("momentum", "nesterov", "adam", "one_rate"),
+               "fomaml": ("momentum", "nesterov", "adam")}
+"""The inner-loop forms each method runs (``metagrad audit --inner``): MetaSGD with momentum,
+MetaAdam, a learned ``lr``."""

@@ -181,6 +181,12 @@ def _base(label: str, tasks: int):
     return builder(tasks, torch.Generator().manual_seed(seed))
 
 
+def base_params(label: str) -> dict[str, Tensor]:
+    """The float64 parameters θ of problem ``label`` (names and shapes as the target sees
+    them in the functional form)."""
+    return _base(label, 1)[0]
+
+
 def _spectrum(label: str, tasks: int) -> tuple[float, float]:
     """(L₀, N₀): the largest |eigenvalue| and the most negative eigenvalue's size (0 if
     none) of the unscaled ∇²L_tr(θ), each the worst over the tasks."""

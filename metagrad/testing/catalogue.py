@@ -20,6 +20,15 @@ w): the message reports their values. Which family rows apply to a method is the
 ``audit_mistakes`` (the generic rows apply to every method); rows named ``detached`` and
 ``zero`` are expanded per parameter tensor (``detached:layer.weight``).
 
+**Inner-loop variants** (learned rates, momentum, Adam, the multi-step loss): the unrolled
+family is then :func:`metagrad_reference.inner_variants.unrolled`, which also gives the
+rate-gradient; the family rows whose options it takes still apply, and so do the
+:data:`INNER` rows whose ``needs`` the audit has (``learned``: a rate-gradient is checked;
+``exact``: the method's is MAML's exact one; ``step_rates``: a per-step rate; ``rates``:
+rate tensors; ``stateful``, ``momentum``, ``heavy_ball``, ``nesterov``, ``adam``: the update
+rule). A result that includes the rate-gradient is compared part by part: a candidate is
+as far from it as its farther part.
+
 To add a variant: add its equation as an option of a family in
 :mod:`metagrad_reference.variants`, one :class:`Mistake` row here, and its key to the
 ``audit_mistakes`` of the methods it applies to.
@@ -67,6 +76,9 @@ class Mistake:
     generic: bool = False
     """Applies to every method (a transform or an absolute value), not only those whose
     ``audit_mistakes`` list it."""
+    needs: tuple[str, ...] = ()
+    """For the inner-loop rows (:data:`INNER`): what the audited variant must have for the
+    row to apply (module docstring)."""
 
     @property
     def combines(self) -> bool:
@@ -189,4 +201,68 @@ FAMILY: tuple[Mistake, ...] = (
 )
 """Rows of the two families; each method lists those that apply (``audit_mistakes``)."""
 
-ROWS: dict[str, Mistake] = {m.key: m for m in (*GENERIC, *FAMILY)}
+INNER: tuple[Mistake, ...] = (
+    # -- the rate-gradient ------------------------------------------------------------------
+    Mistake("rate_first_order", "the first-order rate-gradient −Σₖ uₖ ⊙ ∇L_val(φ) (no "
+            "second-order term)", "the rate-gradient holds every inner gradient constant (the "
+            "first-order form of Li et al. 2017) where MAML's exact one differentiates "
+            "through them", axis="rate_graph", options={"rate_graph": "none"},
+            needs=("learned", "exact")),
+    Mistake("rates_late", "the value with the rates applied one step late (step k uses "
+            "α_{k−1}, the first step α_{K−1})", "the per-step rates are indexed one step "
+            "late (rates[k − 1]): each step is taken with the previous step's rate, the "
+            "first with the last one", axis="rate_index", options={"rate_shift": 1},
+            needs=("step_rates",)),
+    Mistake("rate_steps_summed", "the per-step rate-gradient summed over the steps",
+            "every step's rate is given the derivative summed over all steps (the per-step "
+            "rates' gradients pooled as if one rate were shared by the steps)",
+            axis="rate_steps", options={"rate_steps": "summed"},
+            needs=("learned", "step_rates")),
+    Mistake("rates_detached", "a zero rate-gradient", "no gradient reaches the rates (they "
+            "are detached: .detach(), .item() or a float copy in the inner step)",
+            axis="rate_scale", options={"rate_scale": 0.0}, needs=("learned",)),
+    Mistake("rate_sign", "the negated rate-gradient", "the rate-gradient has the wrong sign",
+            axis="rate_scale", options={"rate_scale": -1.0}, needs=("learned",)),
+    Mistake("rate_entries_mean", "the rate-gradient averaged over the entries a rate covers",
+            "a rate shared by several entries gets the mean of their derivatives, not the sum "
+            "the chain rule gives", axis="rate_entries", options={"rate_entries": "mean"},
+            needs=("learned",)),
+    # -- the update rule --------------------------------------------------------------------
+    Mistake("state_carried", "the value with the inner optimizer's state carried over from "
+            "the previous task", "the optimizer state (momentum buffer; Adam's moments and "
+            "step count) is not reset per task: each task starts from the state the previous "
+            "task left, and the meta-gradient flows back through it (one backward through "
+            "the mean loss)", axis="carry", options={"carry": "differentiated"},
+            needs=("stateful",)),
+    Mistake("state_carried_detached", "the value with the inner optimizer's state carried "
+            "over from the previous task, as a constant", "the optimizer state is not reset "
+            "per task: each task starts from the state the previous task left (detached)",
+            axis="carry", options={"carry": "detached"}, needs=("stateful",)),
+    Mistake("nesterov_as_heavy_ball", "the heavy-ball value, uₖ = bₖ₊₁", "Nesterov momentum "
+            "is written as the heavy ball: the step uses the buffer bₖ₊₁, not gₖ + βbₖ₊₁",
+            axis="rule", options={"kind": "momentum"}, needs=("nesterov",)),
+    Mistake("heavy_ball_as_nesterov", "the Nesterov value, uₖ = gₖ + βbₖ₊₁", "the heavy ball "
+            "is written as Nesterov momentum (gₖ + βbₖ₊₁ instead of bₖ₊₁)", axis="rule",
+            options={"kind": "nesterov"}, needs=("heavy_ball",)),
+    Mistake("momentum_ema", "momentum as an average, b ← βb + (1 − β)g", "the momentum "
+            "buffer is an exponential moving average, not torch.optim.SGD's sum b ← βb + g "
+            "(every step (1 − β) times shorter)", axis="ema", options={"ema": True},
+            needs=("momentum",)),
+    Mistake("adam_no_bias_correction", "Adam without bias correction, u = m/(√v + ε)",
+            "Adam's moments are used without the corrections 1 − β₁ᵗ, 1 − β₂ᵗ",
+            axis="adam_bias", options={"bias_correction": False}, needs=("adam",)),
+    Mistake("adam_bias_float32", "Adam with its bias corrections 1 − βᵗ in float32",
+            "the corrections 1 − β₁ᵗ, 1 − β₂ᵗ are computed in float32 (β rounded to float32 "
+            "first: 1 − β₂ᵗ is then off by about 1e-5, relative) while the rest runs in the "
+            "parameters' float64", axis="adam_bias", options={"bias_float32": True},
+            needs=("adam",)),
+    Mistake("adam_eps_outside", "Adam with ε outside the bias correction, "
+            "u = (√(1 − β₂ᵗ)/(1 − β₁ᵗ))·m/(√v + ε)", "a different definition: the "
+            "'efficient' form of Kingma & Ba 2015, §2, whose ε acts as ε/√(1 − β₂ᵗ) in "
+            "u = m̂/(√v̂ + ε) (Alg. 1 adds ε to √v̂)", axis="adam_eps",
+            options={"eps_outside": True}, needs=("adam",)),
+)
+"""Rows for the inner-loop variants (module docstring), each computed by
+:func:`metagrad_reference.inner_variants.unrolled`."""
+
+ROWS: dict[str, Mistake] = {m.key: m for m in (*GENERIC, *FAMILY, *INNER)}

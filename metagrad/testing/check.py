@@ -29,11 +29,22 @@ from torch.utils import _pytree
 from .._task import Task
 from ..methods import METHODS, Method, method_class
 from ..problems import Problem
-from ..verify.compare import FD_RTOL, REF_RTOL, fd_result, flat, reference_result, rel_error
+from ..verify.compare import (
+    FD_RTOL,
+    REF_RTOL,
+    fd_result,
+    flat,
+    flat_hyper,
+    identity,
+    oracle_variant,
+    reference_result,
+    rel_error,
+)
 from . import battery, diagnosis, isolate
 from .modules import ModuleTarget, fresh_model, grads_of
 from .result import AuditResult, CaseResult
 from .tolerance import float32_tolerance, reduction_length
+from .variant import Built, Variant, largest_rate
 
 Target = Callable[..., Any]
 
@@ -128,9 +139,23 @@ def _same_tasks(a: Any, b: Task) -> bool:
         for x, y in zip(la, lb))
 
 
-def _as_grad(out: Any) -> Any:
-    grad = getattr(out, "grad", None)  # a metagrad.MetaGradient
-    return grad if isinstance(grad, Mapping) else out
+HYPER_KEYS = ("inner_lr", "beta")
+"""The keys a target's hyper-gradient dict may have (those of ``out.hyper_grad``)."""
+
+
+def split_output(out: Any) -> tuple[Any, Mapping[str, Any] | None]:
+    """``(meta-gradient, hyper-gradients or None)`` of what a target returned: a dict of
+    gradients alone; a pair ``(grad, hyper_grad)`` with ``hyper_grad`` a dict such as
+    ``{"inner_lr": rate-gradients}`` (the form of metagrad's ``out.hyper_grad``); or an
+    object with ``.grad`` (and ``.hyper_grad``), e.g. a :class:`metagrad.MetaGradient`."""
+    grad = getattr(out, "grad", None)
+    if isinstance(grad, Mapping):
+        hyper = getattr(out, "hyper_grad", None)
+        return grad, (hyper if isinstance(hyper, Mapping) and hyper else None)
+    if (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Mapping)
+            and isinstance(out[1], Mapping) and set(out[1]) <= set(HYPER_KEYS)):
+        return out[0], (out[1] or None)
+    return out, None
 
 
 Run = Callable[[dict[str, Tensor], Task], tuple[Any, list[str]]]
@@ -139,7 +164,7 @@ Run = Callable[[dict[str, Tensor], Task], tuple[Any, list[str]]]
 
 def _functional_run(target: Target, problem: Problem) -> Run:
     def run(params: dict[str, Tensor], tasks: Task) -> tuple[Any, list[str]]:
-        return _as_grad(target(problem.loss, params, tasks)), []
+        return target(problem.loss, params, tasks), []
 
     return run
 
@@ -154,7 +179,7 @@ def _module_run(fn: Target, problem: Problem) -> Run:
         model = fresh_model(template, params)
         out = fn(model, tasks)
         if out is not None:
-            return _as_grad(out), []
+            return out, []
         grads = grads_of(model, list(params))
         missing = [k for k, g in grads.items() if g is None]
         if len(missing) == len(grads):
@@ -190,7 +215,10 @@ def _describe_output(out: Any, params: dict[str, Tensor]) -> str:
                 f"dict[str, Tensor]{hint}")
     if isinstance(out, (tuple, list)):
         hint = ""
-        if out and isinstance(out[0], Mapping):
+        if len(out) == 2 and isinstance(out[0], Mapping) and isinstance(out[1], Mapping):
+            hint = (f"; a pair (grad, hyper_grad) needs hyper_grad keyed by "
+                    f"{' / '.join(map(repr, HYPER_KEYS))}, got keys {sorted(out[1])[:4]}")
+        elif out and isinstance(out[0], Mapping):
             hint = "; its first item is a dict: return the gradients alone"
         elif len(out) == len(params) and all(isinstance(x, Tensor) for x in out):
             hint = "; one tensor per parameter: return dict(zip(params, ...))"
@@ -199,21 +227,25 @@ def _describe_output(out: Any, params: dict[str, Tensor]) -> str:
     return f"the target returned {type(out).__name__}, not a dict[str, Tensor]"
 
 
-def _structure(out: Any, params: dict[str, Tensor]) -> tuple[list[str], Tensor | None,
-                                                             list[str]]:
+def _structure(out: Any, params: dict[str, Tensor], what: str = "result",
+               of: str = "parameter") -> tuple[list[str], Tensor | None, list[str]]:
     """Problems with the target's output (wrong type, keys, shapes, dtype, device, non-finite
     values), its values flattened in ``params`` order in float64 on the CPU (None when they
-    cannot be compared), and remarks that are no failure (a result that carries a graph)."""
+    cannot be compared), and remarks that are no failure (a result that carries a graph).
+    ``what`` and ``of`` name the output and what it is keyed by, for the rate-gradient."""
     if not isinstance(out, Mapping):
+        if what != "result":
+            return [f"the {what} is {type(out).__name__}, not a dict[str, Tensor] keyed like "
+                    f"the {of}s"], None, []
         return [_describe_output(out, params)], None, []
     problems: list[str] = []
     notes: list[str] = []
     missing = [k for k in params if k not in out]
     extra = [k for k in out if k not in params]
     if missing:
-        problems.append(f"the result has no entry for {missing}")
+        problems.append(f"the {what} has no entry for {missing}")
     if extra:
-        problems.append(f"the result has entries that are not parameters: {extra}")
+        problems.append(f"the {what} has entries that are not {of}s: {extra}")
     if missing:
         return problems, None, notes
     pieces = []
@@ -221,33 +253,33 @@ def _structure(out: Any, params: dict[str, Tensor]) -> tuple[list[str], Tensor |
     for key, p in params.items():
         g = out[key]
         if not isinstance(g, Tensor):
-            problems.append(f"result[{key!r}] is {type(g).__name__}, not a Tensor")
+            problems.append(f"{what}[{key!r}] is {type(g).__name__}, not a Tensor")
             comparable = False
             continue
         if g.device.type == "meta":
-            problems.append(f"result[{key!r}] is on the meta device: it holds no values")
+            problems.append(f"{what}[{key!r}] is on the meta device: it holds no values")
             comparable = False
             continue
         if g.device != p.device:
-            problems.append(f"result[{key!r}] is on {g.device}, the parameter on {p.device}")
+            problems.append(f"{what}[{key!r}] is on {g.device}, the {of} on {p.device}")
         if g.shape != p.shape:
-            problems.append(f"result[{key!r}] has shape {tuple(g.shape)}, the parameter "
+            problems.append(f"{what}[{key!r}] has shape {tuple(g.shape)}, the {of} "
                             f"{tuple(p.shape)}")
         if g.dtype != p.dtype:
-            problems.append(f"result[{key!r}] is {g.dtype}, the parameter {p.dtype}")
+            problems.append(f"{what}[{key!r}] is {g.dtype}, the {of} {p.dtype}")
         if not (g.is_floating_point() or g.is_complex()):
             comparable = False
             continue
         if g.requires_grad:
-            notes.append(f"result[{key!r}] carries an autograd graph (requires_grad=True); "
+            notes.append(f"{what}[{key!r}] carries an autograd graph (requires_grad=True); "
                          ".detach() it, or every call keeps its graph alive")
         values = g.detach().to("cpu")
         if values.is_complex():
-            problems.append(f"result[{key!r}] is complex")
+            problems.append(f"{what}[{key!r}] is complex")
             comparable = False
             continue
         if not bool(torch.isfinite(values).all()):
-            problems.append(f"result[{key!r}] has NaN or infinite entries")
+            problems.append(f"{what}[{key!r}] has NaN or infinite entries")
         if g.numel() != p.numel():
             comparable = False
             continue
@@ -255,25 +287,110 @@ def _structure(out: Any, params: dict[str, Tensor]) -> tuple[list[str], Tensor |
     return problems, (torch.cat(pieces) if comparable else None), notes
 
 
+def _rate_structure(got: Any, rates: Any) -> tuple[list[str], Tensor | None, list[str]]:
+    """:func:`_structure` for a rate-gradient against the rates (a dict, or a 0-dim tensor)."""
+    if isinstance(rates, Tensor):
+        if isinstance(got, Tensor):
+            return _structure({"inner_lr": got}, {"inner_lr": rates}, "rate-gradient", "rate")
+        return ([f"the rate-gradient is {type(got).__name__}, not a 0-dim Tensor like the "
+                 "rate"], None, [])
+    return _structure(got, dict(rates), "rate-gradient", "rate")
+
+
+def _method_object(method: str, settings: dict[str, Any], variant: Built | None) -> Any:
+    """The method at ``settings`` running the variant on the oracle's problem, or its name
+    (the oracle's plain references, cached by name and settings) without one."""
+    if variant is None:
+        return method
+    return method_class(method)(**{**settings, **variant.exact})
+
+
+def _references(exact: Problem, method: str, settings: dict[str, Any], variant: Built | None,
+                fd: bool, notes: list[str]) -> tuple[Tensor, Tensor | None, Tensor | None,
+                                                     Tensor | None]:
+    """The oracle's meta-gradient, its rate-gradient (None when no rates are learned),
+    and their finite-difference checks (None where there are none)."""
+    m = _method_object(method, settings, variant)
+    reference = reference_result(exact, m, None if variant else settings)
+    rate_ref = None
+    if variant is not None and variant.learned and "inner_lr" in reference.hyper_grad:
+        rate_ref = flat_hyper({"inner_lr": reference.hyper_grad["inner_lr"]})
+    numeric = rate_numeric = None
+    if fd:
+        try:
+            numeric = fd_result(exact, m, None if variant else settings)
+            if rate_ref is not None and not isinstance(m, str):
+                rate_numeric = rate_differences(exact, m)
+        except Exception as err:  # noqa: BLE001 - e.g. a loss that torch.vmap cannot batch
+            notes.append(f"finite differences unavailable ({type(err).__name__}: {err})")
+    return reference.grad, rate_ref, numeric, rate_numeric
+
+
+_RATE_FD: dict[tuple, Tensor | None] = {}
+
+
+def rate_differences(problem: Problem, m: Method) -> Tensor | None:
+    """Central differences of MAML's mean objective F in every learned rate, flat in the
+    rates' order; None for a method whose gᵢ is not the gradient of F.
+
+    The step is relative to each rate, hᵢ = ε^(1/3)·|αᵢ| (Nocedal & Wright 2006, §8.1, with
+    αᵢ as the scale): F changes on the scale of α itself, not of 1, so the absolute step
+    ε^(1/3)·max(1, |x|) used for θ would leave a truncation error h²F‴/(6F′) of order
+    (h/α)², above the 1e-7 tolerance for α ≈ 0.01."""
+    if type(m).gradient_of != "meta_objective":
+        return None
+    key = (problem.key, identity(m))
+    if key not in _RATE_FD:
+        _RATE_FD[key] = _rate_differences(problem, m)
+    return _RATE_FD[key]
+
+
+def _rate_differences(problem: Problem, m: Method) -> Tensor:
+    from metagrad_reference import finite_diff
+    from metagrad_reference import inner_loops as il
+
+    spec = oracle_variant(m)
+    f, theta = flat(problem)
+    lay = [(k, tuple(v.shape)) for k, v in problem.params.items()]
+    objectives = [il.maml_objective(f, lay, tr, val, steps=m.steps, rule=spec["rule"],
+                                    weights=spec.get("weights"))
+                  for tr, val in problem.task_list()]
+    rates = spec["rates"]
+
+    def mean(r: Any) -> Tensor:
+        return sum(F(theta, r) for F in objectives) / len(objectives)  # type: ignore[return-value]
+
+    base = torch.finfo(theta.dtype).eps ** (1 / 3)
+    tiny = torch.finfo(theta.dtype).tiny
+    pieces = []
+    for name in ([None] if isinstance(rates, Tensor) else list(rates)):
+        value = rates if name is None else rates[name]
+
+        def fun(x: Tensor, name: Any = name, value: Tensor = value) -> Tensor:
+            new = x.reshape(value.shape)
+            return mean(new if name is None else {**rates, name: new})
+
+        x = value.detach().reshape(-1)
+        pieces.append(finite_diff.central_difference(fun, x, step=base * x.abs().clamp_min(tiny)))
+    return torch.cat(pieces)
+
+
 def evaluate(run: Run, given: Problem, exact: Problem, method: str,
              settings: dict[str, Any], *, where: str, case: str, float32: bool = False,
              fd: bool = True, tol_reference: float = REF_RTOL, tol_fd: float = FD_RTOL,
              coverage: bool = True, optional: bool = False,
-             timeout: float | None = None) -> CaseResult:
+             timeout: float | None = None, variant: Built | None = None) -> CaseResult:
     """Run the target (``run``) on copies of ``given`` and judge it against the oracle on
     ``exact`` (the float64 twin): errors, verdict, diagnosis; ``coverage`` also records how
     far each known mistake is from the correct value here. ``optional``: the case is one
     the user did not ask for (another step count of a factory): a target that raises there
     is reported "not run", not failed; so is a ``NotImplementedError`` anywhere (the code
-    says it cannot express this problem)."""
-    ref = reference_result(exact, method, settings).grad
-    numeric = None
-    notes = []
-    if fd:
-        try:
-            numeric = fd_result(exact, method, settings)
-        except Exception as err:  # noqa: BLE001 - e.g. a loss that torch.vmap cannot batch
-            notes.append(f"finite differences unavailable ({type(err).__name__}: {err})")
+    says it cannot express this problem). ``variant``: the inner-loop variant on this
+    problem (:mod:`.variant`); with learned rates, a rate-gradient the target returns is
+    checked too, against the oracle and (MAML) finite differences in the rates."""
+    notes: list[str] = []
+    ref, rate_ref, numeric, rate_numeric = _references(exact, method, settings, variant, fd,
+                                                       notes)
     f, theta = flat(exact)
     n = reduction_length(given.params, [given.tasks.train, given.tasks.val])
     tol32 = float32_tolerance(method, settings, f, theta, exact.task_list(), n)
@@ -284,7 +401,9 @@ def evaluate(run: Run, given: Problem, exact: Problem, method: str,
                      tasks=given.meta_batch, dim=given.dim, settings=dict(settings),
                      status="pass", tol_reference=tol_reference,
                      tol_fd=tol_fd if numeric is not None else None)
-    ctx = diagnosis.Context(exact, method, settings, ref)
+    full_ref = ref if rate_ref is None else torch.cat([ref, rate_ref])
+    ctx = diagnosis.Context(exact, method, settings, full_ref, variant,
+                            rates=rate_ref is not None)
     if coverage:
         row.separations = diagnosis.separations(ctx, tol_reference)
 
@@ -297,7 +416,8 @@ def evaluate(run: Run, given: Problem, exact: Problem, method: str,
         row.closest = "raised"
         row.diagnosis = f"{where}: {error}"
         return row
-    out, remarks = output
+    raw, remarks = output
+    out, hyper = split_output(raw)
     problems = []
     added, removed = [k for k in params if k not in keys], [k for k in keys if k not in params]
     if added:
@@ -312,33 +432,58 @@ def evaluate(run: Run, given: Problem, exact: Problem, method: str,
         problems.append("the target changed the task tensors it was given in place")
     found, got, structure_notes = _structure(out, given.params)
     problems += found
-    row.notes = remarks + structure_notes
+    row.notes = remarks + structure_notes + notes
+    got_rates = None
+    returned = hyper is not None and "inner_lr" in hyper
+    if rate_ref is not None and returned:
+        assert variant is not None
+        found, got_rates, rate_notes = _rate_structure(hyper["inner_lr"], variant.rates)
+        problems += found
+        row.notes += rate_notes
+    elif rate_ref is not None:
+        row.notes.append("the target returned no rate-gradient (return (grad, {'inner_lr': "
+                         "...}) to have it checked): only the meta-gradient was checked")
+    elif returned:
+        row.notes.append("the target returned a rate-gradient, but the audit has no learned "
+                         "rates to check it against (give inner= a form with rates)")
     if got is not None:
         row.err_reference = rel_error(got, ref)
         if numeric is not None:
             row.err_fd = rel_error(got, numeric)
-    ok = (not problems and got is not None and row.err_reference is not None
-          and row.err_reference <= tol_reference
-          and (row.err_fd is None or row.err_fd <= tol_fd))
+    if got_rates is not None and rate_ref is not None:
+        row.err_rate_reference = rel_error(got_rates, rate_ref)
+        if rate_numeric is not None:
+            row.err_rate_fd = rel_error(got_rates, rate_numeric)
+    errors = [(row.err_reference, tol_reference), (row.err_fd, tol_fd),
+              (row.err_rate_reference, tol_reference), (row.err_rate_fd, tol_fd)]
+    within = all(e is None or e <= t for e, t in errors)
+    rates_comparable = got_rates is not None or not returned or rate_ref is None
+    ok = (not problems and got is not None and row.err_reference is not None and within
+          and rates_comparable)
     if ok:
         return row
     row.status = "FAIL"
     prefix = "; ".join(problems)
-    if got is None or not bool(torch.isfinite(got).all()):
+    if (got is None or not bool(torch.isfinite(got).all())
+            or (got_rates is not None and not bool(torch.isfinite(got_rates).all()))):
         # nothing to compare a wrong shape's or a NaN's values with: say what is wrong
         row.closest = "structure" if got is None else "non-finite"
         row.diagnosis = f"{where}: {prefix}"
         return row
     assert row.err_reference is not None
-    values_right = row.err_reference <= tol_reference and (
-        row.err_fd is None or row.err_fd <= tol_fd)
-    if problems and (values_right or (not float32 and row.err_reference <= tol32)):
+    values_right = within
+    reference_errors = [e for e in (row.err_reference, row.err_rate_reference) if e is not None]
+    equal_reference = max(reference_errors) <= tol_reference
+    largest = max(e for e, _ in errors if e is not None)
+    if problems and (values_right or (not float32 and largest <= tol32)):
         # numerically right (to rounding): say what is wrong, not a mistake it is not
         how = "" if values_right else " to float32 rounding"
         row.closest = "structure"
         row.diagnosis = (f"{where}: your values are right{how} (relative error "
-                         f"{row.err_reference:.1e}), but {prefix}")
+                         f"{largest:.1e}), but {prefix}")
         return row
+    result = got if got_rates is None else torch.cat([got, got_rates])
+    ctx = ctx if got_rates is not None else ctx.without_rates()
     if bool((got == 0).all()) and bool((ref != 0).any()):
         row.closest, row.closest_title, row.match = "zeros", "all zeros", True
         row.closest_error, row.why = 0.0, "no gradient reached any parameter"
@@ -346,22 +491,32 @@ def evaluate(run: Run, given: Problem, exact: Problem, method: str,
                          "parameter (a detached graph, or gradients read before they were "
                          "written)" + (f" ({prefix})" if prefix else ""))
         # ... unless a catalogued mistake gives exactly zero here: then say which
-        diag = diagnosis.diagnose(got, ctx, tol_reference, where)
+        diag = diagnosis.diagnose(result, ctx, tol_reference, where)
         if diag.match and not diag.rounding and diag.key and not diag.key.startswith("zero"):
             row.closest, row.closest_title, row.also = diag.key, diag.title, diag.also
             row.why, row.ranking, row.fitted = diag.why, diag.ranking, diag.fitted
             row.diagnosis = (f"{where}: your result is all zeros, which is what {diag.title} "
                              f"gives here — {diag.why}" + (f" ({prefix})" if prefix else ""))
         return row
-    if values_right:
-        # right value, but not the gradient the finite differences measure
-        row.diagnosis = (f"{where}: your result equals the reference but differs from finite "
-                         f"differences by {row.err_fd:.1e}")
+    if equal_reference and not problems:
+        # the oracle's value, but not the gradient the finite differences measure
+        fd_err = max(e for e in (row.err_fd, row.err_rate_fd) if e is not None)
+        row.closest = "finite_differences"
+        row.diagnosis = (f"{where}: your result equals the oracle's reference (relative error "
+                         f"{max(reference_errors):.1e}) but differs from central finite "
+                         f"differences by {fd_err:.1e}: either the quantity is not the gradient "
+                         "of the objective (the oracle's neither) or the differences are not "
+                         "accurate enough here")
         return row
-    tensors = diagnosis.per_tensor(
-        {k: out[k].detach().to("cpu", torch.float64).reshape(-1) for k in given.params},
-        {k: v.reshape(-1) for k, v in _unflat(ref, given.params).items()}, tol_reference)
-    diag = diagnosis.diagnose(got, ctx, tol_reference, where, tensors,
+    wrong = {k: out[k].detach().to("cpu", torch.float64).reshape(-1) for k in given.params}
+    right = {k: v.reshape(-1) for k, v in _unflat(ref, given.params).items()}
+    if got_rates is not None and rate_ref is not None:
+        assert variant is not None
+        names = _rate_names(variant.rates)
+        wrong.update(zip(names, _pieces(got_rates, variant.rates)))
+        right.update(zip(names, _pieces(rate_ref, variant.rates)))
+    tensors = diagnosis.per_tensor(wrong, right, tol_reference)
+    diag = diagnosis.diagnose(result, ctx, tol_reference, where, tensors,
                               tol32=None if float32 else tol32)
     row.closest, row.closest_error, row.match = diag.key, diag.error, diag.match
     row.closest_title, row.also, row.ranking = diag.title or None, diag.also, diag.ranking
@@ -369,6 +524,23 @@ def evaluate(run: Run, given: Problem, exact: Problem, method: str,
     row.fitted = diag.fitted
     row.diagnosis = diag.message + (f" ({prefix})" if prefix else "")
     return row
+
+
+def _rate_names(rates: Any) -> list[str]:
+    """How the per-tensor report names the rate-gradient's tensors."""
+    if isinstance(rates, Tensor):
+        return ["inner_lr"]
+    return [f"inner_lr[{k}]" for k in rates]
+
+
+def _pieces(flat_values: Tensor, rates: Any) -> list[Tensor]:
+    """A flat rate vector cut into the rates' tensors (flat each)."""
+    values = [rates] if isinstance(rates, Tensor) else list(rates.values())
+    out, at = [], 0
+    for v in values:
+        out.append(flat_values[at:at + v.numel()])
+        at += v.numel()
+    return out
 
 
 def _unflat(vec: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -383,7 +555,8 @@ def _unflat(vec: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
 # the public checks
 
 def check_meta_gradient(target: Target, method: str, *, float32: bool = False,
-                        timeout: float | None = None, **settings: Any) -> AuditResult:
+                        timeout: float | None = None, inner: Any = None,
+                        step_weights: Any = None, **settings: Any) -> AuditResult:
     """Audit ``target`` as ``method`` at ``settings`` on the battery (``metagrad.testing.
     battery``) against the dense float64 oracle, ``metagrad_reference``.
 
@@ -396,11 +569,25 @@ def check_meta_gradient(target: Target, method: str, *, float32: bool = False,
     (see ``metagrad.testing.diagnosis``), with a ranking by distance that includes the
     correct value; a float64 result off by float32 rounding only is called that.
 
+    **Inner-loop variants.** ``inner`` names the variant (``metagrad.testing.variant``):
+    forms such as ``"per_entry"`` (Meta-SGD), ``"per_step"`` (MAML++), ``"per_tensor"``,
+    ``"one_rate"``, ``"anil"``, ``"momentum"``, ``"nesterov"``, ``"adam"``,
+    ``"multistep"``, an update rule (``mg.Momentum(0.5)``), or several
+    (``("per_entry", "momentum")``); ``inner_lr`` may also be a callable ``rates(params)``
+    giving your own rate tensors for a problem's parameters. The battery builds the rates on
+    each problem, spread so that every rate differs, and gives them to the factory as
+    ``inner_lr`` (with ``inner=`` the rule object and ``step_weights=``). A target may then
+    return ``(grad, {"inner_lr": rate_gradients})``, the rate-gradients keyed and shaped like
+    the rates (the form of metagrad's ``out.hyper_grad``): they are checked against the
+    oracle at the same tolerances and, for MAML, against central finite differences in the
+    rates, and their mistakes are diagnosed with the meta-gradient's.
+
     Parameters
     ----------
     target
-        A target ``target(loss, params, tasks) -> dict[str, Tensor]``, a factory
-        ``factory(**settings) -> target`` (also run at other step counts), or a
+        A target ``target(loss, params, tasks) -> dict[str, Tensor]`` (or ``(grad,
+        hyper_grad)``), a factory ``factory(**settings) -> target`` (also run at other step
+        counts; required with rate tensors, which depend on the problem), or a
         :func:`module_target` for code written against an ``nn.Module``.
     method
         The method the target claims to compute, a name in ``mg.METHODS``.
@@ -409,6 +596,10 @@ def check_meta_gradient(target: Target, method: str, *, float32: bool = False,
     timeout
         Seconds one call of the target may take (POSIX main thread); a call that takes
         longer is a failed case. None: no limit.
+    inner
+        The inner-loop variant (above); None for the textbook loop.
+    step_weights
+        MAML's multi-step loss weights w₁ … w_K (MAML++).
     **settings
         The method's settings (``mg.METHODS[method].setting_names()``); those not given
         take the method's defaults (``default_settings()``). Unknown names raise
@@ -419,15 +610,25 @@ def check_meta_gradient(target: Target, method: str, *, float32: bool = False,
     AuditResult
         One row per case (``.table()``, ``.diagnosis``, ``.passed``, ``.to_csv()`` …).
     """
+    rates_fn = settings.get("inner_lr") if callable(settings.get("inner_lr")) else None
+    variant = Variant.of(inner, rates_fn, step_weights)
+    if rates_fn is not None:  # one number for the battery's curvature: the largest rate
+        settings["inner_lr"] = largest_rate(rates_fn(battery.base_params("scalar+matrix")))
     settings = validate_settings(method, settings)
+    cls = method_class(method)
+    reason = variant.applies_to(cls)
+    if reason:
+        raise ValueError(f"{method} cannot run the inner-loop variant {variant.describe()}: "
+                         f"{reason}")
     form = target if isinstance(target, ModuleTarget) else None
     fn = form.fn if form is not None else target
     criterion = form.criterion if form is not None else None
     factory = is_factory(fn)
-    base: Any = fn
-    base_error = None
-    if factory:
-        base, base_error = _build(fn, settings)
+    if variant.has_rates and not factory:
+        raise TypeError(
+            f"with rate tensors ({variant.describe()}) the target must be a factory "
+            "factory(*, steps, inner_lr, ...) -> target: the audit builds the rates on each "
+            "problem and gives them as inner_lr")
     results: list[CaseResult] = []
     planned = battery.cases(method, settings, vary_steps=False)
     for case in _with_step_cases(planned, results, settings, factory):
@@ -435,7 +636,14 @@ def check_meta_gradient(target: Target, method: str, *, float32: bool = False,
         given, exact = battery.problems(case.label, case.tasks, method, s, float32, criterion)
         where = f"{method} on {case.name}"
         extra = s != settings
-        made, error = (base, base_error) if not extra else _build(fn, s)
+        built, unfit = _variant_on(variant, cls, given, exact, s)
+        if unfit is not None:
+            results.append(CaseResult(
+                case=case.name, problem=given.description, tasks=case.tasks, dim=given.dim,
+                settings=s, status="not run", closest="raised",
+                diagnosis=f"{where}: the inner-loop variant does not fit this case ({unfit})"))
+            continue
+        made, error = _build(fn, _factory_settings(s, built)) if factory else (fn, None)
         if error is not None:
             results.append(CaseResult(
                 case=case.name, problem=given.description, tasks=case.tasks,
@@ -446,9 +654,33 @@ def check_meta_gradient(target: Target, method: str, *, float32: bool = False,
             continue
         run = _module_run(made, given) if form is not None else _functional_run(made, given)
         results.append(evaluate(run, given, exact, method, s, where=where, case=case.name,
-                                float32=float32, optional=extra, timeout=timeout))
+                                float32=float32, optional=extra, timeout=timeout,
+                                variant=built))
     return AuditResult(method, settings, describe(target), float32, results,
-                       _notes(method, settings, results, factory), criterion)
+                       _notes(method, settings, results, factory), criterion,
+                       variant.describe() or None)
+
+
+def _variant_on(variant: Variant, cls: Any, given: Problem, exact: Problem,
+                settings: dict[str, Any]) -> tuple[Built | None, str | None]:
+    """The variant built on this case's problem (None for the textbook loop), or why it
+    cannot be (per-step rates or loss weights at K = 0, weights of another length)."""
+    if variant.plain:
+        return None, None
+    dtype = next(iter(given.params.values())).dtype
+    try:
+        return variant.build(exact.params, settings["steps"], settings["inner_lr"],
+                             learn=cls.hyper_gradient is not None, dtype=dtype), None
+    except ValueError as err:
+        return None, str(err)
+
+
+def _factory_settings(settings: dict[str, Any], built: Built | None) -> dict[str, Any]:
+    """What the factory is called with: the settings, the rates as ``inner_lr``, the rule as
+    ``inner`` and MAML's ``step_weights`` where the variant has them."""
+    if built is None:
+        return dict(settings)
+    return {**settings, **built.given}
 
 
 def _with_step_cases(planned: list[battery.BatteryCase], results: list[CaseResult],

@@ -1,8 +1,9 @@
 """``metagrad audit``: check a meta-gradient implementation against the oracle.
 
     metagrad audit TARGET --method M [--steps K] [--inner-lr A] [--lam L] [--cg-iters M]
-                   [--terms J] [--step ETA] [--module CRITERION] [--variant NAME]
-                   [--float32] [--timeout S] [--out DIR]
+                   [--terms J] [--step ETA] [--inner FORM[,FORM]] [--step-weights W,…]
+                   [--module CRITERION] [--variant NAME] [--float32] [--timeout S]
+                   [--out DIR]
 
 TARGET is ``package.module:name``, a callable importable from the current directory or
 the environment: a target ``target(loss, params, tasks) -> dict[str, Tensor]`` or a
@@ -10,10 +11,16 @@ factory ``factory(**settings) -> target`` (a factory is also run at other inner 
 counts), told apart by signature as in :func:`metagrad.testing.check_meta_gradient`; or
 ``peer:NAME`` for a peer library (higher, learn2learn, torchopt, betty), whose adapter
 ``metagrad_bench.peers.<NAME>_`` maps metagrad's method names to factories
-(``AUDIT_TARGETS``) and has library-native alternatives (``AUDIT_VARIANTS``, chosen with
-``--variant``). Settings the method reads and the command line does not give take the
-method's defaults (``mg.METHODS[M].default_settings()``). With ``--module CRITERION``
-(``cross_entropy`` or ``mse``) TARGET is code written against an ``nn.Module``,
+(``AUDIT_TARGETS``), lists the inner-loop forms each one runs (``AUDIT_INNER``) and has
+library-native alternatives (``AUDIT_VARIANTS``, chosen with ``--variant``). ``--inner``
+names an inner-loop variant (:mod:`metagrad.testing.variant`: learned rates per entry, per
+step, per tensor or one for all, ANIL, momentum, Nesterov, Adam, the multi-step loss; several
+comma-separated or repeated), which the battery builds on each problem and gives a factory
+as ``inner_lr`` (the rates), ``inner`` (the update rule) and ``step_weights``;
+``--step-weights`` gives MAML's multi-step loss weights. Settings the method reads and the
+command line does not give take the method's defaults
+(``mg.METHODS[M].default_settings()``). With ``--module CRITERION`` (``cross_entropy`` or
+``mse``) TARGET is code written against an ``nn.Module``,
 ``fn(model, tasks)`` (see :func:`metagrad.testing.module_target`). The target runs isolated:
 an exception, ``sys.exit``, ``os._exit`` or a run past ``--timeout`` seconds is a failed
 case, never the command's own exit (``--timeout`` defaults to 600 s per call). ``--out`` is
@@ -36,6 +43,11 @@ from ..methods import METHODS, SETTINGS, method_class
 from .isolate import first_line
 
 PEERS = ("higher", "learn2learn", "torchopt", "betty")
+
+INNER_NAMES = ("per_entry", "per_step", "per_tensor", "one_rate", "anil", "momentum",
+               "nesterov", "adam", "multistep")
+"""The forms ``--inner`` takes (``metagrad.testing.variant.AUDIT_FORMS``, named here so that
+``metagrad --help`` does not import torch)."""
 
 FLAGS = {"steps": ("--steps", int), "inner_lr": ("--inner-lr", float), "lam": ("--lam", float),
          "cg_iters": ("--cg-iters", int), "terms": ("--terms", int), "step": ("--step", float)}
@@ -62,6 +74,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for name, (flag, kind) in FLAGS.items():
         p.add_argument(flag, dest=name, type=kind, default=None,
                        help=f"{name} (default: the method's own)")
+    p.add_argument("--inner", action="append", default=None, metavar="FORM[,FORM]",
+                   help="the inner-loop variant: " + ", ".join(INNER_NAMES) + " (several "
+                        "comma-separated or repeated, e.g. per_step,adam); the audit builds the "
+                        "rates on each problem and passes them to the factory as inner_lr")
+    p.add_argument("--step-weights", default=None, metavar="W1,W2,…",
+                   help="MAML's multi-step loss weights, one per inner step")
     p.add_argument("--variant", default=None,
                    help="peer:NAME only: a library-native alternative from the adapter's "
                         "AUDIT_VARIANTS (e.g. 'imaml normal_cg' for torchopt)")
@@ -112,12 +130,29 @@ def _peer_module(name: str):
     return module
 
 
-def resolve(spec: str, method: str, variant: str | None = None) -> tuple[Any, str]:
+def inner_forms(inner: Any) -> list[str]:
+    """The form names of ``--inner`` (repeated and comma-separated), in order."""
+    if inner is None:
+        return []
+    items = [inner] if isinstance(inner, str) else list(inner)
+    return [s.strip() for item in items for s in item.split(",") if s.strip()]
+
+
+def resolve(spec: str, method: str, variant: str | None = None,
+            inner: Any = None) -> tuple[Any, str]:
     """``(target or factory, label)`` for TARGET ``spec``; a :class:`UsageError` naming
-    what is wrong (format, import, a method the library does not offer)."""
+    what is wrong (format, import, a method the library does not offer, an inner-loop form
+    its adapter does not run)."""
     if spec.startswith("peer:"):
         name = spec.split(":", 1)[1]
         module = _peer_module(name)
+        forms = inner_forms(inner)
+        runs = getattr(module, "AUDIT_INNER", {}).get(method, ())
+        missing = [f for f in forms if f not in runs]
+        if missing:
+            offered = ", ".join(runs) if runs else "none"
+            raise UsageError(f"{name}'s {method} does not run the inner-loop form(s) "
+                             f"{', '.join(missing)}; it runs: {offered}")
         if variant is not None:
             if variant not in module.AUDIT_VARIANTS and f"{method} {variant}" in \
                     module.AUDIT_VARIANTS:
@@ -151,16 +186,29 @@ def resolve(spec: str, method: str, variant: str | None = None) -> tuple[Any, st
     return obj, spec
 
 
+def step_weights_from(text: str | None) -> tuple[float, ...] | None:
+    """``--step-weights 0.2,0.8`` as floats; a :class:`UsageError` for anything else."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise UsageError(f"--step-weights must be comma-separated numbers, got {text!r}") \
+            from None
+
+
 def audit(spec: str, method: str, settings: dict[str, Any] | None = None, *,
           variant: str | None = None, float32: bool = False, module: str | None = None,
-          timeout: float | None = None, given: dict[str, Any] | None = None):
+          timeout: float | None = None, given: dict[str, Any] | None = None,
+          inner: Any = None, step_weights: tuple[float, ...] | None = None):
     """The audit ``metagrad audit`` runs (also used by ``metagrad_bench.audit_peers``).
     ``given``: the settings flags as typed (None where absent), read after TARGET is
-    imported, so that a method its module registers is known."""
+    imported, so that a method its module registers is known; ``inner``: the ``--inner``
+    forms, ``step_weights``: MAML's multi-step loss weights."""
     from .check import check_meta_gradient
     from .modules import module_target
 
-    target, label = resolve(spec, method, variant)
+    target, label = resolve(spec, method, variant, inner)
     if settings is None:
         settings = settings_from(method, given or {})
     if module is not None:
@@ -171,7 +219,8 @@ def audit(spec: str, method: str, settings: dict[str, Any] | None = None, *,
             warnings.simplefilter("ignore")  # the libraries' deprecation notices
         try:
             result = check_meta_gradient(target, method, float32=float32, timeout=timeout,
-                                         **settings)
+                                         inner=inner_forms(inner) or None,
+                                         step_weights=step_weights, **settings)
         except TypeError as err:  # a factory that does not take these settings
             raise UsageError(f"{label} as {method}: {err}") from None
     result.target = label
@@ -182,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
     out = prepare_out(args.out)  # before any work: a file in the way is one line, exit 2
     given = {k: getattr(args, k) for k in FLAGS}
     result = audit(args.target, args.method, variant=args.variant, float32=args.float32,
-                   module=args.module, timeout=args.timeout, given=given)
+                   module=args.module, timeout=args.timeout, given=given, inner=args.inner,
+                   step_weights=step_weights_from(args.step_weights))
     print(result.report())
     written = [result.to_markdown(out / "audit.md"), result.to_csv(out / "audit.csv"),
                result.to_json(out / "audit.json")]

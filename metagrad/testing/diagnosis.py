@@ -27,21 +27,23 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import metagrad_reference as oracle
 import torch
-from metagrad_reference import variants
+from metagrad_reference import inner_variants, variants
 from torch import Tensor
 
+from .._rules import Adam, Momentum
 from .._task import Task
-from ..methods import method_class
+from ..methods import Method, method_class
 from ..problems import Problem
-from ..verify.compare import reference_result, rel_error
-from .catalogue import FAMILY, GENERIC, ROWS, Mistake, count_rows
+from ..verify.compare import flat_hyper, oracle_variant, reference_result, rel_error
+from .catalogue import FAMILY, GENERIC, INNER, ROWS, Mistake, count_rows
 from .fit import fit
+from .variant import Built
 
 BEAM = 6
 """How many of the closest candidates of one round are extended by the generic rows."""
@@ -90,10 +92,16 @@ def _fill(text: str, row: Mistake, fitted: dict[str, float]) -> str:
 
 class Context:
     """What the candidates are computed from: the float64 problem, the method, its settings
-    and the correct (reference) mean meta-gradient, flat; values are memoised."""
+    and the correct (reference) value, flat; values are memoised.
+
+    With an inner-loop ``variant`` (:class:`metagrad.testing.variant.Built`: learned rates, a
+    momentum or Adam rule, MAML's loss weights) the method runs that variant, the unrolled
+    family is :func:`metagrad_reference.inner_variants.unrolled`, and, with ``rates``, every
+    value is the meta-gradient followed by the rate-gradient (flat, in the rates' order),
+    compared part by part (:meth:`gap`)."""
 
     def __init__(self, problem: Problem, method: str, settings: dict[str, Any],
-                 reference: Tensor):
+                 reference: Tensor, variant: Built | None = None, rates: bool = False):
         self.problem, self.method, self.settings = problem, method, dict(settings)
         self.reference = reference
         self.cls = method_class(method)
@@ -101,13 +109,71 @@ class Context:
         self.theta = oracle.flatten(problem.params)
         self.tasks = problem.task_list()
         self.memo = variants.Memo(self.f)
+        self.variant = variant
+        self.rates = bool(rates and variant is not None and variant.learned)
+        self.dim = self.theta.numel()
         self._values: dict[tuple, Tensor | None] = {}
         self._query: Problem | None = None
 
+    def without_rates(self) -> Context:
+        """The same context for a result that has no rate-gradient (sharing the memo)."""
+        if not self.rates:
+            return self
+        other = Context.__new__(Context)
+        other.__dict__.update(self.__dict__)
+        other.rates, other.reference = False, self.reference[:self.dim]
+        other._values = {}
+        return other
+
+    # -- distances, part by part ----------------------------------------------------------------
+    def parts(self, vec: Tensor) -> list[Tensor]:
+        """The meta-gradient and (with rates) the rate-gradient of a flat value."""
+        return [vec[:self.dim], vec[self.dim:]] if self.rates else [vec]
+
+    def gap(self, result: Tensor, value: Tensor) -> float:
+        """:func:`distance` of the farther part."""
+        return max(distance(a, b) for a, b in zip(self.parts(result), self.parts(value)))
+
+    def error(self, value: Tensor) -> float:
+        """Relative error against the reference, of the farther part."""
+        return max(rel_error(a, b) for a, b in zip(self.parts(value), self.parts(self.reference)))
+
     # -- the rows that apply ------------------------------------------------------------------
+    def tags(self) -> set[str]:
+        """What the audited variant has, for the inner-loop rows' ``needs``."""
+        if self.variant is None:
+            return set()
+        out = set()
+        kwargs = self.variant.exact
+        rates = kwargs.get("inner_lr")
+        if isinstance(rates, (Tensor, Mapping)):
+            out.add("rates")
+            params = self.problem.params
+            if isinstance(rates, Mapping) and any(
+                    v.dim() == params[k].dim() + 1 for k, v in rates.items()):
+                out.add("step_rates")
+        if self.rates:
+            out.add("learned")
+            if self.cls.hyper_gradient == "exact":
+                out.add("exact")
+        rule = kwargs.get("inner")
+        if isinstance(rule, Momentum):
+            out |= {"stateful", "momentum", "nesterov" if rule.nesterov else "heavy_ball"}
+        elif isinstance(rule, Adam):
+            out |= {"stateful", "adam"}
+        return out
+
+    @property
+    def learned_family(self) -> bool:
+        """Whether the values come from the inner-loop variants' family (a variant on an
+        unrolled-family method); the implicit family then has no rows."""
+        return self.variant is not None
+
     def rows(self) -> list[Mistake]:
         """Generic rows, off-by-one rows for every integer setting the method reads, and the
-        family rows its class lists, expanded per parameter tensor where they name one."""
+        family rows its class lists, expanded per parameter tensor where they name one; for an
+        inner-loop variant, of those family rows the ones the variants' family computes, and
+        the inner-loop rows whose ``needs`` it has."""
         names = list(self.problem.params)
         out: list[Mistake] = []
         for row in GENERIC:
@@ -120,15 +186,23 @@ class Context:
         for name in self.cls.setting_names():
             if isinstance(defaults[name], int) and not isinstance(defaults[name], bool):
                 out += count_rows(name)
+        family_name = self.cls.audit_family[0] if self.cls.audit_family else None
+        if self.learned_family and family_name != "unrolled":
+            return out  # the implicit family runs the plain proximal loop only
         if self.cls.audit_family is not None:
             family = {r.key: r for r in FAMILY}
             for key in self.cls.audit_mistakes:
                 row = family[key]
+                if self.learned_family and not set(row.options) <= inner_variants.ACCEPTS:
+                    continue
                 if "{tensor}" in row.title:
                     if len(names) > 1:
                         out += [_per_tensor(row, n) for n in names]
                 else:
                     out.append(row)
+        if self.learned_family:
+            tags = self.tags()
+            out += [row for row in INNER if set(row.needs) <= tags]
         return out
 
     # -- values ---------------------------------------------------------------------------------
@@ -141,6 +215,23 @@ class Context:
         if key not in self._values:
             self._values[key] = self._compute(rows, fitted)
         return self._values[key]
+
+    def method_object(self, settings: dict[str, Any]) -> Method:
+        """The method at ``settings`` running the variant (its rates for this problem)."""
+        extra = dict(self.variant.exact) if self.variant is not None else {}
+        return method_class(self.method)(**{**settings, **extra})
+
+    def _reference(self, problem: Problem, settings: dict[str, Any]) -> Tensor | None:
+        """The method's own oracle value at ``settings`` on ``problem`` (None where the variant
+        does not fit them, e.g. per-step rates at another K), with the rate part."""
+        try:
+            out = reference_result(problem, self.method_object(settings))
+        except ValueError:
+            return None
+        if not self.rates:
+            return out.grad
+        hyper = flat_hyper({"inner_lr": out.hyper_grad["inner_lr"]})
+        return torch.cat([out.grad, hyper if hyper is not None else out.grad.new_zeros(0)])
 
     def _compute(self, rows: Sequence[Mistake], fitted: dict[str, float]) -> Tensor | None:
         settings = dict(self.settings)
@@ -168,35 +259,44 @@ class Context:
         for row in rows:
             for free in row.free:
                 options[free.option] = fitted.get(free.option, free.typical)
+        value: Tensor | None
         if absolute == "unadapted":
             value = torch.stack([self.memo.gradient(self.theta, val)
                                  for _, val in self.tasks]).mean(0)
+            value = self._with_zero_rates(value)
         elif absolute == "zeros":
             value = torch.zeros_like(self.reference)
         elif options:
-            computed = self._family(options, settings, query)
-            if computed is None:
-                return None
-            value = computed
+            value = self._family(options, settings, query)
         elif query:
-            value = reference_result(self._query_problem(), self.method, settings).grad
+            value = self._reference(self._query_problem(), settings)
         else:
-            value = reference_result(self.problem, self.method, settings).grad
+            value = self._reference(self.problem, settings)
+        if value is None:
+            return None
         if zero is not None:
-            blocks = oracle.unflatten(value.clone(), self.problem.params)
+            grad = value[:self.dim]
+            blocks = oracle.unflatten(grad.clone(), self.problem.params)
             blocks[zero] = torch.zeros_like(blocks[zero])
-            value = oracle.flatten(blocks)
+            value = torch.cat([oracle.flatten(blocks), value[self.dim:]])
         if summed:
             if len(self.tasks) == 1:
                 return None
             value = value * len(self.tasks)
         return -value if negated else value
 
+    def _with_zero_rates(self, grad: Tensor) -> Tensor:
+        if not self.rates:
+            return grad
+        return torch.cat([grad, torch.zeros_like(self.reference[self.dim:])])
+
     def _family(self, options: dict[str, Any], settings: dict[str, Any],
                 query: bool) -> Tensor | None:
         assert self.cls.audit_family is not None
         name, base = self.cls.audit_family
         opts = {**base, **options}
+        if self.learned_family:
+            return self._learned_family(opts, settings, query)
         steps, lr = settings["steps"], settings["inner_lr"]
         if "rates" in opts:
             if steps == 0:
@@ -213,6 +313,26 @@ class Context:
         per_task = [fn(self.memo, self.theta, val if query else train, val, **settings, **opts)
                     for train, val in self.tasks]
         return torch.stack(per_task).mean(0)
+
+    def _learned_family(self, opts: dict[str, Any], settings: dict[str, Any],
+                        query: bool) -> Tensor | None:
+        """The variants' family (:mod:`metagrad_reference.inner_variants`) at ``opts``."""
+        steps = settings["steps"]
+        if opts.get("read_back", 0) > steps or (steps == 0 and opts.get("rate_shift")):
+            return None
+        if isinstance(opts.get("detached"), str):
+            opts["detached"] = self._mask(opts["detached"])
+        spec = oracle_variant(self.method_object(settings))
+        layout = [(k, tuple(v.shape)) for k, v in self.problem.params.items()]
+        tasks = [(val, val) if query else (train, val) for train, val in self.tasks]
+        try:
+            grad, rate = inner_variants.meta_batch(
+                self.memo, self.theta, layout, tasks, steps=steps, rates=spec["rates"],
+                rule=spec["rule"], weights=spec.get("weights"), lam=settings.get("lam", 0.0),
+                **opts)
+        except ValueError:
+            return None  # the variant does not fit these settings (per-step rates, another K)
+        return torch.cat([grad, rate]) if self.rates else grad
 
     def _mask(self, tensor: str) -> Tensor:
         blocks = {k: torch.full_like(v, float(k == tensor))
@@ -239,10 +359,16 @@ class Context:
         value = self.value(rows, values)
         if value is None or not bool(torch.isfinite(value).all()):
             return None
-        gap = (rel_error(value, self.reference) if result is None
-               else distance(result, value))
+        gap = self.error(value) if result is None else self.gap(result, value)
         return Candidate(tuple(rows), value, gap, values)
 
+
+    def _residual(self, result: Tensor, value: Tensor) -> Tensor:
+        """(result − value) with each part divided by the result's norm there."""
+        pieces = []
+        for a, b in zip(self.parts(result), self.parts(value)):
+            pieces.append((a - b) / (float(torch.linalg.vector_norm(a)) or 1.0))
+        return torch.cat(pieces)
 
     def _fit(self, rows: Sequence[Mistake], frees: list, result: Tensor) -> dict[str, float]:
         """The free parameters' values that bring the rows closest to ``result``: every
@@ -250,7 +376,6 @@ class Context:
         grid = [f for f in frees if f.grid]
         smooth = [f for f in frees if not f.grid]
         lower = [(-self.settings["lam"] if f.lower == "-lam" else f.lower) for f in smooth]
-        scale = float(torch.linalg.vector_norm(result)) or 1.0
         best: tuple[float, dict[str, float]] = (math.inf, {})
         for point in itertools.product(*[f.grid for f in grid]):
             fixed = {f.option: v for f, v in zip(grid, point)}
@@ -259,7 +384,7 @@ class Context:
                     v = self.value(rows, {**fixed, **dict(zip([f.option for f in smooth], p))})
                     if v is None:
                         return torch.full_like(result, math.inf)
-                    return (result - v) / scale
+                    return self._residual(result, v)
 
                 starts = list(zip(*[f.starts for f in smooth]))
                 p, gap = fit(residual, starts, lower)
@@ -267,7 +392,8 @@ class Context:
             else:
                 values = fixed
                 v = self.value(rows, values)
-                gap = math.inf if v is None else float(torch.linalg.vector_norm(result - v)) / scale
+                gap = math.inf if v is None else float(torch.linalg.vector_norm(
+                    self._residual(result, v)))
             if gap < best[0]:
                 best = (gap, values)
         return best[1]
@@ -337,7 +463,7 @@ def search(ctx: Context, result: Tensor, tol: float, tol32: float | None = None
         cand = ctx.candidate(combo, result, fitted)
         if cand is None:
             return None
-        if rel_error(cand.value, ctx.reference) <= tol:
+        if ctx.error(cand.value) <= tol:
             cand.distance = math.inf  # the correct value itself here: not a mistake
         key = frozenset(r.key for r in combo)
         if key not in tried or cand.distance < tried[key].distance:
@@ -351,9 +477,9 @@ def search(ctx: Context, result: Tensor, tol: float, tol32: float | None = None
         if frozenset(r.key for r in combo) in tried:
             return None
         value, before = ctx.value(combo), ctx.value(base) if base else None
-        if value is not None and before is not None and rel_error(value, before) <= tol:
+        if value is not None and before is not None and ctx.gap(value, before) <= tol:
             return None  # the row changes nothing here (e.g. CG iterations, no solve)
-        if value is not None and any(len(c.rows) < len(combo) and rel_error(value, c.value)
+        if value is not None and any(len(c.rows) < len(combo) and ctx.gap(value, c.value)
                                      <= tol for c in tried.values()):
             return None  # a simpler candidate already has this value
         return consider(combo)
@@ -407,7 +533,7 @@ def diagnose(result: Tensor, ctx: Context, tol: float, where: str, tensor_report
     """Name the known mistake, or combination, closest to ``result`` (flat, any float
     dtype); with ``tol32`` (float64 mode), recognise float32 rounding."""
     result = result.detach().to(torch.float64)
-    correct = rel_error(result, ctx.reference)
+    correct = ctx.error(result)
     found = search(ctx, result, tol, tol32)
     ranking = [(c.key, c.distance) for c in found[:5]] + [("correct", correct)]
     ranking.sort(key=lambda pair: pair[1])
@@ -437,7 +563,7 @@ def diagnose(result: Tensor, ctx: Context, tol: float, where: str, tensor_report
     rounding = False
     if not match and rounding_level is not None and best.distance <= rounding_level:
         others = [c.distance for c in found[1:]
-                  if rel_error(c.value, best.value) > rounding_level]
+                  if ctx.gap(c.value, best.value) > rounding_level]
         others.append(correct)
         match = rounding = best.distance * ROUNDING_MARGIN <= min(others)
     level = rounding_level if rounding and rounding_level is not None else tol

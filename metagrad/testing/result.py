@@ -41,6 +41,9 @@ class CaseResult:
     err_reference, err_fd : float or None
         Relative error ‖g − g_ref‖/‖g_ref‖ against the dense reference and against
         central finite differences (None where not computed).
+    err_rate_reference, err_rate_fd : float or None
+        The same for the rate-gradient (learned inner step sizes), where the audit has
+        learned rates and the target returned their gradient (finite differences: MAML).
     tol_reference, tol_fd : float or None
         The tolerances those errors were held to.
     diagnosis : str
@@ -78,6 +81,8 @@ class CaseResult:
     status: str
     err_reference: float | None = None
     err_fd: float | None = None
+    err_rate_reference: float | None = None
+    err_rate_fd: float | None = None
     tol_reference: float | None = None
     tol_fd: float | None = None
     diagnosis: str = ""
@@ -141,6 +146,9 @@ class AuditResult:
         the results (a result carrying an autograd graph).
     module : str or None
         The criterion of a module target (``"cross_entropy"``, ``"mse"``), None otherwise.
+    variant : str or None
+        The inner-loop variant checked (forms, rule, step weights), None for the textbook
+        loop.
     """
 
     method: str
@@ -150,6 +158,7 @@ class AuditResult:
     cases: list[CaseResult]
     notes: list[str] = field(default_factory=list)
     module: str | None = None
+    variant: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -165,7 +174,9 @@ class AuditResult:
     @property
     def worst_error(self) -> float | None:
         """The largest relative error of any case, against either reference (None if none)."""
-        errors = [e for c in self.cases for e in (c.err_reference, c.err_fd) if e is not None]
+        errors = [e for c in self.cases for e in (c.err_reference, c.err_fd,
+                                                  c.err_rate_reference, c.err_rate_fd)
+                  if e is not None]
         return max(errors) if errors else None
 
     @property
@@ -202,18 +213,22 @@ class AuditResult:
                              for k, v in self.settings.items())
         mode = "float32" if self.float32 else "float64"
         form = f"; nn.Module form, {self.module}" if self.module else ""
-        return f"{self.target} as {self.method} ({settings}; {mode}{form})"
+        inner = f"; inner loop: {self.variant}" if self.variant else ""
+        return f"{self.target} as {self.method} ({settings}{inner}; {mode}{form})"
 
     def table(self) -> str:
         """Markdown: one row per case, errors, verdict and the short diagnosis."""
-        head = ["case", "d", "vs reference", "vs finite diff", "tolerance", "result",
-                "diagnosis"]
+        rates = any(c.err_rate_reference is not None for c in self.cases)
+        head = ["case", "d", "vs reference", "vs finite diff",
+                *(["rates vs reference", "rates vs finite diff"] if rates else []),
+                "tolerance", "result", "diagnosis"]
         rows = [head, ["---"] * len(head)]
         for c in self.cases:
             tol = _fmt(c.tol_reference) + (f" / {_fmt(c.tol_fd)}" if c.tol_fd is not None
                                            else "")
-            rows.append([c.case, str(c.dim), _fmt(c.err_reference), _fmt(c.err_fd), tol,
-                         c.status, c.short_diagnosis])
+            rate_cells = [_fmt(c.err_rate_reference), _fmt(c.err_rate_fd)] if rates else []
+            rows.append([c.case, str(c.dim), _fmt(c.err_reference), _fmt(c.err_fd),
+                         *rate_cells, tol, c.status, c.short_diagnosis])
         return "\n".join("| " + " | ".join(_cell(x) for x in row) + " |" for row in rows)
 
     def report(self) -> str:
@@ -231,10 +246,11 @@ class AuditResult:
         out = []
         for c in self.cases:
             row = {"target": self.target, "method": self.method,
-                   "float32": self.float32, "case": c.case, "problem": c.problem,
-                   "tasks": c.tasks, "dim": c.dim,
+                   "inner": self.variant or "", "float32": self.float32, "case": c.case,
+                   "problem": c.problem, "tasks": c.tasks, "dim": c.dim,
                    **{f"setting_{k}": v for k, v in c.settings.items()},
                    "err_reference": c.err_reference, "err_fd": c.err_fd,
+                   "err_rate_reference": c.err_rate_reference, "err_rate_fd": c.err_rate_fd,
                    "tol_reference": c.tol_reference, "tol_fd": c.tol_fd,
                    "status": c.status, "closest": c.closest,
                    "closest_error": c.closest_error, "match": c.match,
@@ -282,7 +298,8 @@ class AuditResult:
         """
         path = Path(path)
         data = {"target": self.target, "method": self.method, "settings": self.settings,
-                "float32": self.float32, "module": self.module, "passed": self.passed,
+                "float32": self.float32, "module": self.module, "inner": self.variant,
+                "passed": self.passed,
                 "diagnosis": self.diagnosis,
                 "notes": self.notes, "cases": [asdict(c) for c in self.cases]}
         path.write_text(json.dumps(data, indent=2, default=str) + "\n")
