@@ -273,8 +273,8 @@ def learned_target(*, steps, inner_lr, inner=None, step_weights=None, first_orde
                    rate_first_order=False, rates_late=False, steps_summed=False,
                    rates_detached=False, rate_sign=False, entries_mean=False, carry=None,
                    kind=None, no_bias=False, bias_float32=False, eps_outside=False, ema=False,
-                   query_inner=False, reduce="mean", perturb_rates=0.0, penalty_lam=None):
-    """MAML (FOMAML with ``first_order``; the penalty method with ``penalty_lam``) through an
+                   query_inner=False, reduce="mean", perturb_rates=0.0, lam=None):
+    """MAML (FOMAML with ``first_order``; the penalty method with its ``lam``) through an
     inner loop with learned rates ``inner_lr`` (a number, a 0-dim tensor, or a dict of
     per-tensor / per-entry / per-step tensors; absent names not adapted) and the update rule
     ``inner`` (``mg.Momentum`` / ``mg.Adam``, read by attribute), returning ``(grad,
@@ -327,7 +327,7 @@ def learned_target(*, steps, inner_lr, inner=None, step_weights=None, first_orde
                 losses.append(dict(phi))
             if not carry:
                 count = 0
-            if penalty_lam is not None:
+            if lam is not None:
                 return phi, directions, None
             if step_weights is not None:
                 return phi, directions, sum(w * loss(p, val) for w, p in zip(step_weights,
@@ -337,14 +337,14 @@ def learned_target(*, steps, inner_lr, inner=None, step_weights=None, first_orde
         for i in range(tasks.num_tasks):
             train, val = tasks.task(i)
             phi, directions, value = one(train, val, state)
-            if penalty_lam is not None:  # gᵢ = ∇L_val(φ) + 2λH∇L_tr(φ) at φ, first order
+            if lam is not None:  # gᵢ = ∇L_val(φ) + 2λH∇L_tr(φ) at φ, first order
                 point = {k: v.detach().requires_grad_(True) for k, v in phi.items()}
                 g_tr = torch.autograd.grad(loss(point, train), list(point.values()),
                                            create_graph=True)
                 h = torch.autograd.grad(g_tr, list(point.values()),
                                         grad_outputs=[t.detach() for t in g_tr])
                 g_val = torch.autograd.grad(loss(point, val), list(point.values()))
-                gi = [a + 2 * penalty_lam * b for a, b in zip(g_val, h)]
+                gi = [a + 2 * lam * b for a, b in zip(g_val, h)]
                 out = torch.autograd.grad([phi[k] for k in theta] if rate_list else [],
                                           rate_list, grad_outputs=gi, allow_unused=True) \
                     if rate_list else []

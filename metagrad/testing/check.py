@@ -669,10 +669,12 @@ def _variant_on(variant: Variant, cls: Any, given: Problem, exact: Problem,
         return None, None
     dtype = next(iter(given.params.values())).dtype
     try:
-        return variant.build(exact.params, settings["steps"], settings["inner_lr"],
-                             learn=cls.hyper_gradient is not None, dtype=dtype), None
+        built = variant.build(exact.params, settings["steps"], settings["inner_lr"],
+                              learn=cls.hyper_gradient is not None, dtype=dtype)
+        cls(**{**settings, **built.exact}).inner_loop.check_params(exact.params)
     except ValueError as err:
         return None, str(err)
+    return built, None
 
 
 def _factory_settings(settings: dict[str, Any], built: Built | None) -> dict[str, Any]:

@@ -218,8 +218,14 @@ class Variant:
                 pieces.append((name, {"inner_lr" if form.rates else "step_weights": None}))
         if self.rule is not None:
             pieces.append(("the rule given", {"inner": self.rule}))
-        if self.rates is not None:
-            pieces.append(("your rates", {"inner_lr": self.rates(params) if params else None}))
+        if self.rates is not None:  # learned (require grad) where the method learns rates
+            own = self.rates(params) if params else None
+            if own is not None:
+                own = _cast(own, torch.float64) if isinstance(own, (Tensor, Mapping)) else own
+                for value in ([own] if isinstance(own, Tensor) else
+                              own.values() if isinstance(own, Mapping) else []):
+                    value.requires_grad_(learn)
+            pieces.append(("your rates", {"inner_lr": own}))
         if self.step_weights is not None:
             pieces.append(("step_weights", {"step_weights": self.step_weights}))
         for name, kwargs in pieces:
