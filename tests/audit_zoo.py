@@ -244,7 +244,18 @@ def _rate_at(rates, name, param, k, late):
     return rate
 
 
-def _direction(kind, rule, state, name, g, t, *, no_bias, bias_float32, eps_outside, ema):
+def _root(v, naive):
+    """√v, with the derivative 0 where v = 0 (there m = 0 too, so that is the limit of the
+    exact derivative), unless ``naive``: then autograd's 1/(2√v) = ∞ gives 0·∞ = NaN."""
+    if naive:
+        return v.sqrt()
+    positive = v > 0
+    return torch.where(positive, torch.where(positive, v, torch.ones_like(v)).sqrt(),
+                       torch.zeros_like(v))
+
+
+def _direction(kind, rule, state, name, g, t, *, no_bias, bias_float32, eps_outside, ema,
+               naive_sqrt):
     """u for one tensor and the rule's new state (written as torch.optim writes them)."""
     if kind == "gd":
         return g
@@ -257,7 +268,7 @@ def _direction(kind, rule, state, name, g, t, *, no_bias, bias_float32, eps_outs
     v = rule.beta2 * state.get(("v", name), torch.zeros_like(g)) + (1 - rule.beta2) * g * g
     state[("m", name)], state[("v", name)] = m, v
     if no_bias:
-        return m / (v.sqrt() + rule.eps)
+        return m / (_root(v, naive_sqrt) + rule.eps)
     if bias_float32:  # torch.pow(python float, int64 tensor) computes in float32
         count = torch.tensor(t)
         c1 = (1 - pow(rule.beta1, count)).to(g.dtype)
@@ -265,15 +276,16 @@ def _direction(kind, rule, state, name, g, t, *, no_bias, bias_float32, eps_outs
     else:
         c1, c2 = 1 - rule.beta1 ** t, 1 - rule.beta2 ** t
     if eps_outside:  # Kingma & Ba 2015, §2: the step size folds in the corrections
-        return (c2 ** 0.5 / c1) * m / (v.sqrt() + rule.eps)
-    return (m / c1) / ((v / c2).sqrt() + rule.eps)
+        return (c2 ** 0.5 / c1) * m / (_root(v, naive_sqrt) + rule.eps)
+    return (m / c1) / (_root(v / c2, naive_sqrt) + rule.eps)
 
 
 def learned_target(*, steps, inner_lr, inner=None, step_weights=None, first_order=False,
                    rate_first_order=False, rates_late=False, steps_summed=False,
                    rates_detached=False, rate_sign=False, entries_mean=False, carry=None,
                    kind=None, no_bias=False, bias_float32=False, eps_outside=False, ema=False,
-                   query_inner=False, reduce="mean", perturb_rates=0.0, lam=None):
+                   query_inner=False, reduce="mean", perturb_rates=0.0, lam=None,
+                   naive_sqrt=False):
     """MAML (FOMAML with ``first_order``; the penalty method with its ``lam``) through an
     inner loop with learned rates ``inner_lr`` (a number, a 0-dim tensor, or a dict of
     per-tensor / per-entry / per-step tensors; absent names not adapted) and the update rule
@@ -283,7 +295,8 @@ def learned_target(*, steps, inner_lr, inner=None, step_weights=None, first_orde
     rule_kind = "gd" if inner is None else (
         "adam" if hasattr(inner, "beta1") else "nesterov" if inner.nesterov else "momentum")
     kind = kind or rule_kind
-    options = dict(no_bias=no_bias, bias_float32=bias_float32, eps_outside=eps_outside, ema=ema)
+    options = dict(no_bias=no_bias, bias_float32=bias_float32, eps_outside=eps_outside, ema=ema,
+                   naive_sqrt=naive_sqrt)
     learned = isinstance(inner_lr, (dict, torch.Tensor))
 
     def target(loss, params, tasks):

@@ -110,6 +110,29 @@ CASES = {
 }
 
 
+def maml_variant(problem, spec):
+    """MAML through higher's differentiable ``torch.optim.SGD(momentum=β)`` or ``Adam``."""
+    import higher
+
+    model = problem.module
+    inner = _audit.Inner(spec.form, beta=0.9, lr=spec.inner_lr)
+    opt = _torch_optimizer(model.parameters(), inner)
+    criterion = problem.criterion
+
+    def one(i):
+        (x, y), (xv, yv) = problem.tasks.task(i)
+        with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
+            for _ in range(spec.steps):
+                diffopt.step(criterion(fmodel(x), y))
+            return torch.autograd.grad(criterion(fmodel(xv), yv), model.parameters())
+
+    return _common.mean_over_tasks(one, problem.tasks.num_tasks)
+
+
+VARIANT_CASES = {"momentum": maml_variant, "adam": maml_variant}
+"""The inner-loop variants timed against metagrad's (``metagrad_bench.peers.variants``)."""
+
+
 def _torch_optimizer(groups, inner: _audit.Inner) -> torch.optim.Optimizer:
     """The torch optimizer higher makes differentiable, for metagrad's update rule."""
     lr = inner.lr if inner.lr is not None else 1.0  # learned rates replace it (override)

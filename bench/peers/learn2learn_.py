@@ -147,6 +147,30 @@ CASES = {
 }
 
 
+def metasgd(problem, spec):
+    """Meta-SGD (Li et al. 2017): ``MetaSGD(module, lr)``, its per-entry rates learned; the
+    mean gradient w.r.t. θ and the rates, θ's part returned (for the agreement column)."""
+    l2l = _import()
+    model = problem.module
+    meta = l2l.algorithms.MetaSGD(model, lr=spec.inner_lr)
+    theta = list(model.parameters())
+    wrt = theta + list(meta.lrs)
+    criterion = problem.criterion
+
+    def one(i):
+        (x, y), (xv, yv) = problem.tasks.task(i)
+        learner = meta.clone()
+        for _ in range(spec.steps):
+            learner.adapt(criterion(learner(x), y))
+        return torch.autograd.grad(criterion(learner(xv), yv), wrt)
+
+    return _common.mean_over_tasks(one, problem.tasks.num_tasks)[:len(theta)]
+
+
+VARIANT_CASES = {"per_entry": metasgd}
+"""The inner-loop variants timed against metagrad's (``metagrad_bench.peers.variants``)."""
+
+
 def _audit_maml(first_order: bool):
     method = "fomaml" if first_order else "maml"
 

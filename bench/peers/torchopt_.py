@@ -173,6 +173,35 @@ CASES = {
 }
 
 
+def maml_variant(problem, spec):
+    """MAML through torchopt's ``MetaSGD(momentum=β)`` or ``MetaAdam``, its MAML example's
+    pattern (the state put back per task)."""
+    import torchopt
+
+    model = problem.module
+    inner = _audit.Inner(spec.form, beta=0.9)
+    opt = _meta_optimizer(torchopt, model, inner, spec.inner_lr)
+    criterion = problem.criterion
+    params = list(model.parameters())
+    net_state = torchopt.extract_state_dict(model)
+    opt_state = torchopt.extract_state_dict(opt)
+
+    def one(i):
+        (x, y), (xv, yv) = problem.tasks.task(i)
+        for _ in range(spec.steps):
+            opt.step(criterion(model(x), y))
+        g = torch.autograd.grad(criterion(model(xv), yv), params)
+        torchopt.recover_state_dict(model, net_state)
+        torchopt.recover_state_dict(opt, opt_state)
+        return g
+
+    return _common.mean_over_tasks(one, problem.tasks.num_tasks)
+
+
+VARIANT_CASES = {"momentum": maml_variant, "adam": maml_variant}
+"""The inner-loop variants timed against metagrad's (``metagrad_bench.peers.variants``)."""
+
+
 def _meta_optimizer(torchopt, model, inner: _audit.Inner, lr):
     """torchopt's differentiable optimizer for metagrad's update rule."""
     if inner.kind == "adam":

@@ -20,6 +20,10 @@ Each problem is a loss, parameters θ and a meta-batch of tasks (a
                        exact solve all differ, and only exact-iteration semantics passes.
 ``one scalar``         a single 0-dim parameter, loss mean((tanh(s·x) − y)²): code that
                        ravels a scalar to shape (1,) or (1, 1), or special-cases d = 1.
+``dead input``         ``scalar+matrix`` with the first input zero in every train batch, so
+                       the first row of W has an exactly zero inner gradient (dead ReLU units
+                       and unused parameters do this): run for Adam inner loops, whose
+                       v̂ = 0 there makes a naive √v̂ backward 0·∞ = NaN (functional targets).
 =====================  =====================================================================
 
 Curvature is set from the settings, so that the bug classes are far apart whatever
@@ -153,8 +157,24 @@ def _one_scalar(tasks: int, g: torch.Generator):
     return params, Task(train=batch(), val=batch()), loss
 
 
+def _dead_input(tasks: int, g: torch.Generator):
+    params, task, loss = _scalar_matrix(tasks, g)
+    x, y = task.train
+    x = x.clone()
+    x[..., 0] = 0.0  # the first row of W gets no gradient from the train loss
+    return params, Task(train=(x, y), val=task.val), loss
+
+
+NON_FINITE_HINTS = {
+    "dead input": "here the first row of W has an exactly zero inner gradient, so Adam's v̂ is "
+                  "exactly 0 there and the backward of √v̂ is 0·∞ = NaN, which then spreads to "
+                  "every entry; the exact derivative there is finite (m̂ = 0 too): take the "
+                  "square root's derivative as 0 where v̂ = 0 (torch.where), as metagrad does",
+}
+"""Why a problem can make a result non-finite, by label (added to that diagnosis)."""
+
 BUILDERS = {"scalar+matrix": (_scalar_matrix, 11), "softmax": (_softmax, 12),
-            "one scalar": (_one_scalar, 13)}
+            "one scalar": (_one_scalar, 13), "dead input": (_dead_input, 11)}
 """label → (builder(tasks, generator) -> (params, tasks, unscaled loss), seed)."""
 
 
@@ -363,13 +383,16 @@ def _module_problems(label: str, tasks: int, method: str, settings: dict[str, An
 
 
 def cases(method: str, settings: dict[str, Any], vary_steps: bool,
-          vary_on: str = "scalar+matrix") -> list[BatteryCase]:
-    """The battery for ``method`` at ``settings``: every problem at the given settings, and,
-    when the target can be rebuilt at other settings (a factory), problem ``vary_on`` at
-    other inner step counts so that K = 0, 1 and several steps are all run."""
+          vary_on: str = "scalar+matrix", dead_input: bool = False) -> list[BatteryCase]:
+    """The battery for ``method`` at ``settings``: every problem at the given settings
+    (``dead input`` too when asked for: Adam inner loops), and, when the target can be
+    rebuilt at other settings (a factory), problem ``vary_on`` at other inner step counts so
+    that K = 0, 1 and several steps are all run."""
     base = tuple(sorted(settings.items()))
     out = [BatteryCase("scalar+matrix", 3, base), BatteryCase("scalar+matrix", 1, base),
            BatteryCase("softmax", 3, base), BatteryCase("one scalar", 3, base)]
+    if dead_input:
+        out.append(BatteryCase("dead input", 3, base))
     if vary_steps:
         out += step_cases(settings, vary_on)
     return out

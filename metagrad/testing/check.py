@@ -468,7 +468,8 @@ def evaluate(run: Run, given: Problem, exact: Problem, method: str,
             or (got_rates is not None and not bool(torch.isfinite(got_rates).all()))):
         # nothing to compare a wrong shape's or a NaN's values with: say what is wrong
         row.closest = "structure" if got is None else "non-finite"
-        row.diagnosis = f"{where}: {prefix}"
+        hint = battery.NON_FINITE_HINTS.get(case.split(",")[0]) if got is not None else None
+        row.diagnosis = f"{where}: {prefix}" + (f" ({hint})" if hint else "")
         return row
     assert row.err_reference is not None
     values_right = within
@@ -630,7 +631,8 @@ def check_meta_gradient(target: Target, method: str, *, float32: bool = False,
             "factory(*, steps, inner_lr, ...) -> target: the audit builds the rates on each "
             "problem and gives them as inner_lr")
     results: list[CaseResult] = []
-    planned = battery.cases(method, settings, vary_steps=False)
+    planned = battery.cases(method, settings, vary_steps=False,
+                            dead_input=variant.adam and form is None)
     for case in _with_step_cases(planned, results, settings, factory):
         s = case.config
         given, exact = battery.problems(case.label, case.tasks, method, s, float32, criterion)

@@ -178,6 +178,13 @@ class Variant:
                 and (self.rule is None or isinstance(self.rule, GD)))
 
     @property
+    def adam(self) -> bool:
+        """An Adam inner loop (the battery then adds its ``dead input`` problem)."""
+        return isinstance(self.rule, Adam) or any(
+            isinstance(AUDIT_FORMS[f].build({}, 1, 0.1, False).get("inner"), Adam)
+            for f in self.forms if not (AUDIT_FORMS[f].rates or AUDIT_FORMS[f].weights))
+
+    @property
     def has_rates(self) -> bool:
         """Whether the variant gives rate tensors (which a target must be told)."""
         return self.rates is not None or any(AUDIT_FORMS[f].rates for f in self.forms)
