@@ -226,6 +226,21 @@ def test_variant_bug_zoo_fails_and_is_named(name):
             assert row.title in result.diagnosis
 
 
+def test_adam_with_a_naive_square_root_fails_where_a_gradient_is_zero():
+    """Adam inner loops also run on the battery's ``dead input`` problem (an exactly zero
+    inner gradient, v̂ = 0): a naive √ there gives 0·∞ = NaN, said with why; the correct
+    target passes it (its value is the oracle's finite derivative)."""
+    result = _audit("maml", "adam", naive_sqrt=True)
+    failed = {c.case.split(",")[0] for c in result.failures}
+    assert failed == {"dead input"}, result.report()
+    case = result.failures[0]
+    assert case.closest == "non-finite" and "0·∞ = NaN" in case.diagnosis
+    correct = _audit("maml", "adam")
+    assert any(c.case.startswith("dead input") and c.passed for c in correct.cases)
+    plain = _audit("maml", "momentum")
+    assert not any(c.case.startswith("dead input") for c in plain.cases)
+
+
 def test_every_inner_row_has_a_zoo_target():
     named = set().union(*(keys for *_, keys in ZOO.values()))
     assert {r.key for r in INNER} <= named

@@ -732,8 +732,9 @@ def _notes(method: str, settings: dict[str, Any], cases: list[CaseResult],
             best[key] = max(best.get(key, 0.0), sep)
     weak = sorted(k for k, v in best.items() if v < 1e-6)
     if weak:
-        notes.append(f"at these settings the battery cannot tell these mistakes from the "
-                     f"correct value: {', '.join(weak)}")
+        notes.append(f"at these settings these mistakes are within 1e-6 (relative) of the "
+                     f"correct value, so only the float64 check tells them apart: "
+                     f"{', '.join(weak)}")
     for key in ("first_order", "second_order"):
         if key in best and best[key] < 0.1:
             notes.append(f"first- and second-order answers differ by at most "
