@@ -358,7 +358,7 @@ def _rate_differences(problem: Problem, m: Method) -> Tensor:
     rates = spec["rates"]
 
     def mean(r: Any) -> Tensor:
-        return sum(F(theta, r) for F in objectives) / len(objectives)  # type: ignore[return-value]
+        return sum(F(theta, r) for F in objectives) / len(objectives)
 
     base = torch.finfo(theta.dtype).eps ** (1 / 3)
     tiny = torch.finfo(theta.dtype).tiny
@@ -436,7 +436,7 @@ def evaluate(run: Run, given: Problem, exact: Problem, method: str,
     got_rates = None
     returned = hyper is not None and "inner_lr" in hyper
     if rate_ref is not None and returned:
-        assert variant is not None
+        assert variant is not None and hyper is not None
         found, got_rates, rate_notes = _rate_structure(hyper["inner_lr"], variant.rates)
         problems += found
         row.notes += rate_notes
