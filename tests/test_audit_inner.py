@@ -246,6 +246,62 @@ def test_every_inner_row_has_a_zoo_target():
     assert {r.key for r in INNER} <= named
 
 
+def test_gradcheck_checks_a_method_with_its_own_inner_loop():
+    """gradcheck compares metagrad on your model with the oracle of the same variant: its
+    update rule, its rates (and their gradient), its loss weights."""
+    from metagrad.testing import gradcheck
+
+    model = torch.nn.Sequential(torch.nn.Linear(1, 6), torch.nn.Tanh(),
+                                torch.nn.Linear(6, 1)).double()
+    loss = mg.module_loss(model, torch.nn.functional.mse_loss)
+    params = mg.params_of(model)
+    tasks = mg.Sinusoid(shots=5, query=5).sample(3, seed=0, dtype=torch.float64)
+    rates = mg.inner_rates(params, 0.05, per="step_entry", steps=2)
+    for method in (mg.MAML(steps=2, inner_lr=0.05, inner=mg.Adam()),
+                   mg.MAML(steps=2, inner_lr=0.05, inner=mg.Momentum(0.9, nesterov=True),
+                           step_weights=(0.3, 0.7)),
+                   mg.MAML(steps=2, inner_lr=rates)):
+        report = gradcheck(method, loss, params, tasks)
+        assert report.passed and report.cases[0].err_reference <= 1e-9, report.report()
+    assert report.cases[0].err_rate_reference <= 1e-9
+    assert report.cases[0].err_rate_fd <= 1e-7
+
+
+def test_module_target_with_learned_rates():
+    """Code written against an nn.Module gets the rates keyed like model.named_parameters()."""
+    import torch.nn.functional as F
+    from torch.func import functional_call
+
+    from metagrad.testing import module_target
+
+    def metasgd(*, steps, inner_lr):
+        def run(model, tasks):
+            names = [n for n, _ in model.named_parameters()]
+            theta = list(model.parameters())
+            rates = [inner_lr[n].detach().clone().requires_grad_(True) for n in names]
+            total = [torch.zeros_like(w) for w in theta + rates]
+            for i in range(tasks.num_tasks):
+                (x, y), (x_val, y_val) = tasks.task(i)
+                fast = theta
+                for _ in range(steps):
+                    logits = functional_call(model, dict(zip(names, fast)), (x,))
+                    grads = torch.autograd.grad(F.cross_entropy(logits, y), fast,
+                                                create_graph=True)
+                    fast = [w - r * g for w, r, g in zip(fast, rates, grads)]
+                logits = functional_call(model, dict(zip(names, fast)), (x_val,))
+                out = torch.autograd.grad(F.cross_entropy(logits, y_val), theta + rates)
+                total = [t + g / tasks.num_tasks for t, g in zip(total, out)]
+            n = len(theta)
+            return dict(zip(names, total[:n])), {"inner_lr": dict(zip(names, total[n:]))}
+
+        return run
+
+    result = check_meta_gradient(module_target(metasgd, "cross_entropy"), "maml",
+                                 inner="per_entry", **S)
+    assert result.passed, result.report()
+    assert all(c.err_rate_reference <= 1e-9 for c in result.cases if c.status == "pass")
+
+
 # ---- usage -------------------------------------------------------------------------------------
 
 def test_a_target_without_rate_gradients_passes_with_a_note():

@@ -13,6 +13,10 @@ checks a gradient.
   meta-gradient, run on a battery of small problems (:mod:`.battery`) and compared with
   the dense float64 oracle and finite differences; failures are diagnosed against the
   usual wrong variants (:mod:`.diagnosis`).
+* inner-loop variants (``inner="per_entry"``, ``"per_step"``, ``"momentum"``, ``"adam"``, …,
+  :mod:`.variant`): the battery builds the rates on each problem and gives them to a factory;
+  a target may return ``(grad, {"inner_lr": rate_gradients})``, and the rate-gradients are
+  checked and their mistakes named too.
 * :func:`assert_meta_gradient_close`: the same, raising ``AssertionError`` with the table.
 * :func:`module_target`: code written against an ``nn.Module`` (``model(x) → logits →
   F.cross_entropy(logits, y)``), ``fn(model, tasks)``, audited on the battery's models

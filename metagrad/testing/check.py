@@ -859,17 +859,41 @@ def gradcheck(method: Method, loss: Callable[..., Tensor], params: Mapping[str, 
     case = f"your problem, T={problem.meta_batch}, K={settings['steps']}"
 
     def run(pa: dict[str, Tensor], ta: Task) -> tuple[Any, list[str]]:
-        return checked(loss, pa, ta).grad, []
+        return checked(loss, pa, ta), []  # its .grad, and .hyper_grad for learned rates
 
     row = evaluate(run, problem, problem, method.name, settings,
                    where=f"{method.name} on {case}", case=case,
                    fd=fd and method.gradient_of is not None, tol_reference=rtol,
-                   tol_fd=fd_rtol, coverage=False)
+                   tol_fd=fd_rtol, coverage=False, variant=_variant_of(method))
     result = AuditResult(method.name, settings, f"metagrad {type(method).__name__}", False,
                          [row])
     if not result.passed and raise_exception:
         raise AssertionError("gradcheck failed\n" + result.report())
     return result
+
+
+def _variant_of(method: Method) -> Built | None:
+    """The method's own inner-loop variant (its update rule, rate tensors, loss weights) for
+    the oracle, None for the textbook loop: the rates in float64 for the oracle, as given for
+    the comparison of the rate-gradient the method returns."""
+    from ..verify.compare import plain_loop
+
+    if plain_loop(method):
+        return None
+    kwargs: dict[str, Any] = {"inner": method.inner}
+    if getattr(method, "step_weights", None) is not None:
+        kwargs["step_weights"] = method.step_weights  # type: ignore[attr-defined]
+    rates = method.inner_lr
+    if isinstance(rates, Tensor):
+        given: Any = rates
+        exact: Any = rates.detach().to(torch.float64).requires_grad_(rates.requires_grad)
+    elif isinstance(rates, Mapping):
+        given = dict(rates)
+        exact = {k: v.detach().to(torch.float64).requires_grad_(v.requires_grad)
+                 for k, v in rates.items()}
+    else:
+        return Built(kwargs, kwargs)
+    return Built({**kwargs, "inner_lr": exact}, {**kwargs, "inner_lr": given})
 
 
 def _check_loss_for_gradcheck(loss: Callable[..., Tensor], params: dict[str, Tensor],
