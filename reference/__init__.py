@@ -26,6 +26,9 @@ Modules:
 * :mod:`metagrad_reference.variants`: the wrong meta-gradients code ships (first order, one
   tensor detached, the query batch in the inner loop, a damped or warm-started iMAML system,
   a non-alternating Neumann series, …), alone or combined, for diagnosing an implementation.
+* :mod:`metagrad_reference.inner_variants`: the wrong meta-gradients and rate-gradients of
+  the inner-loop variants (a rate-gradient without its second-order term, rates one step
+  late, optimizer state not reset between tasks, Adam without bias correction, …).
 """
 
 from . import closed_form, dense, finite_diff, inner_loops, methods, rates, targets, variants
