@@ -165,8 +165,6 @@ def _jax_step(family: str, steps: int):
 
     from .peers import jax_
 
-    grad = jax.grad(jax_.mse)
-
     def per_task(theta, xt, yt, xv, yv):
         pre = jax_.mse(theta, xt, yt)
         if family == "maml":

@@ -10,6 +10,7 @@ from torch.func import grad_and_value, vmap
 
 from .. import _pytree as pt
 from .. import _rates
+from .._batched import task_dims
 from .._hvp import Loss, resolve_mode
 from .._inner import InnerResult
 from .._pytree import Params
@@ -138,6 +139,15 @@ class MAML(Method):
             return self.backward.per_task(loss, theta, train, val, self.inner_loop, self.hvp)
         return self.backward.per_task(loss, theta, train, val, self.inner_loop, self.hvp,
                                       hyper, self.step_weights)
+
+    def batched_eager(self, loss: Loss, theta: Params, train: Any, val: Any,
+                      hyper: dict[str, Any]
+                      ) -> tuple[Params, dict[str, Any], dict[str, Tensor]] | None:
+        if self.batching != "vmap" or not isinstance(self.backward, Unrolled):
+            return None
+        return self.backward.batched(loss, theta, train, val, self.inner_loop, hyper,
+                                     self.step_weights, (task_dims(train), task_dims(val)),
+                                     self.diagnose != "off")
 
     # -- the scanned form (metagrad.compile) -----------------------------------------------
     scan_needs_trajectory: ClassVar[bool] = True
