@@ -76,3 +76,19 @@ def norm_per_task(g: Params, at_least: torch.dtype = torch.float64) -> Tensor:
     parts = [torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1, dtype=acc)
              for v in g.values()]
     return torch.linalg.vector_norm(torch.stack(parts), dim=0)
+
+
+def diagnostics(own: dict[str, Tensor], pre: Tensor, post: Tensor, g: Params,
+                loss: Loss | None = None, phi: Params | None = None, train: Any = None,
+                dims: Any = None) -> dict[str, Tensor]:
+    """A batched call's per-task diagnostics, as ``Method._task_result`` assembles them:
+    the method's own, the pre- and post-update losses, ‖gᵢ‖ (float64) and, when ``loss``
+    is given (the checks are on), L_tr(φ) per task as ``final_inner_loss``."""
+    diag = {**own, "pre_update_loss": pre.detach(), "post_update_loss": post.detach(),
+            "grad_norm": norm_per_task(g)}
+    if loss is not None:
+        assert phi is not None
+        with torch.no_grad():
+            diag["final_inner_loss"] = values(loss, {k: v.detach() for k, v in phi.items()},
+                                              train, dims)
+    return diag

@@ -109,13 +109,9 @@ class Unrolled:
         g = dict(zip(start, found[:len(start)]))
         hyper_grad = torch_pytree.tree_unflatten([h / num_tasks for h in found[len(start):]],
                                                  spec)
-        diag = {"inner_losses": inner.inner_losses, **extra,
-                "pre_update_loss": inner.pre_update_loss, "post_update_loss": post.detach(),
-                "grad_norm": _batched.norm_per_task(g)}
-        if final_loss:
-            with torch.no_grad():
-                diag["final_inner_loss"] = _batched.values(loss, pt.detach(inner.phi), train,
-                                                           train_dims)
+        diag = _batched.diagnostics({"inner_losses": inner.inner_losses, **extra},
+                                    inner.pre_update_loss, post, g,
+                                    *((loss, inner.phi, train, train_dims) if final_loss else ()))
         return pt.mean0(g), hyper_grad, diag
 
 
@@ -166,18 +162,27 @@ class Trajectory:
                           inner.phi)
 
 
+def sweep_step(loss: Loss, train: Any, point: Params, v: Params, inner_lr: float,
+               hvp_mode: str) -> Params:
+    """One step of the reverse sweep for every task at once: v ← v − αH(θ⁽ᵏ⁾)v, the
+    iterates ``point`` and ``v`` stacked over tasks."""
+
+    def one(p, b, w):
+        return pt.axpy(-inner_lr, hvp(loss, p, b, w, hvp_mode), w)
+
+    return vmap(one)(point, train, v)
+
+
 def sweep_scanned(loss: Loss, train: Any, trajectory: Params, v: Params, inner_lr: float,
                   hvp_mode: str) -> Params:
     """The reverse sweep v ← v − αH(θ⁽ᵏ⁾)v, k = K−1 … 0, over the stored iterates of every
     task at once (``trajectory``: leaves ``(K, T, …)``, ``v``: ``(T, …)``), as one torch
-    ``scan`` whose body is traced once: the compiled form of :class:`Trajectory`'s sweep."""
+    ``scan`` of :func:`sweep_step` whose body is traced once: the compiled form of
+    :class:`Trajectory`'s sweep."""
     from torch._higher_order_ops.scan import scan
 
     def back(u, point):
-        def one(p, b, w):
-            return pt.axpy(-inner_lr, hvp(loss, p, b, w, hvp_mode), w)
-
-        new = vmap(one)(point, train, u)
+        new = sweep_step(loss, train, point, u, inner_lr, hvp_mode)
         return new, torch.zeros((), device=next(iter(u.values())).device)
 
     v, _ = scan(back, v, trajectory, reverse=True)

@@ -289,7 +289,23 @@ class Method:
 
     # -- the compiled path's scanned form (``metagrad.compile``) ------------------------------
     scan_needs_trajectory: ClassVar[bool] = False
-    """Whether :meth:`batched_from_scan` needs the inner iterates θ⁽ᵏ⁾ (MAML's sweep does)."""
+    """Whether :meth:`batched_from_scan` needs the inner iterates θ⁽ᵏ⁾ (MAML's sweep does).
+    Such a method sweeps back over them and says how in three parts, which the compiled
+    path's stepped form compiles one by one: :meth:`sweep_start`, :meth:`sweep_step` (once
+    per iterate, last first) and :meth:`sweep_finish`."""
+
+    def sweep_start(self, loss: Loss, phi: Params, val: Any) -> tuple[Params, Tensor]:
+        """The reverse sweep's start, every task at once: (the swept vector, L_val(φ))."""
+        raise NotImplementedError
+
+    def sweep_step(self, loss: Loss, point: Params, train: Any, v: Params) -> Params:
+        """One step of the reverse sweep at the iterates ``point``, every task at once."""
+        raise NotImplementedError
+
+    def sweep_finish(self, loss: Loss, train: Any, inner: InnerResult, v: Params,
+                     post: Tensor) -> tuple[Params, dict[str, Any], dict[str, Tensor]]:
+        """(mean gᵢ, mean meta-parameter gradients, per-task diagnostics) from the sweep."""
+        raise NotImplementedError
 
     @property
     def scannable(self) -> str | None:
@@ -391,14 +407,22 @@ class Method:
         if (self.batching != "vmap" or type(self)._per_task is not Method._per_task
                 or (hyper and self.hyper_gradient == "first_order")):
             return None
-        train_dims, val_dims = task_dims(train), task_dims(val)
-        inner = self.inner_loop.run_batched(loss, theta, train, train_dims)
+        dims = (task_dims(train), task_dims(val))
+        inner = self.inner_loop.run_batched(loss, theta, train, dims[0])
+        return self.batched_from_inner(loss, theta, train, val, inner, dims)
+
+    def batched_from_inner(self, loss: Loss, theta: Params, train: Any, val: Any,
+                           inner: InnerResult, dims: tuple[Any, Any]
+                           ) -> tuple[Params, dict[str, Any], dict[str, Tensor]]:
+        """:meth:`batched_eager`'s rest, from every task's finished inner loop (stacked
+        over tasks): by default each task's :meth:`_from_inner` under ``vmap``; a method
+        whose rest is a gradient at φ overrides it with reverse mode on the stacked φ.
+        ``dims``: ``vmap``'s ``in_dims`` of the train and val batches."""
 
         def one(tr, va, phi, pre, losses):
             return self._task_result(loss, theta, tr, va, {}, InnerResult(phi, pre, losses))
 
-        grads, hyper_grads, diag = vmap(one, in_dims=(train_dims, val_dims, 0, 0, 0),
-                                        randomness="different")(
+        grads, hyper_grads, diag = vmap(one, in_dims=(*dims, 0, 0, 0), randomness="different")(
             train, val, inner.phi, inner.pre_update_loss, inner.inner_losses)
         return pt.mean0(grads), _mean0_tree(hyper_grads), diag
 
