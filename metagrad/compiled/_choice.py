@@ -25,10 +25,8 @@ added to the file so that later runs decide on measured numbers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import statistics
 import time
 import types
 from dataclasses import dataclass, field
@@ -119,6 +117,8 @@ class CostBook:
         entry = self.entries.get(digest, {})
         if "compile_s" in entry:  # compiled before with these caches: the last time taken
             return float(entry["compile_s"][-1])
+        import statistics
+
         colds = [float(e["compile_s"][0]) for e in self.entries.values()
                  if e.get("device") == device and e.get("compile_s")]
         if colds:
@@ -163,6 +163,8 @@ class CostBook:
 def digest(key: tuple, method: Any, form: str, backend: Any, mode: str | None) -> str:
     """A name for a signature that is the same in every process: the method's settings, the
     compiled form, the parameter and task shapes, the loss's code, torch's version."""
+    import hashlib
+
     import torch
 
     def plain(value: Any) -> Any:

@@ -4,7 +4,6 @@ method as the fallback where torch.compile fails."""
 
 from __future__ import annotations
 
-import statistics
 import time
 import warnings
 from collections import OrderedDict
@@ -255,7 +254,7 @@ class CompiledMethod:
             device = next(iter(theta.values())).device
             name = plan.digest if plan is not None else digest(
                 key, self.method, entry.loop, self.backend, self._mode(device))
-            self.book.add_calls(name, statistics.median(times),
+            self.book.add_calls(name, sorted(times)[len(times) // 2],
                                 plan.eager_s if plan is not None else None)
         return out
 
