@@ -139,12 +139,13 @@ class CompiledMethod:
         loop = self.loop_form(device)
         self.method.inner_loop  # noqa: B018 - built before tracing, which cannot build it
         mode = self._mode(device)
+        mode = None if mode == "default" else mode
         options: dict[str, Any] = {}
-        if cpp_wrapper and self.backend == "inductor" and device.type == "cpu":
-            if mode is None:
-                # One C++ build per graph instead of one per fused kernel, and the scan loop
-                # runs in C++ rather than in Python.
-                options["cpp_wrapper"] = True
+        # (torch.compile takes a mode or options, not both)
+        if cpp_wrapper and self.backend == "inductor" and device.type == "cpu" and mode is None:
+            # One C++ build per graph instead of one per fused kernel, and the scan loop
+            # runs in C++ rather than in Python.
+            options["cpp_wrapper"] = True
             if torch._inductor.config.cpp.vec_isa_ok is None:
                 # Take the vector instruction sets the CPU reports (cpuid) instead of
                 # test-building a C++ file for each one first (seconds of a cold start). A
