@@ -12,6 +12,9 @@ from round to round (medians; CUDA synchronised around every call):
   graphs: one graph replay per call instead of a launch per kernel);
 * ``mg.compile``: ``mg.compile(method, mode="default")`` (inductor's kernels, launched one
   by one), to show what the graphs save;
+
+(the compiled ones for the ``--compile-cases`` only, MAML K = 5 by default: each compile
+takes tens of seconds)
 * ``JAX``: ``jax.jit(jax.vmap(...))`` written in plain JAX (``metagrad_bench.peers.jax_``).
 
 Precision, the two compared at the same setting (``--precisions``):
@@ -27,7 +30,8 @@ launches per call (CUDA kernel launches and graph launches counted by the profil
 on a CPU the ATen operations dispatched instead), and ‖g − g64‖/‖g64‖ against metagrad's
 float64 meta-gradient on the same device. On a CPU the TF32 rows and the CUDA-graph
 column are skipped (there is no TF32 and no CUDA graph there), so the script can be tried
-anywhere. Writes ``gpu_speed.csv``, ``gpu_speed.md`` and ``gpu_speed.png`` into ``--out``.
+anywhere. Writes ``gpu_speed.csv``, ``gpu_speed.md``, ``gpu_speed.png`` (time) and
+``gpu_launches.png`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -185,7 +189,7 @@ def run(args) -> list[dict]:
         ref = [g for g in method(p64.loss, p64.params, p64.tasks).grad.values()]
         for precision in precisions:
             impls: list[Impl] = [_torch_impl("metagrad eager", method, p, device, precision)]
-            if not args.no_compile:
+            if name in args.compile_cases:
                 if cuda:
                     impls.append(_torch_impl("mg.compile graphs", mg.compile(method), p,
                                              device, precision))
@@ -234,6 +238,17 @@ def figure(frame, out: Path) -> None:
         ax.tick_params(axis="x", rotation=30)
     fig.suptitle(f"metagrad vs JAX on {frame['device_name'].iloc[0]}")
     plotting.save(fig, out / "gpu_speed.png")
+    counted = frame[frame["launches"].notna() & (frame["precision"] == precisions[0])]
+    if not counted.empty:
+        fig, ax = plotting.plt.subplots(figsize=(8, 4.8))
+        plotting.sns.barplot(counted, x="case", y="launches", hue="implementation", ax=ax)
+        ax.set_yscale("log")
+        cuda = str(counted["device"].iloc[0]).startswith("cuda")
+        ax.set_ylabel("kernel + graph launches per call" if cuda
+                      else "ATen operations per call")
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", rotation=30)
+        plotting.save(fig, out / "gpu_launches.png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,7 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--cases", nargs="*", default=None, choices=[c[0] for c in CASES])
     ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
-    ap.add_argument("--no-compile", action="store_true", help="skip mg.compile")
+    ap.add_argument("--compile-cases", nargs="*", default=["maml K=5"],
+                    choices=[c[0] for c in CASES],
+                    help="cases timed with mg.compile too (each compile takes tens of "
+                         "seconds; default: MAML K=5)")
     ap.add_argument("--no-jax", action="store_true", help="skip JAX")
     args = ap.parse_args(argv)
     if args.repeats < 3:
