@@ -17,7 +17,7 @@ from torch.utils import _pytree as torch_pytree
 
 import metagrad as mg
 from metagrad import _pytree as pt
-from metagrad.compiled import VERIFIED_TORCH, _choice
+from metagrad.compiled import VERIFIED_TORCH, _choice, _method
 
 FORMS = [None, *mg.INNER_FORMS]
 
@@ -130,20 +130,29 @@ def test_stepwise_follows_what_the_loss_reads():
 # -- the eager/compiled choice --------------------------------------------------------------
 def test_plan_compiles_when_the_saving_exceeds_the_cost(tmp_path):
     book = _choice.CostBook(tmp_path)
-    cold = _choice.COLD_COMPILE_S["cpu"]
+    cold = 20.0
+    cost = cold + _choice.FIRST_COMPILE_S  # nothing compiled with this folder yet
     eager = 0.010  # compiled assumed eager / SPEEDUP
     saving = eager * (1 - 1 / _choice.SPEEDUP)
-    for calls, expected in ((int(cold / saving) - 10, False), (int(cold / saving) + 10, True)):
-        plan = _choice.Plan(calls, "d", "cpu")
+    for calls, expected in ((int(cost / saving) - 10, False), (int(cost / saving) + 10, True)):
+        plan = _choice.Plan(calls, "d", "cpu", cold)
         assert plan.eager_call(1.0, book) is False  # the first call is not timed
         assert plan.eager_call(eager, book) is expected
         assert plan.reason.startswith("compiled" if expected else "eager"), plan.reason
 
 
+def test_cold_estimate_grows_with_the_unrolled_graph():
+    unrolled = [_choice.cold_estimate(3 * k + 1, "unrolled", "cpu") for k in (1, 5, 10)]
+    assert unrolled == sorted(unrolled) and unrolled[2] > 2 * unrolled[0]
+    flat = {_choice.cold_estimate(3 * k + 1, "scan", "cpu") for k in (6, 10, 50)}
+    assert len(flat) == 1
+    assert _choice.cold_estimate(16, "unrolled", "cuda") > unrolled[1]
+
+
 def test_plan_rents_then_buys_beyond_the_expected_calls(tmp_path):
     book = _choice.CostBook(tmp_path)
     book.add_compile("d", "cpu", 0.05)  # compiled before with these caches: 0.05 s
-    plan = _choice.Plan(3, "d", "cpu")
+    plan = _choice.Plan(3, "d", "cpu", 20.0)
     decisions = [plan.eager_call(0.02, book) for _ in range(6)]
     # calls 1-3 expected (never worth 0.05 s), then 0.02 s a call beyond: 0.06 s ≥ 0.05 s
     # after the third call beyond them
@@ -153,16 +162,15 @@ def test_plan_rents_then_buys_beyond_the_expected_calls(tmp_path):
 
 def test_cost_book_keeps_what_was_measured(tmp_path):
     book = _choice.CostBook(tmp_path)
-    assert book.compile_estimate("a", "cpu") == _choice.COLD_COMPILE_S["cpu"]
+    assert book.compile_estimate("a", "cpu", 10.0) == 10.0 + _choice.FIRST_COMPILE_S
     book.add_compile("a", "cpu", 12.0)
     book.add_compile("b", "cpu", 30.0)
     book.add_compile("b", "cpu", 4.0)
     book.add_calls("a", 0.002, 0.010)
     again = _choice.CostBook(tmp_path)  # another process reads the same file
-    assert again.compile_estimate("a", "cpu") == 12.0
-    assert again.compile_estimate("b", "cpu") == 4.0  # the last (warm) compile
-    assert again.compile_estimate("new", "cpu") == 21.0  # median of the cold ones
-    assert again.compile_estimate("new", "cuda") == _choice.COLD_COMPILE_S["cuda"]
+    assert again.compile_estimate("a", "cpu", 10.0) == 12.0
+    assert again.compile_estimate("b", "cpu", 10.0) == 4.0  # the last (warm) compile
+    assert again.compile_estimate("new", "cpu", 10.0) == 10.0  # the folder has compiled
     assert again.call_estimate("a", 0.020) == pytest.approx(0.004)  # the measured ratio
     assert again.call_estimate("new", 0.020) == pytest.approx(0.020 / _choice.SPEEDUP)
 
@@ -187,7 +195,8 @@ def test_compile_with_calls_runs_eagerly_when_compiling_does_not_pay(monkeypatch
         out = few(loss, params, tasks)
     assert not few.compile_seconds
     assert list(few.decisions.values())[0].startswith("eager")
-    monkeypatch.setitem(_choice.COLD_COMPILE_S, "cpu", 0.0)  # compiling costs nothing
+    # compiling pays at once (a negative estimate outweighs the first compile's extra)
+    monkeypatch.setattr(_method, "cold_estimate", lambda *a: -2 * _choice.FIRST_COMPILE_S)
     many = mg.compile(method, backend="aot_eager", calls=10)
     for _ in range(4):
         out = many(loss, params, tasks)

@@ -10,9 +10,9 @@ For each input signature the compiled method
    * a signature compiled before with the same cache folder (a later run: torch's
      on-disk caches hold its graphs) has its measured compile and call times in
      ``<cache folder>/metagrad/costs.json``: C and c are those;
-   * otherwise C is the median cold compile time recorded in that file for any
-     signature on this device type, or :data:`COLD_COMPILE_S` when there is none, and
-     c = e / :data:`SPEEDUP`;
+   * otherwise C is :func:`cold_estimate` (a cold compile grows with the size of the
+     unrolled graph, and the first compile in a cache folder also builds inductor's
+     precompiled header) and c = e / :data:`SPEEDUP`;
 
 3. compiles if (N − n)·(e − c) > C, n the calls made so far; else keeps running eagerly,
    and once the calls go beyond N (the estimate was short), compiles as soon as the eager
@@ -33,26 +33,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-COLD_COMPILE_S = {"cpu": 20.0, "cuda": 40.0}
-"""Compile time assumed for a signature never compiled with this cache folder, per device
-type, until one has been measured there (a cold compile of the sinusoid MAML K = 5 on one
-core of a 2-core x86_64 CPU, ``python -m metagrad_bench.compile_time``)."""
-SPEEDUP = 4.0
-"""Eager call time over compiled call time assumed until one has been measured (the
-sinusoid workloads measured 4-9× on CPU)."""
+PER_GRADIENT_S = 1.6
+"""Cold compile seconds per gradient-equivalent of an unrolled graph (tracing, code
+generation, the C++ build), and :data:`BASE_S` for the rest: measured for MAML K = 1, 5,
+10 on the sinusoid MLP on one core of a 2-core x86_64 CPU (10, 28 and 57 s;
+``python -m metagrad_bench.compile_time``)."""
+BASE_S = 4.0
+FLAT_S = 22.0
+"""Cold compile seconds of the scanned and stepwise forms, whose graphs do not grow with K
+(21-23 s there)."""
+FIRST_COMPILE_S = 6.0
+"""Added when nothing was compiled with the cache folder yet: inductor's precompiled
+header and its first C++ builds."""
+DEVICE_FACTOR = {"cpu": 1.0, "cuda": 2.0}
+"""CUDA compiles add kernel tuning and CUDA-graph capture."""
+SPEEDUP = 5.0
+"""Eager call time over compiled call time assumed until one has been measured (6-8× for
+the sinusoid MAML on one CPU core)."""
 EAGER_CALLS = 2
 """Calls run eagerly before deciding (the second one is timed)."""
 TIMED_CALLS = 5
 """Compiled calls timed after a compile, for the record."""
 
 
+def cold_estimate(gradient_equivalents: float, form: str, device: str) -> float:
+    """The compile time assumed for a signature never compiled with the cache folder."""
+    base = FLAT_S if form in ("scan", "stepwise") else BASE_S + PER_GRADIENT_S * max(
+        gradient_equivalents, 1.0)
+    return base * DEVICE_FACTOR.get(device, max(DEVICE_FACTOR.values()))
+
+
 @dataclass
 class Plan:
-    """The decision for one signature of a compiled method with ``calls`` expected."""
+    """The decision for one signature of a compiled method with ``calls`` expected;
+    ``cold_s``: :func:`cold_estimate` for it."""
 
     calls: int
     digest: str
     device: str
+    cold_s: float
     done: int = 0
     eager_s: float | None = None
     beyond_s: float = 0.0
@@ -72,7 +91,7 @@ class Plan:
             return self._decide(book)
         if self.done > self.calls:
             self.beyond_s += seconds
-            cost = book.compile_estimate(self.digest, self.device)
+            cost = book.compile_estimate(self.digest, self.device, self.cold_s)
             if self.beyond_s >= cost:
                 self.reason = (f"compiled after {self.done} calls: the {self.calls} expected "
                                f"ran out and eager calls since took {self.beyond_s:.1f} s, "
@@ -82,7 +101,7 @@ class Plan:
 
     def _decide(self, book: CostBook) -> bool:
         assert self.eager_s is not None
-        cost = book.compile_estimate(self.digest, self.device)
+        cost = book.compile_estimate(self.digest, self.device, self.cold_s)
         call = book.call_estimate(self.digest, self.eager_s)
         remaining = self.calls - self.done
         saved = remaining * (self.eager_s - call)
@@ -113,17 +132,15 @@ class CostBook:
     def known(self, digest: str) -> bool:
         return "compile_s" in self.entries.get(digest, {})
 
-    def compile_estimate(self, digest: str, device: str) -> float:
+    def compile_estimate(self, digest: str, device: str, cold_s: float) -> float:
+        """The last measured compile time of ``digest``; else ``cold_s``, plus
+        :data:`FIRST_COMPILE_S` when nothing was compiled with this folder yet."""
         entry = self.entries.get(digest, {})
         if "compile_s" in entry:  # compiled before with these caches: the last time taken
             return float(entry["compile_s"][-1])
-        import statistics
-
-        colds = [float(e["compile_s"][0]) for e in self.entries.values()
-                 if e.get("device") == device and e.get("compile_s")]
-        if colds:
-            return statistics.median(colds)
-        return COLD_COMPILE_S.get(device, max(COLD_COMPILE_S.values()))
+        if any(e.get("compile_s") for e in self.entries.values()):
+            return cold_s
+        return cold_s + FIRST_COMPILE_S
 
     def call_estimate(self, digest: str, eager_s: float) -> float:
         entry = self.entries.get(digest, {})

@@ -20,7 +20,7 @@ from .._hvp import Loss
 from .._pytree import Params
 from .._task import Task
 from ..methods._base import MetaGradient, Method, _check_params, _check_tasks
-from ._choice import TIMED_CALLS, CostBook, Plan, cache_folder, digest
+from ._choice import TIMED_CALLS, CostBook, Plan, cache_folder, cold_estimate, digest
 from ._messages import cpp_build_failed, failure
 from ._programs import own_code, scan_available, scanned, stepwise, unrolled
 from ._signature import signature
@@ -29,10 +29,13 @@ LOOPS = ("auto", "unrolled", "scan", "stepwise")
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 """torch.compile's modes."""
 SCAN_FROM = 6
-"""From this many inner steps on, ``loop="scan"`` compiles faster than ``loop="unrolled"``
-(measured: ``python -m metagrad_bench.compile_time``, results page *compile_cpu*);
-``loop="auto"`` takes ``"stepwise"`` wherever the method can run its loop step by step,
-which compiles faster than either."""
+"""``loop="auto"`` scans the inner loop from this many inner steps on: below it the
+unrolled form's compile time is short and its graphs are kept by torch's persistent
+caches, from it on the scanned form's flat compile time wins. The stepwise form compiles
+in flat time too and its graphs are kept across processes, but its calls take about twice
+as long (each inner step's Hessian-vector product recomputes that step's forward pass,
+and nothing fuses across steps), so it is not the default. Measured:
+``python -m metagrad_bench.compile_time``, results page *compile_cpu*."""
 
 DEFAULT_CACHE_SIZE = 32
 
@@ -66,8 +69,8 @@ class CompiledMethod:
         A ``torch.compile`` mode (None: the default on CPU, ``"reduce-overhead"``, CUDA
         graphs, on a GPU).
     loop : {"auto", "unrolled", "scan", "stepwise"}
-        The inner loop's compiled form (``"auto"``: ``"stepwise"`` where the method can run
-        its loop step by step, see :meth:`loop_form`).
+        The inner loop's compiled form (``"auto"``: scanned from ``SCAN_FROM`` steps on,
+        where the method can scan it; see :meth:`loop_form`).
     fallback : bool
         Run the eager method (warning once) where compilation fails, instead of raising.
     cache_size : int
@@ -119,16 +122,16 @@ class CompiledMethod:
 
     def loop_form(self, device: torch.device | str = "cpu") -> str:
         """``"unrolled"``, ``"scan"`` or ``"stepwise"``: the form this method compiles to on
-        ``device``. ``loop="auto"`` takes ``"stepwise"`` where the method's inner loop can
-        run step by step (:attr:`metagrad.Method.scannable`) and has a step to run, and
-        ``"unrolled"`` otherwise and under CUDA graphs (one graph to replay)."""
+        ``device``. ``loop="auto"`` scans from :data:`SCAN_FROM` steps on where the method
+        can scan its loop (:attr:`metagrad.Method.scannable`), and unrolls otherwise and
+        under CUDA graphs (one graph to replay)."""
         device = torch.device(device)
         if self.loop != "auto":
             return self.loop
-        if (self.method.steps < 1 or self.method.scannable is not None
-                or self._mode(device) == "reduce-overhead"):
+        if (self.method.steps < SCAN_FROM or self.method.scannable is not None
+                or self._mode(device) == "reduce-overhead" or not scan_available()):
             return "unrolled"
-        return "stepwise"
+        return "scan"
 
     def _mode(self, device: torch.device) -> str | None:
         if self.mode is None and device.type == "cuda" and self.backend == "inductor":
@@ -222,9 +225,10 @@ class CompiledMethod:
                             params: Mapping[str, Tensor], tasks: Task) -> MetaGradient:
         if plan is None:
             device = next(iter(params.values())).device
-            plan = Plan(self.calls or 0, digest(key, self.method, self.loop_form(device),
-                                                self.backend, self._mode(device)),
-                        device.type)
+            form = self.loop_form(device)
+            plan = Plan(self.calls or 0, digest(key, self.method, form, self.backend,
+                                                self._mode(device)), device.type,
+                        cold_estimate(self.method.gradient_equivalents(), form, device.type))
             self._plans[key] = plan
         start = time.perf_counter()
         out = self.method(loss, params, tasks)
@@ -362,8 +366,8 @@ def compile(  # noqa: A001  (mirrors torch.compile)
         A ``torch.compile`` mode (None: the default on CPU, ``"reduce-overhead"``, CUDA
         graphs, on a GPU).
     loop : {"auto", "unrolled", "scan", "stepwise"}
-        The inner loop's compiled form (``"auto"``: ``"stepwise"`` where the method can run
-        its loop step by step, see :meth:`loop_form`).
+        The inner loop's compiled form (``"auto"``: scanned from ``SCAN_FROM`` steps on,
+        where the method can scan it; see :meth:`loop_form`).
     fallback : bool
         Run the eager method (warning once) where compilation fails, instead of raising.
     cache_size : int
