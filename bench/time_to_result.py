@@ -22,13 +22,15 @@ for every variant) and loaded with the clock stopped. Variants:
   processes unless configured to, so every JAX run is a cold one.
 * ``eager``: ``mg.MAML(...)`` (or FOMAML, IMAML) called as it is, ``mg.set_grads`` and
   ``torch.optim.Adam``.
-* ``compiled``: the same with ``mg.compile(method)``.
+* ``compiled``: the same with ``mg.compile(method)``; ``unrolled``, ``stepwise``,
+  ``scan``: with ``mg.compile(method, loop=...)``.
 * ``default``: ``mg.compile(method, calls=steps)``, what the documentation recommends for
   a training loop: it chooses between the eager method and the compiled one from the
   number of calls it is told to expect (see ``docs/howto/compiled.md``).
 
 ``cold``/``warm``: the process's ``TORCHINDUCTOR_CACHE_DIR`` is an empty folder (a user's
-first run) or the folder of an earlier run of the same case and variant (a later run).
+first run) or the folder left by an earlier run that compiled the same case (one untimed
+``compiled`` run first, with the form of the variant: a later run).
 
 ``--first`` measures something smaller: a new process to its first meta-gradient,
 ``mg.compile`` (cold and warm) against ``jax.jit`` of the same job (MAML K = 1, 5, 10),
@@ -67,6 +69,9 @@ CASES = {
 FIRST_CASES = ("maml K=1", "maml K=5", "maml K=10")
 RUNS = ("jax", "eager", "compiled cold", "compiled warm", "default cold", "default warm")
 """The variants as run: a variant and, for those that compile, the state of the cache."""
+EXTRA_RUNS = ("unrolled cold", "unrolled warm", "stepwise cold", "stepwise warm",
+              "scan cold", "scan warm")
+"""``mg.compile(method, loop=...)`` with each inner-loop form, on request (``--runs``)."""
 FIRST_RUNS = ("jax", "compiled cold", "compiled warm")
 SIZES = (1, 40, 40, 1)
 META_BATCH, SHOTS, INNER_LR, LAM, CG_ITERS, OUTER_LR = 25, 10, 0.01, 1.0, 5, 1e-3
@@ -137,6 +142,8 @@ def _child_torch(args) -> dict:
     method = _torch_method(family, steps)
     if args.variant == "compiled":
         method = mg.compile(method)
+    elif args.variant in ("unrolled", "stepwise", "scan"):
+        method = mg.compile(method, loop=args.variant)
     elif args.variant == "default":
         method = mg.compile(method, calls=args.steps)
     opt = torch.optim.Adam(model.parameters(), lr=OUTER_LR)
@@ -152,9 +159,18 @@ def _child_torch(args) -> dict:
     total = time.perf_counter() - _START - (resumed - paused)
     final = [p.detach().reshape(-1) for p in model.parameters()]
     return {"import_s": imported, "first_s": first, "total_s": total,
+            "compile_s": sum(getattr(method, "compile_seconds", {}).values()),
             "final_post_loss": statistics.fmean(p for _, p in log[-100:]),
             "param_norm": float(torch.cat(final).norm()),
-            "path": getattr(method, "chosen", args.variant)}
+            "path": _path(method, args.variant)}
+
+
+def _path(method, variant: str) -> str:
+    """What ran: the variant, or for ``default`` what it chose (eager or compiled)."""
+    decisions = list(getattr(method, "decisions", {}).values())
+    if variant != "default" or not decisions:
+        return variant
+    return decisions[-1].split(":", 1)[0].split(" after", 1)[0]
 
 
 def _jax_step(family: str, steps: int):
@@ -354,14 +370,17 @@ def measure(args) -> list[dict]:
         subprocess.run([sys.executable, "-c", "import torch, jax, metagrad"],
                        env=_child_env(None), capture_output=True, check=False)
         for case, variant, cache in plan:
-            if cache == "warm" and (case, variant) not in warm:
+            # a warm folder: left by an untimed run that compiled the case in that form
+            form = variant if variant in ("unrolled", "stepwise", "scan") else "compiled"
+            if cache == "warm" and (case, form) not in warm:
                 folder = str(work / f"warm_{len(warm)}")
-                warm[(case, variant)] = folder
-                _run_child([*base, "--case", case, "--variant", variant], folder, args.pin)
+                warm[(case, form)] = folder
+                _run_child([*base, "--case", case, "--variant", form], folder, args.pin)
         for round_ in range(args.rounds):
             shift = round_ % len(plan)
             for case, variant, cache in plan[shift:] + plan[:shift]:
-                folder = (warm[(case, variant)] if cache == "warm"
+                form = variant if variant in ("unrolled", "stepwise", "scan") else "compiled"
+                folder = (warm[(case, form)] if cache == "warm"
                           else tempfile.mkdtemp(prefix="cold_", dir=work))
                 load = _load_avg()
                 result = _run_child([*base, "--case", case, "--variant", variant], folder,
@@ -398,6 +417,8 @@ def summarise(rows: list[dict], args, env: dict[str, str], load: tuple) -> str:
                      "× JAX": sub["total_s"].median() / jax,
                      "import s": sub["import_s"].median(),
                      "first step s": sub["first_s"].median(),
+                     "compile s": (sub["compile_s"].median() if "compile_s" in sub
+                                   else float("nan")),
                      "min–max s": f"{sub['total_s'].min():.3g}–{sub['total_s'].max():.3g}",
                      "processes": len(sub)}
             if not args.first:
@@ -437,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="processes per (case, variant)")
     ap.add_argument("--cases", nargs="+", default=None, choices=list(CASES),
                     help="default: all (with --first: MAML K = 1, 5, 10)")
-    ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS,
+    ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS + EXTRA_RUNS,
                     help="variants (and cache states) to run")
     ap.add_argument("--first", action="store_true",
                     help="time a new process to its first meta-gradient instead")

@@ -151,6 +151,7 @@ def test_cold_estimate_grows_with_the_unrolled_graph():
 
 def test_plan_rents_then_buys_beyond_the_expected_calls(tmp_path):
     book = _choice.CostBook(tmp_path)
+    book.add_compile("d", "cpu", 0.5)
     book.add_compile("d", "cpu", 0.05)  # compiled before with these caches: 0.05 s
     plan = _choice.Plan(3, "d", "cpu", 20.0)
     decisions = [plan.eager_call(0.02, book) for _ in range(6)]
@@ -163,12 +164,13 @@ def test_plan_rents_then_buys_beyond_the_expected_calls(tmp_path):
 def test_cost_book_keeps_what_was_measured(tmp_path):
     book = _choice.CostBook(tmp_path)
     assert book.compile_estimate("a", "cpu", 10.0) == 10.0 + _choice.FIRST_COMPILE_S
-    book.add_compile("a", "cpu", 12.0)
-    book.add_compile("b", "cpu", 30.0)
-    book.add_compile("b", "cpu", 4.0)
+    book.add_compile("a", "cpu", 12.0, "unrolled")
+    book.add_compile("b", "cpu", 30.0, "scan")
+    book.add_compile("b", "cpu", 4.0, "scan")
     book.add_calls("a", 0.002, 0.010)
     again = _choice.CostBook(tmp_path)  # another process reads the same file
-    assert again.compile_estimate("a", "cpu", 10.0) == 12.0
+    # one cold compile: its graphs are cached now, a fraction of it is left
+    assert again.compile_estimate("a", "cpu", 10.0) == 12.0 * _choice.WARM_FRACTION["unrolled"]
     assert again.compile_estimate("b", "cpu", 10.0) == 4.0  # the last (warm) compile
     assert again.compile_estimate("new", "cpu", 10.0) == 10.0  # the folder has compiled
     assert again.call_estimate("a", 0.020) == pytest.approx(0.004)  # the measured ratio

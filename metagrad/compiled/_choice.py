@@ -9,7 +9,9 @@ For each input signature the compiled method
 
    * a signature compiled before with the same cache folder (a later run: torch's
      on-disk caches hold its graphs) has its measured compile and call times in
-     ``<cache folder>/metagrad/costs.json``: C and c are those;
+     ``<cache folder>/metagrad/costs.json``: c is the measured ratio of compiled to eager
+     time applied to e, and C the last warm compile, or the cold one × the form's
+     :data:`WARM_FRACTION` after a single compile;
    * otherwise C is :func:`cold_estimate` (a cold compile grows with the size of the
      unrolled graph, and the first compile in a cache folder also builds inductor's
      precompiled header) and c = e / :data:`SPEEDUP`;
@@ -45,6 +47,10 @@ FLAT_S = 22.0
 FIRST_COMPILE_S = 6.0
 """Added when nothing was compiled with the cache folder yet: inductor's precompiled
 header and its first C++ builds."""
+WARM_FRACTION = {"unrolled": 0.35, "stepwise": 0.4, "scan": 0.65}
+"""A compile with warm caches over the cold one before it (measured 0.15-0.35 unrolled,
+0.3-0.35 stepwise, 0.6 scan, whose graphs torch does not keep: only tracing is saved by
+the unrolled and stepwise forms' caches, code generation by neither for scan)."""
 DEVICE_FACTOR = {"cpu": 1.0, "cuda": 2.0}
 """CUDA compiles add kernel tuning and CUDA-graph capture."""
 SPEEDUP = 5.0
@@ -133,11 +139,16 @@ class CostBook:
         return "compile_s" in self.entries.get(digest, {})
 
     def compile_estimate(self, digest: str, device: str, cold_s: float) -> float:
-        """The last measured compile time of ``digest``; else ``cold_s``, plus
-        :data:`FIRST_COMPILE_S` when nothing was compiled with this folder yet."""
+        """How long compiling ``digest`` will take: the last measured warm compile; after a
+        single (cold) one, that time × :data:`WARM_FRACTION` of its form (torch's caches
+        now hold the graphs); else ``cold_s``, plus :data:`FIRST_COMPILE_S` when nothing
+        was compiled with this folder yet."""
         entry = self.entries.get(digest, {})
-        if "compile_s" in entry:  # compiled before with these caches: the last time taken
-            return float(entry["compile_s"][-1])
+        times = entry.get("compile_s", [])
+        if len(times) > 1:
+            return float(times[-1])
+        if times:
+            return float(times[0]) * WARM_FRACTION.get(entry.get("form", ""), 1.0)
         if any(e.get("compile_s") for e in self.entries.values()):
             return cold_s
         return cold_s + FIRST_COMPILE_S
@@ -149,8 +160,8 @@ class CostBook:
             return eager_s * float(entry["call_s"]) / float(entry["eager_s"])
         return eager_s / SPEEDUP
 
-    def add_compile(self, digest: str, device: str, seconds: float) -> None:
-        entry = self.entries.setdefault(digest, {"device": device})
+    def add_compile(self, digest: str, device: str, seconds: float, form: str = "") -> None:
+        entry = self.entries.setdefault(digest, {"device": device, "form": form})
         entry.setdefault("compile_s", []).append(round(seconds, 3))
         del entry["compile_s"][1:-4]  # the first (cold) one and the last few
         self._save()

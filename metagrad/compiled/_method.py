@@ -244,7 +244,7 @@ class CompiledMethod:
         plan = self._plans.get(key)
         name = plan.digest if plan is not None else digest(
             key, self.method, entry.loop, self.backend, self._mode(device))
-        self.book.add_compile(name, device.type, self.compile_seconds[key])
+        self.book.add_compile(name, device.type, self.compile_seconds[key], entry.loop)
         self._timing[key] = []
 
     def _timed_run(self, key: tuple, entry: _Entry, loss: Loss, theta: Params,
