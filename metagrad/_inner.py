@@ -272,13 +272,16 @@ class InnerLoop:
         return float(self.steps)
 
     def check(self, diag: dict[str, Tensor], loss: Loss, theta: Params, tasks: Any,
-              hvp_mode: str, batching: str = "vmap") -> list:
+              hvp_mode: str, batching: str = "vmap", memo: dict[str, Any] | None = None
+              ) -> list:
         """The loop's numerical checks on a call's per-task diagnostics: a rise of the inner
-        loss, explained by the step size and the curvature (``metagrad.diagnose``)."""
+        loss, explained by the step size and the curvature (``metagrad.diagnose``; ``memo``
+        keeps the explaining measurements across calls)."""
         from .diagnose import check_inner_loop
 
         return check_inner_loop(diag, loss, theta, tasks, _rates.largest(self.inner_lr),
-                                self.lam, hvp_mode, batching, monotone=self.rule.monotone)
+                                self.lam, hvp_mode, batching, monotone=self.rule.monotone,
+                                memo=memo)
 
 
 def adapt(

@@ -208,3 +208,28 @@ def test_compile_with_calls_runs_eagerly_when_compiling_does_not_pay(monkeypatch
     assert rel(pt.flatten(out.grad), pt.flatten(ref.grad)) < 1e-12
     with pytest.raises(ValueError, match="calls must be a positive integer"):
         mg.compile(method, calls=0)
+
+
+def test_the_explanation_of_a_rise_is_measured_once_per_many_calls(monkeypatch):
+    """An inner loss that rises at every call is reported at every call, but the power
+    iteration that explains it (more than a meta-gradient's cost) runs once per
+    EXPLAIN_EVERY calls of a method; a training run paid it at every step."""
+    from metagrad import diagnose
+
+    loss, params, tasks = tanh_mlp_problem(tasks=2, sizes=(1, 4, 1))
+    measured = []
+    original = diagnose.largest_curvature
+
+    def counted(*args, **kwargs):
+        measured.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(diagnose, "largest_curvature", counted)
+    method = mg.MAML(steps=3, inner_lr=50.0, diagnose="record")  # diverges: rises
+    messages = [method(loss, params, tasks).warnings for _ in range(5)]
+    assert all(any("inner loss rose" in m for m in found) for found in messages)
+    assert len(measured) == 1
+    assert "measured 4 calls ago" in " ".join(messages[-1])
+    fresh = mg.MAML(steps=3, inner_lr=50.0, diagnose="record")  # another method: its own
+    fresh(loss, params, tasks)
+    assert len(measured) == 2

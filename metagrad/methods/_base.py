@@ -335,8 +335,12 @@ class Method:
                   diag: dict[str, Tensor]) -> list[Finding]:
         """Numerical problems visible in the per-task diagnostics (extended by subclasses)."""
         mode = resolve_mode(self.hvp, next(iter(theta.values())).device)
+        # The measurements that explain a finding are kept for a while across calls (they
+        # cost more than the meta-gradient): one dict per method object.
+        memo = self.__dict__.setdefault("_explained", {})
+        memo["calls"] = memo.get("calls", 0) + 1
         return check_finite(diag) + self.inner_loop.check(diag, loss, theta, tasks, mode,
-                                                          self.batching)
+                                                          self.batching, memo)
 
     def hyper(self, like: Tensor) -> dict[str, Any]:
         """The inner loop's meta-parameters as the inputs of this call's computation:
