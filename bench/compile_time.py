@@ -43,7 +43,7 @@ CASES = {
     "maml K=1": ("maml", 1), "maml K=5": ("maml", 5), "maml K=10": ("maml", 10),
     "fomaml K=5": ("fomaml", 5), "imaml K=5 λ=1 cg=5": ("imaml", 5),
 }
-LOOPS = ("unrolled", "scan")
+LOOPS = ("unrolled", "scan", "stepwise")
 
 
 def _child(args) -> None:

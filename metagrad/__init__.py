@@ -10,7 +10,9 @@ and :class:`Penalty` (``help(mg.IMAML)`` gives each one's equation, paper and
 fields). ``METHODS`` is the registry; :func:`register_method` adds one.
 """
 
-from ._forms import INNER_FORMS, InnerForm, inner_rates
+import importlib
+from typing import Any
+
 from ._hvp import Loss, hvp
 from ._inner import InnerLoop, InnerResult, adapt
 from ._module import module_loss, params_of, set_grads
@@ -19,10 +21,8 @@ from ._rates import Rates
 from ._rules import GD, Adam, Momentum
 from ._solvers import CGInfo, ConjugateGradient, NeumannInfo, NeumannSeries, cg, neumann
 from ._task import Task
-from .compiled import CompiledMethod, compile
 from .diagnose import Finding, MetaGradientWarning, NumericalError
 from .distributed import DistributedMetaGradient, DistributedMethod, distributed, shard_tasks
-from .distributions import GaussianClusters, LinearRegression, Sinusoid
 from .methods import (
     FOMAML,
     IMAML,
@@ -42,6 +42,29 @@ from .methods import (
 )
 
 __version__ = "0.2.0"
+
+_LAZY = {
+    "CompiledMethod": "compiled", "compile": "compiled",
+    "GaussianClusters": "distributions", "LinearRegression": "distributions",
+    "Sinusoid": "distributions",
+    "INNER_FORMS": "_forms", "InnerForm": "_forms", "inner_rates": "_forms",
+}
+"""Names imported on first use, so that ``import metagrad`` costs little beyond
+``import torch`` (``python -m metagrad_bench.startup`` measures both)."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'metagrad' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Adam",

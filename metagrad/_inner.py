@@ -210,19 +210,78 @@ class InnerLoop:
         inner_losses = values.transpose(0, 1)
         return InnerResult(phi, inner_losses[:, 0], inner_losses), trajectory
 
+    def run_batched(self, loss: Loss, theta: Params, train: Any, dims: Any,
+                    start: Params | None = None, hyper: dict[str, Any] | None = None,
+                    keep_every: int = 0) -> InnerResult:
+        """Every task's loop at once, eagerly, by reverse mode on the task-batched
+        parameters (``metagrad._batched``): the numbers of :meth:`run` under ``vmap``.
+
+        Without ``start`` the loop is a constant (first order: each step's gradient is
+        taken and dropped, no graph is kept); with ``start``, per-task leaves of θ stacked
+        over tasks (``metagrad._batched.leaves``), every step stays differentiable with
+        respect to them and to the tensors in ``hyper`` (MAML). ``dims``: ``vmap``'s
+        ``in_dims`` of the train batch. φ comes back stacked over tasks for every
+        parameter; ``keep_every`` as in :meth:`run`."""
+        from . import _batched
+
+        num_tasks = _num_tasks(train)
+        names = _rates.adapted(self.inner_lr, theta)
+        differentiable = start is not None
+        hyper = hyper or {}
+        rates = hyper.get("inner_lr", self.inner_lr)
+        rule_hyper = {n: v for n, v in hyper.items() if n != "inner_lr"}
+        # The proximal term's θ: the differentiated per-task copies when there are any.
+        base = start if start is not None else theta
+        phi = dict(start) if start is not None else _batched.stacked(theta, num_tasks, names)
+        stacked = list(phi) if differentiable else names
+        state = self.rule.init({n: phi[n] for n in names})
+        losses: list[Tensor] = []
+        trajectory: list[Params] | None = [] if keep_every > 0 else None
+        for k in range(self.steps):
+            if trajectory is not None and k % keep_every == 0:
+                trajectory.append(phi)
+            if differentiable:
+                value = _batched.values(loss, phi, train, dims, stacked)
+                g = _batched.grads(value.sum(), [phi[n] for n in names], create_graph=True)
+                phi, state = self.rule.update(phi, dict(zip(names, g)), state,
+                                              _rates.at_step(rates, k, theta), k, base,
+                                              self.lam, rule_hyper)
+            else:
+                with torch.enable_grad():
+                    live = {**phi, **{n: phi[n].detach().requires_grad_(True) for n in names}}
+                    value = _batched.values(loss, live, train, dims, stacked)
+                    g = _batched.grads(value.sum(), [live[n] for n in names])
+                with torch.no_grad():
+                    phi, state = self.rule.update(phi, dict(zip(names, g)), state,
+                                                  _rates.at_step(rates, k, theta), k, base,
+                                                  self.lam, rule_hyper)
+            losses.append(value.detach())
+        if losses:
+            inner_losses = torch.stack(losses, dim=1)
+            pre = inner_losses[:, 0]
+        else:
+            with torch.no_grad():
+                pre = _batched.values(loss, phi, train, dims, stacked)
+            inner_losses = pre.new_zeros((num_tasks, 0))
+        phi = _batched.stacked(phi, num_tasks, [n for n in phi if n not in stacked])
+        return InnerResult(phi, pre, inner_losses, trajectory)
+
     # -- what the rest of the library asks ---------------------------------------------------
     def gradient_equivalents(self) -> float:
         """Cost per task: one gradient of the train loss per step."""
         return float(self.steps)
 
     def check(self, diag: dict[str, Tensor], loss: Loss, theta: Params, tasks: Any,
-              hvp_mode: str, batching: str = "vmap") -> list:
+              hvp_mode: str, batching: str = "vmap", memo: dict[str, Any] | None = None
+              ) -> list:
         """The loop's numerical checks on a call's per-task diagnostics: a rise of the inner
-        loss, explained by the step size and the curvature (``metagrad.diagnose``)."""
+        loss, explained by the step size and the curvature (``metagrad.diagnose``; ``memo``
+        keeps the explaining measurements across calls)."""
         from .diagnose import check_inner_loop
 
         return check_inner_loop(diag, loss, theta, tasks, _rates.largest(self.inner_lr),
-                                self.lam, hvp_mode, batching, monotone=self.rule.monotone)
+                                self.lam, hvp_mode, batching, monotone=self.rule.monotone,
+                                memo=memo)
 
 
 def adapt(
@@ -261,3 +320,11 @@ def adapt(
     """
     keep_every = non_negative_int("keep_every", keep_every)
     return InnerLoop(steps, inner_lr, lam=lam).run(loss, theta, batch, keep_every)
+
+
+def _num_tasks(batch: Any) -> int:
+    """T, the size of the task dim of a batch's tensors (every tensor has one)."""
+    for leaf in torch_pytree.tree_leaves(batch):
+        if isinstance(leaf, Tensor):
+            return int(leaf.shape[0])
+    raise ValueError("the batch holds no tensor with a task dimension")

@@ -247,9 +247,33 @@ def inner_path(diag: dict[str, Tensor]) -> Tensor:
     return torch.cat([inner, final.reshape(-1, 1).to(inner.dtype)], dim=1)
 
 
+EXPLAIN_EVERY = 100
+"""A method measures what explains an inner-loss rise (the curvature by power iteration,
+the loss's own noise: tens of evaluations of the loss, more than a meta-gradient costs) at
+most once every this many calls, and reuses the last measurement in between: in a training
+run whose inner loss rises at every step, the checks would otherwise cost several times
+the meta-gradient."""
+
+
+def _measured(memo: dict[str, Any] | None, key: str, num_tasks: int,
+              compute: Any) -> tuple[Tensor, int]:
+    """``compute()``, or its value from ``memo`` if made fewer than :data:`EXPLAIN_EVERY`
+    calls ago for as many tasks; with the number of calls since it was made."""
+    if memo is None:
+        return compute(), 0
+    calls = memo.get("calls", 0)
+    held = memo.get(key)
+    if held is not None and calls - held[1] < EXPLAIN_EVERY and held[0].shape == (num_tasks,):
+        return held[0], calls - held[1]
+    value = compute()
+    memo[key] = (value, calls)
+    return value, 0
+
+
 def check_inner_loop(diag: dict[str, Tensor], loss: Loss, theta: Params, tasks: Any,
                      inner_lr: float, lam: float | None, hvp_mode: str,
-                     batching: str = "vmap", monotone: bool = True) -> list[Finding]:
+                     batching: str = "vmap", monotone: bool = True,
+                     memo: dict[str, Any] | None = None) -> list[Finding]:
     """Non-descent of the inner loop, explained by α(λ + L) ≥ 2 with L by power iteration
     (α the largest inner step size).
 
@@ -260,7 +284,8 @@ def check_inner_loop(diag: dict[str, Tensor], loss: Loss, theta: Params, tasks: 
     L_tr(θ) is. A rule that is not a descent method step by step (``monotone=False``:
     momentum, Adam) may rise on the way; only an end above the start is a symptom there.
     Rises below ``RISE_TOL`` (relative), or below 8 units of rounding of the losses' dtype,
-    are rounding.
+    are rounding. ``memo``: a method's own dict, in which the measurements that explain a
+    rise are kept for :data:`EXPLAIN_EVERY` calls (``memo["calls"]`` counts them).
     """
     path = inner_path(diag)
     if path.shape[1] < 2:
@@ -281,7 +306,9 @@ def check_inner_loop(diag: dict[str, Tensor], loss: Loss, theta: Params, tasks: 
     blown = (~torch.isfinite(path[:, 1:]) | rise) & start_ok
     if not blown.any():
         return []
-    noise = loss_noise(loss, pt.detach(theta), tasks.train, batching)
+    num_tasks = path.shape[0]
+    noise, _ = _measured(memo, "noise", num_tasks,
+                         lambda: loss_noise(loss, pt.detach(theta), tasks.train, batching))
     if bool((noise > 0).any()):
         # A random loss (dropout) draws a new mask at every evaluation: only rises beyond
         # its own noise are symptoms: six standard deviations of a difference of two, the
@@ -295,8 +322,9 @@ def check_inner_loop(diag: dict[str, Tensor], loss: Loss, theta: Params, tasks: 
         blown = (~torch.isfinite(path[:, 1:]) | rise) & start_ok
         if not blown.any():
             return []
-    L = largest_curvature(loss, pt.detach(theta), tasks.train, mode=hvp_mode,
-                          batching=batching).detach()
+    L, age = _measured(memo, "curvature", num_tasks,
+                       lambda: largest_curvature(loss, pt.detach(theta), tasks.train,
+                                                 mode=hvp_mode, batching=batching).detach())
     worst = int(torch.argmax(torch.where(torch.isfinite(L), L, torch.inf)))
     shift = lam or 0.0
     rate = inner_lr * (shift + float(L[worst]))
@@ -306,7 +334,8 @@ def check_inner_loop(diag: dict[str, Tensor], loss: Loss, theta: Params, tasks: 
              ) if monotone else "above L_tr(θ) by the end of the inner loop"
     msg = (f"the inner loss rose {where} in {{where}}: "
            f"{what} converges only if {cond} < 2, and here L ≈ {float(L[worst]):.4g} "
-           f"(largest Hessian eigenvalue at θ, power iteration) gives {cond} ≈ {rate:.3g}")
+           f"(largest Hessian eigenvalue at θ, power iteration"
+           + (f", measured {age} calls ago" if age else "") + f") gives {cond} ≈ {rate:.3g}")
     if rate >= 2:
         msg += f"; use inner_lr < {2 / (shift + float(L[worst])):.3g}"
     else:

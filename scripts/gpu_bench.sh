@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU session, prepared to fit a few lent minutes: device facts, every method on CUDA
-# against the CPU in float64, the peer comparison on CUDA (metagrad eager, mg.compile with
-# CUDA graphs, the per-task autograd loop, JAX, and higher/betty where installed), the HVP
-# modes, and the gpu-quick sweep. Each step has its own time limit and its results are
+# against the CPU in float64, metagrad against JAX at matched precision (CUDA graphs, launch
+# counts, full float32 and TF32), the peer comparison on CUDA (metagrad eager, mg.compile
+# with CUDA graphs, the per-task autograd loop, JAX, and higher/betty where installed), the
+# HVP modes, and the gpu-quick sweep. Each step has its own time limit and its results are
 # packed into $OUT as soon as it ends, so a cut-off run still returns what it finished.
 #
 #   OUT=gpu_out bash scripts/gpu_bench.sh                      # on the GPU machine
@@ -61,6 +62,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 
 step gpu_check 60 $PY -m metagrad_bench.gpu_check --device "$DEVICE" --out "$WORK/gpu_check" --no-speed
+# metagrad eager, mg.compile with and without CUDA graphs, and JAX at matched precision
+# (full float32 and TF32), with launch counts: the round-3 comparison, first.
+step gpu_speed 300 $PY -m metagrad_bench.gpu_speed --device "$DEVICE" --repeats 15 --out "$WORK/gpu_speed"
 if [ "$PEERS" = 1 ]; then
     step peers 160 $PY -m metagrad_bench.peers --device "$DEVICE" --repeats 5 --out "$WORK/peers"
 fi

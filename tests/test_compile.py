@@ -52,11 +52,11 @@ def assert_same(a, b, tol=1e-12):
     assert math.isclose(float(a.pre_update_loss), float(b.pre_update_loss), rel_tol=tol)
 
 
-@pytest.mark.parametrize("loop", ["unrolled", "scan"])
+@pytest.mark.parametrize("loop", ["unrolled", "scan", "stepwise"])
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: f"{m.name}-{m.config()['steps']}")
 def test_compiled_matches_eager(method, loop):
     loss, params, tasks = tanh_mlp_problem(tasks=3, sizes=(1, 4, 1))
-    if loop == "scan" and method.config().get("checkpoint"):
+    if loop != "unrolled" and method.config().get("checkpoint"):
         # The scanned sweep stores every iterate: a checkpointed trajectory stays unrolled.
         with pytest.raises(ValueError, match="checkpointed trajectory"):
             mg.compile(method, loop=loop)
@@ -124,6 +124,22 @@ def test_scan_traces_the_same_graph_for_every_K():
     auto = mg.compiled.SCAN_FROM
     assert mg.compile(mg.MAML(steps=auto, inner_lr=0.1)).loop_form() == "scan"
     assert mg.compile(mg.MAML(steps=auto - 1, inner_lr=0.1)).loop_form() == "unrolled"
+
+
+def test_stepwise_compiles_the_same_pieces_for_every_K():
+    # The stepwise form compiles one inner step (called K times) and the rest in pieces
+    # (MAML: the sweep's start, step and finish): the same graphs whatever K.
+    loss, params, tasks = tanh_mlp_problem(tasks=2, sizes=(1, 4, 1))
+    ops = {}
+    for steps in (1, 3, 8):
+        backend = counting()
+        compiled = mg.compile(mg.MAML(steps=steps, inner_lr=0.1), backend=backend,
+                              loop="stepwise")
+        compiled(loss, params, tasks)
+        compiled(loss, params, tasks)
+        assert backend.frame_count == 4  # step, sweep start, sweep step, sweep finish
+        ops[steps] = backend.op_count
+    assert ops[1] == ops[3] == ops[8]
 
 
 def test_many_signatures_in_one_process():

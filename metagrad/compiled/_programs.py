@@ -1,10 +1,12 @@
 """The programs ``mg.compile`` hands to ``torch.compile``: the method's batched computation
-with its inner loop unrolled (K copies of the step) or scanned (one ``scan`` whose body is
-the step, traced once), plus the two values every call needs from inside the graph (all
-task data finite, the task means of the losses)."""
+with its inner loop unrolled (K copies of the step), scanned (one ``scan`` whose body is
+the step, traced once) or stepwise (a Python loop over one compiled step, the rest compiled
+in pieces), plus the two values every call needs from inside the graph (all task data
+finite, the task means of the losses)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import types
@@ -13,8 +15,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.func import vmap
 from torch.utils import _pytree as torch_pytree
 
+from .._inner import InnerResult
 from ..methods._base import Method
 
 
@@ -79,3 +83,94 @@ def scanned(method: Method) -> Callable:
         return grad, hyper_grad, diag, all_finite(train, val, theta), _means(diag)
 
     return run
+
+
+def stepwise(method: Method, compile_piece: Callable[[Callable], Callable]) -> Callable:
+    """The same computation as :func:`scanned`, with the K inner steps as a Python loop over
+    one compiled step (:meth:`metagrad.InnerLoop.step`, ``vmap`` over tasks), then the rest
+    of each task's work compiled once more (:meth:`metagrad.Method.batched_from_scan`), or,
+    for a method that sweeps back over the iterates (MAML), its sweep's start, step (called
+    K times) and finish compiled one by one. Each piece is small, has no loop in it and is
+    the same for every K, so it compiles in a fraction of the time of the whole and is kept
+    by torch's on-disk caches for any K. ``compile_piece`` compiles one piece."""
+    loop = method.inner_loop
+
+    def step(loss, theta, phi, state, train, k):
+        def one(p, s, b):
+            return loop.step(loss, theta, p, s, b, k)
+
+        return vmap(one)(phi, state, train)
+
+    step_c = compile_piece(step)
+    if method.scan_needs_trajectory:
+        def start(loss, phi, train, val):
+            v, post = method.sweep_start(loss, phi, val)
+            return v, post, all_finite(train, val)
+
+        def back(loss, point, train, v):
+            return method.sweep_step(loss, point, train, v)
+
+        def finish(loss, train, phi, losses, v, post):
+            inner = InnerResult(phi, losses[:, 0], losses)
+            grad, hyper_grad, diag = method.sweep_finish(loss, train, inner, v, post)
+            return grad, hyper_grad, diag, _means(diag)
+
+        start_c, back_c, finish_c = (compile_piece(f) for f in (start, back, finish))
+    else:
+        def rest(loss, theta, train, val, phi, losses):
+            inner = InnerResult(phi, losses[:, 0], losses)
+            grad, hyper_grad, diag = method.batched_from_scan(loss, theta, train, val, inner,
+                                                              None)
+            return grad, hyper_grad, diag, all_finite(train, val), _means(diag)
+
+        rest_c = compile_piece(rest)
+
+    compiled_once: list[bool] = []
+
+    def repeats():
+        # A piece's guards are checked on its first call of every meta-gradient; its
+        # repeats within the call get inputs of the same kind (the previous call's
+        # outputs) under the same global and loss state, so their guards would pass.
+        # Checking them (about 0.1-0.2 ms a call here) would double the cost of a small
+        # step. Not before the first meta-gradient has run: its repeats may still compile.
+        return _unguarded() if compiled_once else contextlib.nullcontext()
+
+    def run(loss, theta, train, val, hyper):
+        num_tasks = torch_pytree.tree_leaves(train)[0].shape[0]
+        phi = {k: v.expand(num_tasks, *v.shape).clone() for k, v in theta.items()}
+        state = loop.init(phi)  # zeros shaped like φ carry the task dim too
+        device = next(iter(phi.values())).device
+        counter = torch.arange(loop.steps, device=device)
+        trajectory = [phi]
+        phi, state, value = step_c(loss, theta, phi, state, train, counter[0])
+        values = [value]
+        with repeats():
+            for k in range(1, loop.steps):
+                trajectory.append(phi)
+                phi, state, value = step_c(loss, theta, phi, state, train, counter[k])
+                values.append(value)
+        losses = torch.stack(values, dim=1)
+        if not method.scan_needs_trajectory:
+            out = rest_c(loss, theta, train, val, phi, losses)
+        else:
+            v, post, finite = start_c(loss, phi, train, val)
+            v = back_c(loss, trajectory[-1], train, v)
+            with repeats():
+                for point in reversed(trajectory[:-1]):
+                    v = back_c(loss, point, train, v)
+            grad, hyper_grad, diag, means = finish_c(loss, train, phi, losses, v, post)
+            out = grad, hyper_grad, diag, finite, means
+        compiled_once.append(True)
+        del compiled_once[1:]
+        return out
+
+    return run
+
+
+def _unguarded() -> contextlib.AbstractContextManager:
+    """torch.compile's guards skipped (only those that tell cached graphs apart checked),
+    where this torch can (``torch.compiler.set_stance``, torch ≥ 2.7)."""
+    try:
+        return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+    except (AttributeError, TypeError):
+        return contextlib.nullcontext()

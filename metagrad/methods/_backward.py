@@ -23,7 +23,9 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
+from torch import Tensor
 from torch.func import grad, grad_and_value, vmap
+from torch.utils import _pytree as torch_pytree
 
 from .. import _pytree as pt
 from .. import _rates
@@ -74,6 +76,45 @@ class Unrolled:
                           hyper_grad)
 
 
+    def batched(self, loss: Loss, theta: Params, train: Any, val: Any, loop: InnerLoop,
+                hyper: dict[str, Any], weights: tuple[float, ...] | None, dims: tuple[Any, Any],
+                final_loss: bool) -> tuple[Params, dict[str, Any], dict[str, Tensor]]:
+        """:meth:`per_task` for every task at once by reverse mode on the task-batched
+        parameters (``metagrad._batched``): (mean gᵢ, mean meta-parameter gradients,
+        per-task diagnostics), with L_tr(φ) per task as ``final_inner_loss`` when
+        ``final_loss``. gᵢ is the gradient with respect to task i's copy of θ of the sum
+        over tasks of the objectives, which is task i's own objective's."""
+        from .. import _batched
+
+        train_dims, val_dims = dims
+        num_tasks = next(int(x.shape[0]) for x in torch_pytree.tree_leaves(train)
+                         if isinstance(x, Tensor))
+        flat_hyper, spec = torch_pytree.tree_flatten(hyper)
+        with torch.enable_grad():
+            start = _batched.leaves(theta, num_tasks)
+            live = [h.detach().requires_grad_(True) for h in flat_hyper]
+            inner = loop.run_batched(loss, theta, train, train_dims, start=start,
+                                     hyper=torch_pytree.tree_unflatten(live, spec),
+                                     keep_every=1 if weights else 0)
+            post = _batched.values(loss, inner.phi, val, val_dims)
+            objective, extra = post, {}
+            if weights:  # MAML++'s multi-step loss: the val loss after every step, weighted
+                step_losses = torch.stack(
+                    [_batched.values(loss, p, val, val_dims) for p in (inner.trajectory or [])[1:]]
+                    + [post], dim=1)
+                objective = (step_losses * torch.tensor(weights, dtype=post.dtype,
+                                                        device=post.device)).sum(1)
+                extra = {"step_val_losses": step_losses.detach()}
+            found = _batched.grads(objective.sum(), [*start.values(), *live])
+        g = dict(zip(start, found[:len(start)]))
+        hyper_grad = torch_pytree.tree_unflatten([h / num_tasks for h in found[len(start):]],
+                                                 spec)
+        diag = _batched.diagnostics({"inner_losses": inner.inner_losses, **extra},
+                                    inner.pre_update_loss, post, g,
+                                    *((loss, inner.phi, train, train_dims) if final_loss else ()))
+        return pt.mean0(g), hyper_grad, diag
+
+
 @dataclass(frozen=True)
 class Trajectory:
     """The reverse sweep with Hessian-vector products over stored iterates; with
@@ -121,18 +162,27 @@ class Trajectory:
                           inner.phi)
 
 
+def sweep_step(loss: Loss, train: Any, point: Params, v: Params, inner_lr: float,
+               hvp_mode: str) -> Params:
+    """One step of the reverse sweep for every task at once: v ← v − αH(θ⁽ᵏ⁾)v, the
+    iterates ``point`` and ``v`` stacked over tasks."""
+
+    def one(p, b, w):
+        return pt.axpy(-inner_lr, hvp(loss, p, b, w, hvp_mode), w)
+
+    return vmap(one)(point, train, v)
+
+
 def sweep_scanned(loss: Loss, train: Any, trajectory: Params, v: Params, inner_lr: float,
                   hvp_mode: str) -> Params:
     """The reverse sweep v ← v − αH(θ⁽ᵏ⁾)v, k = K−1 … 0, over the stored iterates of every
     task at once (``trajectory``: leaves ``(K, T, …)``, ``v``: ``(T, …)``), as one torch
-    ``scan`` whose body is traced once: the compiled form of :class:`Trajectory`'s sweep."""
+    ``scan`` of :func:`sweep_step` whose body is traced once: the compiled form of
+    :class:`Trajectory`'s sweep."""
     from torch._higher_order_ops.scan import scan
 
     def back(u, point):
-        def one(p, b, w):
-            return pt.axpy(-inner_lr, hvp(loss, p, b, w, hvp_mode), w)
-
-        new = vmap(one)(point, train, u)
+        new = sweep_step(loss, train, point, u, inner_lr, hvp_mode)
         return new, torch.zeros((), device=next(iter(u.values())).device)
 
     v, _ = scan(back, v, trajectory, reverse=True)

@@ -11,7 +11,8 @@ keep their own lists of methods or settings.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -22,6 +23,7 @@ from torch.utils import _pytree as torch_pytree
 
 from .. import _pytree as pt
 from .. import _rates
+from .._batched import task_dims
 from .._hvp import HVP_MODES, Loss, resolve_mode
 from .._inner import InnerLoop, InnerResult
 from .._pytree import Params
@@ -287,7 +289,23 @@ class Method:
 
     # -- the compiled path's scanned form (``metagrad.compile``) ------------------------------
     scan_needs_trajectory: ClassVar[bool] = False
-    """Whether :meth:`batched_from_scan` needs the inner iterates θ⁽ᵏ⁾ (MAML's sweep does)."""
+    """Whether :meth:`batched_from_scan` needs the inner iterates θ⁽ᵏ⁾ (MAML's sweep does).
+    Such a method sweeps back over them and says how in three parts, which the compiled
+    path's stepped form compiles one by one: :meth:`sweep_start`, :meth:`sweep_step` (once
+    per iterate, last first) and :meth:`sweep_finish`."""
+
+    def sweep_start(self, loss: Loss, phi: Params, val: Any) -> tuple[Params, Tensor]:
+        """The reverse sweep's start, every task at once: (the swept vector, L_val(φ))."""
+        raise NotImplementedError
+
+    def sweep_step(self, loss: Loss, point: Params, train: Any, v: Params) -> Params:
+        """One step of the reverse sweep at the iterates ``point``, every task at once."""
+        raise NotImplementedError
+
+    def sweep_finish(self, loss: Loss, train: Any, inner: InnerResult, v: Params,
+                     post: Tensor) -> tuple[Params, dict[str, Any], dict[str, Tensor]]:
+        """(mean gᵢ, mean meta-parameter gradients, per-task diagnostics) from the sweep."""
+        raise NotImplementedError
 
     @property
     def scannable(self) -> str | None:
@@ -317,8 +335,12 @@ class Method:
                   diag: dict[str, Tensor]) -> list[Finding]:
         """Numerical problems visible in the per-task diagnostics (extended by subclasses)."""
         mode = resolve_mode(self.hvp, next(iter(theta.values())).device)
+        # The measurements that explain a finding are kept for a while across calls (they
+        # cost more than the meta-gradient): one dict per method object.
+        memo = self.__dict__.setdefault("_explained", {})
+        memo["calls"] = memo.get("calls", 0) + 1
         return check_finite(diag) + self.inner_loop.check(diag, loss, theta, tasks, mode,
-                                                          self.batching)
+                                                          self.batching, memo)
 
     def hyper(self, like: Tensor) -> dict[str, Any]:
         """The inner loop's meta-parameters as the inputs of this call's computation:
@@ -350,26 +372,63 @@ class Method:
             if self.batching == "vmap":
                 # Non-tensor leaves of a batch (names, flags) are passed to every task as they
                 # are; random ops (dropout) draw independently per task, as in a loop.
-                dims = (None, _task_dims(train), _task_dims(val), None)
-                try:
+                dims = (None, task_dims(train), task_dims(val), None)
+                with self._vmap_errors():
                     grads, hyper_grads, diag = vmap(one, in_dims=dims, randomness="different")(
                         theta, train, val, hyper)
-                except (RuntimeError, ValueError) as err:
-                    if "vmap" not in str(err) and "Batching rule" not in str(err):
-                        raise
-                    raise RuntimeError(
-                        f"{self.name}: torch.func.vmap could not run the loss over the task "
-                        f"dimension ({str(err).splitlines()[0][:300]}). This happens when the "
-                        "loss calls .item() or .tolist(), branches in Python on a tensor's "
-                        "value, or uses an operation vmap has no batching rule for. Run the "
-                        "tasks one at a time instead with batching='loop' (the same numbers, "
-                        "slower), or rewrite that part with torch.where.") from err
             else:
                 grads, hyper_grads, diag = _loop(lambda th, tr, va: one(th, tr, va, hyper),
                                                  theta, Task(train, val))
             return pt.mean0(grads), _mean0_tree(hyper_grads), diag
 
         return run
+
+    @contextmanager
+    def _vmap_errors(self) -> Iterator[None]:
+        """``vmap``'s failures on the loss said in the user's terms, with the way out."""
+        try:
+            yield
+        except (RuntimeError, ValueError) as err:
+            if "vmap" not in str(err) and "Batching rule" not in str(err):
+                raise
+            raise RuntimeError(
+                f"{self.name}: torch.func.vmap could not run the loss over the task "
+                f"dimension ({str(err).splitlines()[0][:300]}). This happens when the "
+                "loss calls .item() or .tolist(), branches in Python on a tensor's "
+                "value, or uses an operation vmap has no batching rule for. Run the "
+                "tasks one at a time instead with batching='loop' (the same numbers, "
+                "slower), or rewrite that part with torch.where.") from err
+
+    def batched_eager(self, loss: Loss, theta: Params, train: Any, val: Any,
+                      hyper: dict[str, Any]
+                      ) -> tuple[Params, dict[str, Any], dict[str, Tensor]] | None:
+        """What :meth:`batched` computes, run eagerly with the inner loop by reverse mode on
+        the task-batched parameters (:meth:`metagrad.InnerLoop.run_batched`: one ``vmap``
+        of the forward pass and one ``torch.autograd.grad`` per step instead of
+        ``torch.func`` transforms per task) and each task's rest (:meth:`_from_inner`)
+        under ``vmap``; None where the method has no such form for these settings (then
+        :meth:`batched` runs). The numbers are :meth:`batched`'s up to float rounding."""
+        if (self.batching != "vmap" or type(self)._per_task is not Method._per_task
+                or (hyper and self.hyper_gradient == "first_order")):
+            return None
+        dims = (task_dims(train), task_dims(val))
+        inner = self.inner_loop.run_batched(loss, theta, train, dims[0])
+        return self.batched_from_inner(loss, theta, train, val, inner, dims)
+
+    def batched_from_inner(self, loss: Loss, theta: Params, train: Any, val: Any,
+                           inner: InnerResult, dims: tuple[Any, Any]
+                           ) -> tuple[Params, dict[str, Any], dict[str, Tensor]]:
+        """:meth:`batched_eager`'s rest, from every task's finished inner loop (stacked
+        over tasks): by default each task's :meth:`_from_inner` under ``vmap``; a method
+        whose rest is a gradient at φ overrides it with reverse mode on the stacked φ.
+        ``dims``: ``vmap``'s ``in_dims`` of the train and val batches."""
+
+        def one(tr, va, phi, pre, losses):
+            return self._task_result(loss, theta, tr, va, {}, InnerResult(phi, pre, losses))
+
+        grads, hyper_grads, diag = vmap(one, in_dims=(*dims, 0, 0, 0), randomness="different")(
+            train, val, inner.phi, inner.pre_update_loss, inner.inner_losses)
+        return pt.mean0(grads), _mean0_tree(hyper_grads), diag
 
     def _task_result(self, loss: Loss, theta: Params, train: Any, val: Any,
                      hyper: dict[str, Any], inner: InnerResult | None = None
@@ -454,7 +513,11 @@ class Method:
     def __call__(self, loss: Loss, params: Mapping[str, Tensor], tasks: Task) -> MetaGradient:
         theta = self.prepare(loss, params, tasks)
         hyper = self.hyper(next(iter(theta.values())))
-        grad, hyper_grad, diag = self.batched(loss)(theta, tasks.train, tasks.val, hyper)
+        with self._vmap_errors():
+            result = self.batched_eager(loss, theta, tasks.train, tasks.val, hyper)
+        if result is None:
+            result = self.batched(loss)(theta, tasks.train, tasks.val, hyper)
+        grad, hyper_grad, diag = result
         return self.finish(loss, theta, tasks, grad, diag, hyper_grad)
 
     # -- meta-training policy, read by ``metagrad train`` (sinusoid regression) ------------
@@ -503,11 +566,6 @@ def _plain(value: Any) -> Any:
 def _mean0_tree(tree: dict[str, Any]) -> dict[str, Any]:
     """The mean over the leading (task) dimension of every tensor in a nested dict."""
     return torch_pytree.tree_map(lambda v: v.mean(0), tree)
-
-
-def _task_dims(batch: Any) -> Any:
-    """``vmap``'s ``in_dims`` for one split: 0 for tensors (the task dim), None otherwise."""
-    return torch_pytree.tree_map(lambda x: 0 if isinstance(x, torch.Tensor) else None, batch)
 
 
 def _loop(one, theta: Params, tasks: Task):

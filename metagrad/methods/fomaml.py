@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
+from torch import Tensor
 from torch.func import grad_and_value
 
+from .. import _batched
+from .. import _pytree as pt
 from .._hvp import Loss
 from .._inner import InnerResult
 from .._pytree import Params
@@ -54,6 +58,19 @@ class FOMAML(Method):
 
     def gradient_equivalents(self) -> float:
         return self.inner_loop.gradient_equivalents() + 1
+
+    def batched_from_inner(self, loss: Loss, theta: Params, train: Any, val: Any,
+                           inner: InnerResult, dims: tuple[Any, Any]
+                           ) -> tuple[Params, dict[str, Any], dict[str, Tensor]]:
+        # gᵢ = ∇L_val(φᵢ) for every task by one reverse pass on the stacked φ
+        with torch.enable_grad():
+            phi = {k: v.detach().requires_grad_(True) for k, v in inner.phi.items()}
+            post = _batched.values(loss, phi, val, dims[1])
+            g = dict(zip(phi, _batched.grads(post.sum(), list(phi.values()))))
+        check = (loss, inner.phi, train, dims[0]) if self.diagnose != "off" else ()
+        diag = _batched.diagnostics({"inner_losses": inner.inner_losses},
+                                    inner.pre_update_loss, post, g, *check)
+        return pt.mean0(g), {}, diag
 
     def _from_inner(self, loss: Loss, theta: Params, train: Any, val: Any,
                     inner: InnerResult) -> TaskOutput:

@@ -10,11 +10,12 @@ from torch.func import grad_and_value, vmap
 
 from .. import _pytree as pt
 from .. import _rates
+from .._batched import task_dims
 from .._hvp import Loss, resolve_mode
 from .._inner import InnerResult
 from .._pytree import Params
 from .._rules import GD
-from ._backward import BACKWARD_MODES, Trajectory, Unrolled, sweep_scanned
+from ._backward import BACKWARD_MODES, Trajectory, Unrolled, sweep_scanned, sweep_step
 from ._base import Method, TaskOutput
 
 
@@ -139,6 +140,15 @@ class MAML(Method):
         return self.backward.per_task(loss, theta, train, val, self.inner_loop, self.hvp,
                                       hyper, self.step_weights)
 
+    def batched_eager(self, loss: Loss, theta: Params, train: Any, val: Any,
+                      hyper: dict[str, Any]
+                      ) -> tuple[Params, dict[str, Any], dict[str, Tensor]] | None:
+        if self.batching != "vmap" or not isinstance(self.backward, Unrolled):
+            return None
+        return self.backward.batched(loss, theta, train, val, self.inner_loop, hyper,
+                                     self.step_weights, (task_dims(train), task_dims(val)),
+                                     self.diagnose != "off")
+
     # -- the scanned form (metagrad.compile) -----------------------------------------------
     scan_needs_trajectory: ClassVar[bool] = True
 
@@ -158,11 +168,26 @@ class MAML(Method):
                           ) -> tuple[Params, dict[str, Any], dict[str, Tensor]]:
         """The reverse sweep v ← v − αH(θ⁽ᵏ⁾)v from v = ∇L_val(φ) over the stored iterates
         (the ``backward="trajectory"`` algorithm: the same meta-gradient as autograd through
-        the loop), for all tasks at once."""
+        the loop), for all tasks at once: :meth:`sweep_start`, one ``scan`` of
+        :meth:`sweep_step`, :meth:`sweep_finish`."""
         assert trajectory is not None
+        v, post = self.sweep_start(loss, inner.phi, val)
         mode = resolve_mode(self.hvp, next(iter(theta.values())).device)
-        v, post = vmap(grad_and_value(loss))(inner.phi, val)
         v = sweep_scanned(loss, train, trajectory, v, _rates.number(self.inner_lr), mode)
+        return self.sweep_finish(loss, train, inner, v, post)
+
+    def sweep_start(self, loss: Loss, phi: Params, val: Any) -> tuple[Params, Tensor]:
+        """The reverse sweep's start for every task: v = ∇L_val(φ), and L_val(φ)."""
+        return vmap(grad_and_value(loss))(phi, val)
+
+    def sweep_step(self, loss: Loss, point: Params, train: Any, v: Params) -> Params:
+        """One step back for every task: v ← v − αH(θ⁽ᵏ⁾)v at the task's iterate θ⁽ᵏ⁾."""
+        mode = resolve_mode(self.hvp, next(iter(v.values())).device)
+        return sweep_step(loss, train, point, v, _rates.number(self.inner_lr), mode)
+
+    def sweep_finish(self, loss: Loss, train: Any, inner: InnerResult, v: Params, post: Tensor
+                     ) -> tuple[Params, dict[str, Any], dict[str, Tensor]]:
+        """(mean gᵢ, no meta-parameter gradients, per-task diagnostics) from the swept v."""
         # The eager method's diagnostics (Method._task_result), batched.
         diag = {"inner_losses": inner.inner_losses, "pre_update_loss": inner.pre_update_loss,
                 "post_update_loss": post, "grad_norm": pt.norm_per_task(v)}
