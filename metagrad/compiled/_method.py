@@ -75,6 +75,9 @@ class CompiledMethod:
         Run the eager method (warning once) where compilation fails, instead of raising.
     cache_size : int
         How many input signatures stay compiled (least recently used evicted).
+    calls : int or None
+        How many calls to expect per input signature; given, each signature runs eagerly
+        until compiling is predicted to pay back over the calls left (see :func:`compile`).
     """
 
     def __init__(self, method: Method, backend: str = "inductor", mode: str | None = None,
