@@ -11,7 +11,7 @@ fields). ``METHODS`` is the registry; :func:`register_method` adds one.
 """
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._hvp import Loss, hvp
 from ._inner import InnerLoop, InnerResult, adapt
@@ -51,6 +51,11 @@ _LAZY = {
 }
 """Names imported on first use, so that ``import metagrad`` costs little beyond
 ``import torch`` (``python -m metagrad_bench.startup`` measures both)."""
+
+if TYPE_CHECKING:  # what type checkers and the API reference's static reader see
+    from ._forms import INNER_FORMS, InnerForm, inner_rates
+    from .compiled import CompiledMethod, compile
+    from .distributions import GaussianClusters, LinearRegression, Sinusoid
 
 
 def __getattr__(name: str) -> Any:

@@ -252,7 +252,8 @@ EXPLAIN_EVERY = 100
 the loss's own noise: tens of evaluations of the loss, more than a meta-gradient costs) at
 most once every this many calls, and reuses the last measurement in between: in a training
 run whose inner loss rises at every step, the checks would otherwise cost several times
-the meta-gradient."""
+the meta-gradient. The noise is reused only where it was zero (a deterministic loss); a
+random loss (dropout) has its noise measured on every call's own tasks."""
 
 
 def _measured(memo: dict[str, Any] | None, key: str, num_tasks: int,
@@ -307,8 +308,12 @@ def check_inner_loop(diag: dict[str, Tensor], loss: Loss, theta: Params, tasks: 
     if not blown.any():
         return []
     num_tasks = path.shape[0]
+    # Only a deterministic loss's verdict (zero noise) is reused: a random loss's noise
+    # belongs to this call's tasks, and another call's tasks may be noisier.
     noise, _ = _measured(memo, "noise", num_tasks,
                          lambda: loss_noise(loss, pt.detach(theta), tasks.train, batching))
+    if memo is not None and bool((noise > 0).any()):
+        memo.pop("noise", None)
     if bool((noise > 0).any()):
         # A random loss (dropout) draws a new mask at every evaluation: only rises beyond
         # its own noise are symptoms: six standard deviations of a difference of two, the

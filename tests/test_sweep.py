@@ -174,7 +174,8 @@ def test_asv_history_reads_every_parameter_combination(tmp_path):
                 [0.001 * scale, 0.002 * scale, None, 0.004 * scale],
                 [["'maml'", "'imaml'"], ["1", "5"]], "v"]}}))
     frame = read(machine).sort_values(["commit", "params"])
-    first = frame[frame.commit == "aaaaaaaa"].set_index("params")["ms"].to_dict()
+    assert set(frame.kind) == {"time"} and set(frame.axis) == {"ms per call"}
+    first = frame[frame.commit == "aaaaaaaa"].set_index("params")["value"].to_dict()
     assert first == pytest.approx({"maml 1": 1.0, "maml 5": 2.0, "imaml 5": 4.0})
-    second = frame[frame.commit == "bbbbbbbb"].set_index("params")["ms"].to_dict()
+    second = frame[frame.commit == "bbbbbbbb"].set_index("params")["value"].to_dict()
     assert second == pytest.approx({"maml 1": 2.0, "maml 5": 4.0, "imaml 5": 8.0})
