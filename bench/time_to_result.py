@@ -502,6 +502,17 @@ def main(argv: list[str] | None = None) -> int:
             frame[key] = value
         frame.to_csv(out / f"{stem}.csv", index=False)
         (out / f"{stem}.md").write_text(md)
+        from metagrad import _provenance
+
+        _provenance.write(
+            out, file="provenance.json" if stem == "time_to_result" else f"provenance_{stem}.json",
+            command=_provenance.command_line("python -m metagrad_bench.time_to_result"),
+            mode="each variant as named (eager, compiled, JAX jit), one process per run",
+            kind="bench", what="time from a new process to a trained model (or to its first "
+                               "meta-gradient), metagrad against plain JAX",
+            extra={"third_party": {"jax": env.get("jax", "")}, "trace": None,
+                   "reproducibility": "timings: rerun by the command (medians over "
+                                      "alternating processes; not bit for bit)"})
     return 0
 
 
