@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import platform
 import statistics
@@ -168,13 +169,16 @@ def main(argv: list[str] | None = None) -> int:
         for label in timed:
             q = statistics.quantiles(times[label], n=4)
             med = 1e3 * statistics.median(times[label])
+            diff = rel_error(grads[label], grads["metagrad"])
+            # A non-finite gradient (torchopt's MetaAdam where an entry's inner gradient is
+            # exactly zero, a dead ReLU unit here) is said, not left as an empty cell.
+            bad = "" if math.isfinite(diff) else "θ-gradient not finite (NaN or inf entries)"
             rows.append({"case": case.name, "implementation": label, "median_ms": med,
                          "iqr_ms": 1e3 * (q[2] - q[0]), "time_over_metagrad": med / ref_ms,
-                         "diff_vs_metagrad": rel_error(grads[label], grads["metagrad"]),
-                         "error": ""})
+                         "diff_vs_metagrad": diff, "error": bad})
         print(f"[variants] {case.name}: " + ", ".join(
             f"{r['implementation']} {r['median_ms']:.1f} ms" for r in rows
-            if r["case"] == case.name and not r["error"]), flush=True)
+            if r["case"] == case.name and "median_ms" in r), flush=True)
     load_end = os.getloadavg()
     df = pd.DataFrame(rows)
     df.to_csv(out / "variants.csv", index=False)
