@@ -5,8 +5,10 @@ iterations and Neumann depth, one CSV row per run, plus seaborn figures.
     metagrad sweep --problem convnet --methods maml maml-trajectory --steps 1 10 100
     metagrad sweep --problem sinusoid_tanh --methods neumann --lam 100 --terms 0 1 2 5 10 20
 
-One row per (method, problem, meta_batch, steps, inner_lr, lam, cg_iters, terms, device,
-seed): ``median_ms``/``iqr_ms`` over ``repeats`` calls after a warm-up (CUDA synchronised),
+One row per (method, inner, problem, meta_batch, steps, inner_lr, lam, cg_iters, terms,
+device, seed), ``inner`` the inner-loop forms of ``mg.INNER_FORMS`` (``--inner``, empty for
+the plain loop; the exact target is then the form's own): ``median_ms``/``iqr_ms`` over
+``repeats`` calls after a warm-up (CUDA synchronised),
 ``peak_mem_mb`` (see :mod:`metagrad_bench.measure`: CUDA max_memory_allocated, CPU sampled
 RSS, both above what was in use before the call), ``gradient_equivalents`` (the cost model
 of ``Method.gradient_equivalents``), ``predicted_ms`` = gradient-equivalents × the measured
@@ -41,6 +43,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+import metagrad as mg
 from metagrad import _provenance as provenance
 from metagrad import timing as mg_timing
 from metagrad._app import UsageError, check_device, markdown_table, prepare_out
@@ -57,7 +60,7 @@ EXACT_MAX_DIM = 5000
 """Above this many parameters no exact target is computed (dense Hessians of the proximal
 problem cost d² memory and d Hessian-vector products each); the conv net is above it."""
 
-KEY = ["method", "problem", "meta_batch", "steps", "inner_lr", "lam", "cg_iters", "terms",
+KEY = ["method", "inner", "problem", "meta_batch", "steps", "inner_lr", "lam", "cg_iters", "terms",
        "device", "seed"]
 COLUMNS = KEY + [
     "family", "dim", "device_name", "torch", "cuda", "python", "median_ms", "iqr_ms",
@@ -81,13 +84,21 @@ class Block:
     terms: list[int] = field(default_factory=lambda: [5])
     inner_lr: float = 0.01
     meta_batch: int | None = None
+    inner: list[str] = field(default_factory=lambda: [variants.PLAIN])
+    """Inner-loop forms (``plain``, a form of ``mg.INNER_FORMS``, or forms joined with
+    ``+``); a method runs those it can (:func:`variants.runs_form`)."""
 
     def runs(self) -> list[dict[str, Any]]:
         seen, out = set(), []
-        for name, k, lam, m, j in itertools.product(self.methods, self.steps, self.lam,
-                                                    self.cg_iters, self.terms):
+        for name, form, k, lam, m, j in itertools.product(self.methods, self.inner, self.steps,
+                                                          self.lam, self.cg_iters, self.terms):
+            if variants.runs_form(name, form) is not None:
+                continue
+            if k == 0 and variants.inner_forms(form):  # per-step rates need a step
+                continue
             s = variants.settings(name, steps=k, lam=lam, cg_iters=m, terms=j)
-            run = {"method": name, "problem": self.problem, "inner_lr": self.inner_lr,
+            run = {"method": name, "inner": variants.inner_label(form),
+                   "problem": self.problem, "inner_lr": self.inner_lr,
                    "meta_batch": self.meta_batch, **s}
             key = tuple(sorted(run.items(), key=lambda kv: kv[0]))
             if key not in seen:
@@ -108,6 +119,8 @@ def reading(setting: str) -> list[str]:
     return [name for name in METHOD_NAMES if setting in method_class(name).setting_names()]
 
 K_FULL = [1, 2, 5, 10, 20, 50, 100]
+FORMS = [variants.PLAIN, *mg.INNER_FORMS]
+"""The plain inner loop and every named inner-loop form."""
 LAM_FULL = [0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
 ITERS_FULL = [0, 1, 2, 3, 5, 10, 20, 50]
 
@@ -138,6 +151,9 @@ def presets() -> dict[str, list[Block]]:
                   cg_iters=ITERS_FULL, terms=ITERS_FULL, **acc),
             Block(methods=[m for m in MAML_TARGET if m not in reading("lam")], steps=K_FULL,
                   **acc),
+            # The inner-loop forms (learned rates, ANIL, momentum, Adam, the multi-step
+            # loss): time and error against the exact target of the form's own inner loop.
+            Block(methods=MAML_TARGET, steps=[1, 5], inner=FORMS, **acc),
         ],
         "gpu": [
             Block("sinusoid", _with_compiled(ALL), K_FULL),
@@ -157,6 +173,7 @@ def presets() -> dict[str, list[Block]]:
         ],
         "tiny": [
             Block("sinusoid", ["maml", "fomaml", "imaml"], [1, 2], meta_batch=4),
+            Block("sinusoid", ["maml"], [1, 2], meta_batch=4, inner=["per_entry", "adam"]),
             Block("convnet", ["maml", "maml-trajectory"], [1, 2], meta_batch=2),
             Block(methods=IMPLICIT, steps=[2], lam=[30.0, 100.0], cg_iters=[0, 2],
                   terms=[0, 2], problem="sinusoid_tanh", inner_lr=0.005, meta_batch=2),
@@ -202,17 +219,17 @@ class Runner:
             self._grad_ms[key] = 1e3 * t.median_s
         return self._grad_ms[key]
 
-    def target(self, run: dict[str, Any], family: str) -> torch.Tensor | None:
+    def target(self, run: dict[str, Any], method: Any) -> torch.Tensor | None:
+        """The exact target of ``method`` (configured on the float64 problem) for ``run``."""
         p64 = self.problem(run["problem"], run["meta_batch"], torch.float64)
-        implicit = variants.variant(family).method_class.target == "implicit"
         # No dense Hessians at conv-net size; no implicit target on a ReLU net (φ* on a kink).
-        if p64.dim > EXACT_MAX_DIM or (implicit and not p64.smooth):
+        if p64.dim > EXACT_MAX_DIM or (method.implicit and not p64.smooth):
             return None
-        settings = {k: run[k] for k in ("steps", "inner_lr", "lam")}
         # the whole identity of the target (the problem, and what defines the target: λ, or
-        # the method's own inner loop), as for the oracle's own caches
+        # the method's own inner loop: its rates, rule and loss weights), as for the
+        # oracle's own caches
         spec = (run["problem"], p64.tasks.num_tasks, self.seed, self.device,
-                target_key(family, settings))
+                target_key(method))
         if spec in self._targets:
             return self._targets[spec]
         path = None
@@ -223,7 +240,7 @@ class Runner:
                 self._targets[spec] = torch.load(path, map_location=self.device)
                 return self._targets[spec]
         try:
-            value = exact_target(p64, family, settings)
+            value = exact_target(p64, method)
         except ValueError:  # no strict proximal minimiser reached: the target is undefined
             value = torch.full((p64.dim,), math.nan, dtype=torch.float64)
         if path is not None:
@@ -236,13 +253,14 @@ class Runner:
         """‖g − g*‖/‖g*‖ of the method run again in float64 against the exact target (NaN
         where none is computed)."""
         name = run["method"]
-        target = self.target(run, variants.variant(name).family)
+        p64 = self.problem(run["problem"], run["meta_batch"], torch.float64)
+        eager, _ = variants.make(name.replace("-compiled", ""), **_settings(run),
+                                 params=p64.params)
+        target = self.target(run, eager)
         if target is None:
             return math.nan
-        p64 = self.problem(run["problem"], run["meta_batch"], torch.float64)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            eager, _ = variants.make(name.replace("-compiled", ""), **_settings(run))
             return rel_error(torch.cat([g.reshape(-1) for g in
                                         eager(p64.loss, p64.params, p64.tasks).grad.values()]),
                              target)
@@ -251,7 +269,7 @@ class Runner:
         """The numerical columns of a row, without timing (what the reproducibility check
         recomputes): the losses of one call and ``approx_error``."""
         p = self.problem(run["problem"], run["meta_batch"])
-        _, fn = variants.make(run["method"], **_settings(run))
+        _, fn = variants.make(run["method"], **_settings(run), params=p.params)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = fn(p.loss, p.params, p.tasks)
@@ -263,7 +281,7 @@ class Runner:
         name = run["method"]
         v = variants.variant(name)
         p = self.problem(run["problem"], run["meta_batch"])
-        method, fn = variants.make(name, **_settings(run))
+        method, fn = variants.make(name, **_settings(run), params=p.params)
         messages: list[str] = []
         start = time.perf_counter()
         out = fn(p.loss, p.params, p.tasks)  # first call: compiles a compiled variant
@@ -311,7 +329,8 @@ class Runner:
 
 
 def _settings(run: dict[str, Any]) -> dict[str, Any]:
-    return {k: run[k] for k in ("steps", "inner_lr", "lam", "cg_iters", "terms")}
+    return {**{k: run[k] for k in ("steps", "inner_lr", "lam", "cg_iters", "terms")},
+            "inner": run.get("inner")}
 
 
 TRACED = ("pre_update_loss", "post_update_loss", "approx_error")
@@ -342,12 +361,13 @@ def trace_cases(df: pd.DataFrame) -> list[dict[str, Any]]:
     device, with their numbers as written to the CSV."""
     cases, seen = [], set()
     for row in df.to_dict("records"):
-        key = (row["method"], row["device"])
+        run = _run_of(row)
+        key = (row["method"], run.get("inner"), row["device"])
         if key in seen or variants.variant(row["method"]).compiled:
             continue
         seen.add(key)
-        run = _run_of(row)
-        cases.append({"run": " ".join(f"{k}={run[k]}" for k in KEY if run[k] is not None),
+        cases.append({"run": " ".join(f"{k}={run[k]}" for k in KEY
+                                      if run.get(k) is not None),
                       "label": row["method"], "mode": "eager", "row": run,
                       "replay": {"numbers": {c: None if row[c] != row[c] else float(row[c])
                                              for c in TRACED}}})
@@ -463,9 +483,16 @@ def sweep(blocks: list[Block], out: Path, *, device: str = "cpu", repeats: int =
     for r in bar:
         label = " ".join(f"{k}={r[k]}" for k in ("steps", "lam", "cg_iters", "terms")
                          if r[k] is not None)
-        bar.set_postfix_str(f"{r['problem']} {r['method']} {label}")
+        bar.set_postfix_str(f"{r['problem']} {shown(r['method'], r['inner'])} {label}")
         append_row(csv_path, runner.run(r))
     return read_sweep(csv_path)
+
+
+def shown(method: str, inner: Any) -> str:
+    """A row's name in figures and progress: the method, with its inner-loop forms
+    (``maml+momentum``) where it has any."""
+    label = "" if inner is None or inner != inner else str(inner)
+    return f"{method}+{label}" if label else method
 
 
 def make_problem_meta_batch(problem: str) -> int:
@@ -513,7 +540,10 @@ def _colors(d: pd.DataFrame) -> dict[str, Any]:
     from metagrad import plotting
 
     base = plotting.palette()
-    extra = iter(plotting.sns.color_palette("dark", 10))
+    others = [m for m in d["method"].unique() if m not in base]
+    # as many distinct colours as there are variants (inner-loop forms make many)
+    extra = iter(plotting.sns.color_palette("dark", 10) if len(others) <= 10
+                 else plotting.sns.color_palette("husl", len(others)))
     colors: dict[str, Any] = {}
     for method, group in d.groupby("method", sort=False):
         names = sorted(group["series"].unique())
@@ -557,13 +587,39 @@ def _place_labels(ax, points: list[tuple[float, float, str]]) -> None:
             note.remove()
 
 
-def _panels(n: int):
-    """A figure of ``n`` panels stacked in one column, as wide as the docs' text column."""
+MANY = 8
+"""Above this many series a panel's legend goes below it, in two columns."""
+
+
+def _panels(n: int, series: int = 0):
+    """A figure of ``n`` panels stacked in one column, as wide as the docs' text column;
+    with more than :data:`MANY` series per panel, each panel has a legend row below it
+    (``legends``, else Nones)."""
     from metagrad import plotting
 
-    fig, axes = plotting.plt.subplots(n, 1, figsize=(FIGURE_WIDTH, PANEL_HEIGHT * n),
-                                      squeeze=False)
-    return fig, axes[:, 0]
+    if series <= MANY:
+        fig, axes = plotting.plt.subplots(n, 1, figsize=(FIGURE_WIDTH, PANEL_HEIGHT * n),
+                                          squeeze=False)
+        return fig, axes[:, 0], [None] * n
+    legend_h = 0.2 * math.ceil(series / 2) + 0.5
+    fig, axes = plotting.plt.subplots(
+        2 * n, 1, figsize=(FIGURE_WIDTH, (PANEL_HEIGHT + legend_h) * n), squeeze=False,
+        gridspec_kw={"height_ratios": [PANEL_HEIGHT, legend_h] * n})
+    for lax in axes[1::2, 0]:
+        lax.axis("off")
+    return fig, axes[0::2, 0], list(axes[1::2, 0])
+
+
+def _legend(ax, lax) -> None:
+    """The panel's legend: inside it, or in its legend row ``lax`` in two columns."""
+    if lax is None:
+        ax.legend(fontsize=LEGEND_SIZE)
+        return
+    handles, labels = ax.get_legend_handles_labels()
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
+    lax.legend(handles, labels, fontsize=LEGEND_SIZE, ncol=2, loc="upper center",
+               frameon=False)
 
 
 def figures(df: pd.DataFrame, out: Path) -> list[Path]:
@@ -577,14 +633,16 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
     sns = plotting.sns
     paths: list[Path] = []
     problems = sorted(df["problem"].unique())
+    if "inner" in df:  # a method with inner-loop forms is its own series
+        df = df.assign(method=[shown(m, i) for m, i in zip(df["method"], df["inner"])])
 
     def lineplot(y: str, axis: str, fname: str, title: str, ylabel: str) -> None:
         d = _series(df, axis).dropna(subset=[y])
         if d.empty:
             return
         probs = [p for p in problems if p in set(d["problem"])]
-        fig, axes = _panels(len(probs))
-        for ax, prob in zip(axes, probs):
+        fig, axes, legends = _panels(len(probs), d.groupby("problem")["series"].nunique().max())
+        for ax, lax, prob in zip(axes, legends, probs):
             dp = d[d["problem"] == prob].sort_values(axis)
             # Dashes and markers per series too: methods that coincide (IMAML and Neumann
             # at convergence, MAML's two backward modes) stay visible on top of each other.
@@ -600,7 +658,7 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
             ax.set_ylabel(ylabel)
             batch = int(dp["meta_batch"].iloc[0])
             ax.set_title(f"{prob}, {dp['device'].iloc[0]}, meta-batch {batch}")
-            ax.legend(fontsize=LEGEND_SIZE)
+            _legend(ax, lax)
         fig.suptitle(title)
         paths.append(plotting.save(fig, out / fname))
 
@@ -622,8 +680,9 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
     d = d[d["approx_error"] > 0]
     if not d.empty:
         probs = sorted(d["problem"].unique())
-        fig, axes = _panels(len(probs))
-        for ax, prob in zip(axes, probs):
+        fig, axes, legends = _panels(len(probs),
+                                     d.groupby("problem")["method"].nunique().max() + 1)
+        for ax, lax, prob in zip(axes, legends, probs):
             dp = d[d["problem"] == prob]
             d2 = dp.assign(series=dp["method"])
             sns.scatterplot(d2, x="median_ms", y="approx_error", hue="series",
@@ -641,7 +700,7 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
             ax.set_xlabel("median ms per meta-gradient")
             ax.set_ylabel("‖g − g*‖ / ‖g*‖")
             ax.set_title(f"{prob}, {dp['device'].iloc[0]}")
-            ax.legend(fontsize=LEGEND_SIZE)
+            _legend(ax, lax)
         fig.suptitle("error vs time: Pareto front (lower left is better)")
         paths.append(plotting.save(fig, out / "pareto.png"))
     return paths
@@ -677,6 +736,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lam", nargs="+", type=float, default=None, help="λ values (0.001..1000)")
     p.add_argument("--cg-iters", nargs="+", type=int, default=None, help="0..50")
     p.add_argument("--terms", nargs="+", type=int, default=None, help="Neumann J, 0..50")
+    p.add_argument("--inner", nargs="+", default=None, metavar="FORM",
+                   help=f"inner-loop forms, an axis: {variants.PLAIN} (every parameter, "
+                        "gradient descent) or "
+                        + ", ".join(mg.INNER_FORMS) + "; join forms with + (per_step+adam). "
+                        "Each method runs the forms it can; learned rates start at "
+                        "--inner-lr (default: plain)")
     p.add_argument("--inner-lr", type=float, default=None,
                    help="inner step size of an axis grid (default: 0.01)")
     p.add_argument("--meta-batch", type=int, default=None,
@@ -694,17 +759,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def blocks_from_args(args: argparse.Namespace) -> list[Block]:
     axes = {"methods": args.methods, "steps": args.steps, "lam": args.lam,
-            "cg_iters": args.cg_iters, "terms": args.terms}
+            "cg_iters": args.cg_iters, "terms": args.terms, "inner": args.inner}
     given = any(v is not None for v in axes.values()) or args.meta_batch is not None
     grid_only = [flag for flag, value in (("--problem", args.problem),
                                           ("--inner-lr", args.inner_lr)) if value is not None]
     if args.preset and (given or grid_only):
-        raise UsageError("give either --preset or a grid (--methods/--steps/--lam/--cg-iters/"
-                         "--terms/--meta-batch/--problem/--inner-lr), not both")
+        raise UsageError("give either --preset or a grid (--methods/--inner/--steps/--lam/"
+                         "--cg-iters/--terms/--meta-batch/--problem/--inner-lr), not both")
     if not given:
         if grid_only:  # they would silently do nothing to the default preset
             raise UsageError(f"{' and '.join(grid_only)} need(s) an axis to sweep "
-                             "(--methods, --steps, --lam, --cg-iters or --terms), or use --preset")
+                             "(--methods, --inner, --steps, --lam, --cg-iters or --terms), or "
+                             "use --preset")
         return presets()[args.preset or "cpu-quick"]
     methods = args.methods or list(METHOD_NAMES)
     for m in methods:
@@ -733,8 +799,19 @@ def blocks_from_args(args: argparse.Namespace) -> list[Block]:
         raise UsageError(f"--inner-lr must be a finite positive number, got {inner_lr}")
     if args.meta_batch is not None and args.meta_batch < 1:
         raise UsageError(f"--meta-batch must be ≥ 1, got {args.meta_batch}")
+    inner = args.inner or [variants.PLAIN]
+    for value in inner:
+        try:
+            variants.inner_forms(value)
+        except ValueError as err:
+            raise UsageError(f"--inner: {err}") from None
+        if all(variants.runs_form(m, value) is not None for m in methods):
+            raise UsageError(f"--inner {value}: none of {', '.join(methods)} can run it ("
+                             f"{variants.runs_form(methods[0], value)})")
+        if variants.inner_forms(value) and 0 in steps:
+            raise UsageError(f"--inner {value} needs at least one inner step; --steps has 0")
     return [Block(args.problem or "sinusoid", methods, steps, lam, cg_iters, terms, inner_lr,
-                  args.meta_batch)]
+                  args.meta_batch, inner)]
 
 
 def redraw(out: Path, device: str) -> list[Path]:

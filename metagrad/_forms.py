@@ -194,6 +194,23 @@ INNER_FORMS: dict[str, InnerForm] = {form.name: form for form in (
 """name → :class:`InnerForm`, in the order tables list them."""
 
 
+def forms_kwargs(names: Iterable[str], params: Mapping[str, Tensor], steps: int,
+                 inner_lr: float, *, learn: bool) -> dict[str, Any]:
+    """The keyword arguments that the forms ``names`` together set on a method (rates, the
+    update rule, the loss weights; rates learned when ``learn``), for the command lines'
+    ``--inner``. Two forms that set the same argument are refused (``ValueError``)."""
+    out: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    for name in names:
+        for key, value in inner_form(name).kwargs(params, steps, inner_lr,
+                                                   learn=learn).items():
+            if key in owner:
+                raise ValueError(f"--inner {owner[key]} and {name} both set {key}; give one "
+                                 "of them")
+            owner[key], out[key] = name, value
+    return out
+
+
 def inner_form(name: str) -> InnerForm:
     """The form registered as ``name``; a clear error for an unknown one."""
     if name not in INNER_FORMS:

@@ -179,3 +179,74 @@ def test_asv_history_reads_every_parameter_combination(tmp_path):
     assert first == pytest.approx({"maml 1": 1.0, "maml 5": 2.0, "imaml 5": 4.0})
     second = frame[frame.commit == "bbbbbbbb"].set_index("params")["value"].to_dict()
     assert second == pytest.approx({"maml 1": 2.0, "maml 5": 4.0, "imaml 5": 8.0})
+
+
+def _heavy_ball_maml(p, alpha: float, beta: float, steps: int) -> torch.Tensor:
+    """MAML's mean meta-gradient through a heavy-ball inner loop, by plain autograd in
+    float64 (bₖ₊₁ = β bₖ + ∇L_tr(φₖ), φₖ₊₁ = φₖ − α bₖ₊₁, b₀ = 0; Polyak 1964), one task
+    at a time, written here without metagrad."""
+    names = list(p.params)
+    total = None
+    for i in range(p.tasks.num_tasks):
+        train, val = p.tasks.task(i)
+        theta = {k: p.params[k].detach().clone().requires_grad_(True) for k in names}
+        phi, b = dict(theta), {k: torch.zeros_like(v) for k, v in theta.items()}
+        for _ in range(steps):
+            g = torch.autograd.grad(p.loss(phi, train), [phi[k] for k in names],
+                                    create_graph=True)
+            b = {k: beta * b[k] + gk for k, gk in zip(names, g)}
+            phi = {k: phi[k] - alpha * b[k] for k in names}
+        grad = torch.autograd.grad(p.loss(phi, val), [theta[k] for k in names])
+        flat = torch.cat([x.reshape(-1) for x in grad])
+        total = flat if total is None else total + flat
+    return total / p.tasks.num_tasks
+
+
+def test_inner_loop_forms_are_swept_against_their_own_exact_target(tmp_path):
+    """A momentum row's approx_error is measured against MAML through the momentum loop
+    (here by hand): its meta-gradient is that one to rounding, and the plain loop's row,
+    whose target differs from it by far more, keeps its own."""
+    alpha, steps = 0.005, 2
+    sweep([Block("sinusoid_tanh", ["maml"], [steps], meta_batch=2, inner_lr=alpha,
+                 inner=["plain", "momentum"])], tmp_path, repeats=1, progress=False)
+    header, rows = _rows(tmp_path / "sweep.csv")
+    assert header == COLUMNS
+    by = {r["inner"]: r for r in rows}
+    assert sorted(by) == ["", "momentum"]
+    p = make_problem("sinusoid_tanh", meta_batch=2, dtype=torch.float64)
+    momentum = _heavy_ball_maml(p, alpha, 0.9, steps)
+    plain = _heavy_ball_maml(p, alpha, 0.0, steps)
+    assert float((momentum - plain).norm() / momentum.norm()) > 1e-3  # the targets differ
+    assert float(by["momentum"]["approx_error"]) < 1e-12
+    assert float(by[""]["approx_error"]) < 1e-12
+    from metagrad_bench import variants
+
+    method, _ = variants.make("maml", steps=steps, inner_lr=alpha, inner="momentum",
+                              params=p.params)
+    g = method(p.loss, p.params, p.tasks).grad
+    flat = torch.cat([g[k].reshape(-1) for k in p.params])
+    assert float((flat - momentum).norm() / momentum.norm()) < 1e-12
+
+
+def test_a_sweep_without_the_inner_column_resumes_as_plain_rows(tmp_path):
+    """A CSV written before the inner column existed: its rows are the plain loop's."""
+    from metagrad_bench.sweep import row_key
+
+    old = {"method": "maml", "problem": "sinusoid", "meta_batch": "2", "steps": "1",
+           "inner_lr": "0.01", "lam": "", "cg_iters": "", "terms": "", "device": "cpu",
+           "seed": "0"}
+    run = Block("sinusoid", ["maml"], [1], meta_batch=2).runs()[0]
+    assert row_key(old) == row_key({**run, "device": "cpu", "seed": 0})
+    assert row_key({**old, "inner": "momentum"}) != row_key(old)
+
+
+@pytest.mark.parametrize("argv", [
+    ["sweep", "--methods", "maml", "--inner", "bogus"],
+    ["sweep", "--methods", "imaml", "--inner", "anil"],          # implicit: every parameter
+    ["sweep", "--methods", "maml", "--inner", "per_step", "--steps", "0"],
+])
+def test_bad_inner_loop_forms_are_refused(argv, tmp_path, capsys):
+    assert main(argv + ["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "metagrad sweep: error:" in err and len(err.strip().splitlines()) == 1
+    assert "--inner" in err

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .._forms import INNER_FORMS, inner_form
+from .._forms import INNER_FORMS, forms_kwargs, inner_form
 from .._module import params_of
 from .._validate import non_negative_int, positive_float, positive_int
 from ..distributions import Sinusoid
@@ -320,16 +320,7 @@ def form_kwargs(cfg: TrainConfig, params: Mapping[str, torch.Tensor]) -> dict[st
     ``inner_lr``, when the method has a meta-gradient for them), the update rule, the loss
     weights. Two forms that set the same argument are refused."""
     learn = method_class(cfg.method).hyper_gradient is not None
-    out: dict[str, Any] = {}
-    owner: dict[str, str] = {}
-    for name in cfg.inner:
-        for key, value in inner_form(name).kwargs(params, cfg.steps, cfg.inner_lr,
-                                                   learn=learn).items():
-            if key in owner:
-                raise ValueError(f"--inner {owner[key]} and {name} both set {key}; give one "
-                                 "of them")
-            owner[key], out[key] = name, value
-    return out
+    return forms_kwargs(cfg.inner, params, cfg.steps, cfg.inner_lr, learn=learn)
 
 
 def learned_rates(method: Method) -> dict[str, torch.Tensor]:
