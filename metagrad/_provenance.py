@@ -107,11 +107,18 @@ def command_line(prog: str, argv: list[str] | None = None) -> str:
 
 
 def collect(*, command: str, mode: str, kind: str, what: str = "", device: str = "cpu",
-            extra: dict[str, Any] | None = None) -> dict[str, Any]:
+            extra: dict[str, Any] | None = None, git: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
     """The provenance record (see the module docstring). ``mode``: how the computation ran
     (``"eager"``, ``"compiled"``, or which parts were which); ``kind``: ``"train"``,
-    ``"sweep"`` or ``"bench"``."""
-    return {"what": what, "kind": kind, **git_state(), "command": command,
+    ``"sweep"`` or ``"bench"``; ``git``: :func:`git_state` taken when the work started (a
+    long run's tree may have moved on by its end, which is then recorded as
+    ``commit_at_end``); None: now."""
+    state = git_state()
+    if git is not None and (git.get("commit"), git.get("dirty")) != (state.get("commit"),
+                                                                      state.get("dirty")):
+        state = {**git, "commit_at_end": state.get("commit"), "dirty_at_end": state.get("dirty")}
+    return {"what": what, "kind": kind, **state, "command": command,
             "environment": {k: os.environ[k] for k in ENVIRONMENT if k in os.environ},
             "mode": mode, "packages": packages(), "machine": machine(device),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),

@@ -172,3 +172,19 @@ def test_provenance_names_the_commit_the_command_and_the_machine(tmp_path, capsy
     assert record["packages"]["torch"] == torch.__version__
     assert record["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert [o.status for o in trace.check(out)] == ["same"]
+
+
+def test_a_long_run_records_the_commit_it_started_with(tmp_path, monkeypatch, capsys):
+    """A run's results come from the code it imported at its start; a commit made while
+    it ran is recorded beside it (commit_at_end), not in its place."""
+    from metagrad import cli
+    states = iter([{"commit": "a" * 40, "dirty": False, "changed": []}])
+    later = {"commit": "b" * 40, "dirty": True, "changed": ["metagrad/x.py"]}
+    monkeypatch.setattr(_provenance, "git_state", lambda root=None: next(states, later))
+    out = tmp_path / "run"
+    rc = cli.main(["train", "--method", "fomaml", "--meta-steps", "2", "--heldout-tasks",
+                   "4", "--out", str(out), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    record = _provenance.read(out)
+    assert (record["commit"], record["dirty"]) == ("a" * 40, False)
+    assert (record["commit_at_end"], record["dirty_at_end"]) == ("b" * 40, True)

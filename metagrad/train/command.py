@@ -534,6 +534,8 @@ def run(args: argparse.Namespace) -> int:
     if world > 1:
         check_distributed(plan, world)
     started = time.perf_counter()
+    from .. import _provenance
+    source = _provenance.git_state()  # the code the run starts with, recorded at its end
     with _ranks.launched(plan["base"].device) as ranks, ExitStack() as stack:
         what = {"single": f"this {plan['methods'][0]} run", "all": "this --method all run",
                 "study": "this study", "rates": "this rates study"}[plan["kind"]]
@@ -553,7 +555,7 @@ def run(args: argparse.Namespace) -> int:
                 plan, out, args)
             if ranks.writer:
                 code = max(code, write_provenance(plan, out, world,
-                                                  getattr(args, "argv", None)))
+                                                  getattr(args, "argv", None), source))
         except OSError as err:
             print(f"metagrad train: error: writing the results failed: "
                   f"{outdir.describe_os_error(err)}; the snapshots written before are intact: "
@@ -575,7 +577,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_provenance(plan: dict[str, Any], out: Path, world: int,
-                     argv: list[str] | None = None) -> int:
+                     argv: list[str] | None = None,
+                     source: dict[str, Any] | None = None) -> int:
     """``trace.json`` (the first meta-steps of one seed of each run, replayed: see
     :mod:`metagrad.train.study.trace`) and ``provenance.json`` (commit, command ``metagrad``
     + ``argv``, packages, machine, eager or compiled) in ``out``; 1 when the replay could
@@ -613,7 +616,7 @@ def write_provenance(plan: dict[str, Any], out: Path, world: int,
             code = 1
     _provenance.write(out, command=_provenance.command_line("metagrad", argv), mode=mode,
                       kind="train", what=outdir.KINDS[plan["kind"]],
-                      device=plan["base"].device, extra=extra)
+                      device=plan["base"].device, extra=extra, git=source)
     return code
 
 
