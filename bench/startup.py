@@ -99,6 +99,16 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / ("startup.md" if tree is None else "startup_tree.md")).write_text(md)
+        from metagrad import _provenance
+
+        _provenance.write(
+            out, file="provenance.json" if tree is None else "provenance_tree.json",
+            command=_provenance.command_line("python -m metagrad_bench.startup", argv),
+            mode="new processes (imports; eager for the first meta-gradient)", kind="bench",
+            what="what starting metagrad costs against starting torch",
+            extra={"tree": tree, "tree_commit": commit if tree else None, "trace": None,
+                   "reproducibility": "timings: rerun by the command (medians over "
+                                      "alternating processes)"})
     return 0
 
 
