@@ -109,6 +109,27 @@ def peer_impls(module, case, status: str | None) -> list[tuple[str, Callable]]:
     return out
 
 
+def interleaved_times(timed: dict, repeats: int, device: str) -> dict[str, list[float]]:
+    """Seconds per call of each prepared implementation, ``repeats`` rounds of one call
+    each, round-robin with the order rotated every round: a call right after another
+    library's runs on cold caches, and load drifts hit all alike (CUDA synchronised)."""
+    import torch
+
+    times: dict[str, list[float]] = {label: [] for label in timed}
+    order = list(timed.items())
+    for round_ in range(repeats):
+        shift = round_ % len(order)
+        for label, t in order[shift:] + order[:shift]:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            t.call()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times[label].append(time.perf_counter() - t0)
+    return times
+
+
 def rel_error(g: list, ref: list) -> float:
     import torch
 
@@ -178,19 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[peers] {case.name}: {label} FAILED: {failed[label]}", flush=True)
         for label in failed:
             rows.append({"case": case.name, "implementation": label, "error": failed[label]})
-        times: dict[str, list[float]] = {label: [] for label in timed}
-        order = list(timed.items())
-        for round_ in range(args.repeats):
-            # Rotate the order: a call right after another library's runs on cold caches.
-            shift = round_ % len(order)
-            for label, t in order[shift:] + order[:shift]:
-                if args.device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                t.call()
-                if args.device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                times[label].append(time.perf_counter() - t0)
+        times = interleaved_times(timed, args.repeats, args.device)
         ref_ms = 1e3 * statistics.median(times["metagrad"])
         loop_ms = 1e3 * statistics.median(times["autograd loop"])
         for label in timed:

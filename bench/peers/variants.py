@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     from metagrad._app import markdown_table
 
     from ..measure import device_name
-    from .__main__ import Timed, _torch_timed, _version, make, rel_error
+    from .__main__ import Timed, _torch_timed, _version, interleaved_times, make, rel_error
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -153,18 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"case": case.name, "implementation": label, "error": why})
         if "metagrad" not in timed:
             continue
-        times: dict[str, list[float]] = {label: [] for label in timed}
-        order = list(timed.items())
-        for round_ in range(args.repeats):
-            shift = round_ % len(order)
-            for label, t in order[shift:] + order[:shift]:
-                if args.device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                t.call()
-                if args.device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                times[label].append(time.perf_counter() - t0)
+        times = interleaved_times(timed, args.repeats, args.device)
         ref_ms = 1e3 * statistics.median(times["metagrad"])
         for label in timed:
             q = statistics.quantiles(times[label], n=4)
