@@ -172,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
     (OUT / "README.md").write_text(readme(result))
+    from metagrad import _provenance
+
+    _provenance.write(OUT, command="python scripts/measure_setup.py", kind="bench",
+                      mode="new processes: metagrad report and the test suite",
+                      what="how long metagrad report and the test suite take",
+                      extra={"trace": None, "reproducibility": "timings: rerun by the command"})
     for path in render(result):
         print(f"rewrote {path.relative_to(ROOT)}")
     failed = [k for k in ("report", "tests") if k in result and result[k]["exit_status"]]
