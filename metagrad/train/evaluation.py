@@ -182,21 +182,11 @@ def evaluate(loss, params: Mapping[str, torch.Tensor], cfg, split: str = "test",
     The task sets are looked up through :mod:`metagrad.train.config` at call time, so the
     test tasks are drawn only here and only for ``split="test"``.
     """
-    from . import config as _config  # looked up at call time (see the docstring)
-
-    if split not in ("test", "validation"):
-        raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
     lr = cfg.eval_lr if eval_lr is None else eval_lr
     max_steps = max(max(cfg.eval_steps), 10)
     results: dict[str, dict[str, Any]] = {}
     frames = []
-    for shots in (cfg.eval_shots if split == "test" else (cfg.shots,)):
-        if split == "test":
-            tasks = _config.heldout_tasks(cfg, shots)
-            seed, source = cfg.heldout_seed, cfg.heldout_source
-        else:
-            tasks = _config.validation_tasks(cfg, shots)
-            seed, source = cfg.validation_seed, "torch"
+    for shots, tasks, seed, source in _task_sets(cfg, split):
         per = adaptation_losses(loss, params, tasks, lr, max_steps)
         sup = support_losses(loss, params, tasks)
         query = int(tasks.val[0].shape[1])
@@ -207,27 +197,32 @@ def evaluate(loss, params: Mapping[str, torch.Tensor], cfg, split: str = "test",
     return results, pd.concat(frames, ignore_index=True)
 
 
+def _task_sets(cfg, split: str):
+    """``(shots, tasks, seed, source)`` for each support size evaluated on ``split``: the
+    held-out test tasks at every ``eval_shots`` (their own seed and source), or the
+    validation tasks at the training ``shots``."""
+    from . import config as _config  # looked up at call time (see evaluate)
+
+    if split not in ("test", "validation"):
+        raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
+    for shots in (cfg.eval_shots if split == "test" else (cfg.shots,)):
+        if split == "test":
+            yield shots, _config.heldout_tasks(cfg, shots), cfg.heldout_seed, cfg.heldout_source
+        else:
+            yield shots, _config.validation_tasks(cfg, shots), cfg.validation_seed, "torch"
+
+
 def evaluate_own(loss, params: Mapping[str, torch.Tensor], cfg, method: Method,
                  split: str = "test") -> tuple[dict[str, dict[str, Any]], pd.DataFrame]:
     """:func:`evaluate` with the method's own adaptation (:func:`own_adaptation_losses`)
     instead of plain GD at ``eval_lr``: k = 0 … K = ``method.steps``. The evaluation dict's
     ``inner_lr`` describes the step sizes used (a number, or the forms of the rates) and
     ``rule`` the update rule."""
-    from . import config as _config  # looked up at call time (see evaluate)
-
-    if split not in ("test", "validation"):
-        raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
     steps = method.steps
     lr = _rates.describe(method.inner_loop.inner_lr)
     results: dict[str, dict[str, Any]] = {}
     frames = []
-    for shots in (cfg.eval_shots if split == "test" else (cfg.shots,)):
-        if split == "test":
-            tasks = _config.heldout_tasks(cfg, shots)
-            seed, source = cfg.heldout_seed, cfg.heldout_source
-        else:
-            tasks = _config.validation_tasks(cfg, shots)
-            seed, source = cfg.validation_seed, "torch"
+    for shots, tasks, seed, source in _task_sets(cfg, split):
         per = own_adaptation_losses(loss, params, tasks, method)
         sup = support_losses(loss, params, tasks)
         results[str(shots)] = {
